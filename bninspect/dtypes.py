@@ -1,11 +1,12 @@
 """The floating dtypes bninspect runs in, by name: their numpy dtype, IEEE parameters and the
-tolerances tests and comparisons use. bfloat16 comes from ml_dtypes, as numpy has none."""
+tolerances tests and comparisons use. bfloat16 comes from ml_dtypes, as numpy has none; it is
+imported only when a bfloat16 array is made, as it costs about 1 s, as much as half of torch."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from bninspect.request import DTYPE_NAMES
@@ -17,7 +18,6 @@ class FloatFormat:
     exponent of the smallest normal number, ``kernel_code`` its code in bninspect._kernels."""
 
     name: str
-    numpy: np.dtype
     mantissa_bits: int
     min_exponent: int
     kernel_code: int
@@ -25,6 +25,11 @@ class FloatFormat:
         float  # torch.testing.assert_close's defaults for the dtype (torch/testing/_comparison.py)
     )
     atol: float
+
+    @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype (for bfloat16, ml_dtypes', imported on first use)."""
+        return _numpy_dtype(self.name)
 
     @property
     def eps(self) -> float:
@@ -35,13 +40,32 @@ class FloatFormat:
 FORMATS = {
     f.name: f
     for f in (
-        FloatFormat("float32", np.dtype(np.float32), 23, -126, 0, 1.3e-6, 1e-5),
-        FloatFormat("float64", np.dtype(np.float64), 52, -1022, 1, 1e-7, 1e-7),
-        FloatFormat("float16", np.dtype(np.float16), 10, -14, 2, 1e-3, 1e-5),
-        FloatFormat("bfloat16", np.dtype(ml_dtypes.bfloat16), 7, -126, 3, 1.6e-2, 1e-5),
+        FloatFormat("float32", 23, -126, 0, 1.3e-6, 1e-5),
+        FloatFormat("float64", 52, -1022, 1, 1e-7, 1e-7),
+        FloatFormat("float16", 10, -14, 2, 1e-3, 1e-5),
+        FloatFormat("bfloat16", 7, -126, 3, 1.6e-2, 1e-5),
     )
 }
 assert tuple(FORMATS) == DTYPE_NAMES  # one list of names, kept where no numpy is needed
+
+
+@functools.cache
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is ml_dtypes' bfloat16, asked without importing ml_dtypes."""
+    return dtype.name == "bfloat16"
+
+
+def format_of(dtype: np.dtype) -> FloatFormat:
+    """The format of a numpy dtype that is one of FORMATS."""
+    return FORMATS[dtype.name]
 
 
 def float_format(name: str) -> FloatFormat:
@@ -51,4 +75,4 @@ def float_format(name: str) -> FloatFormat:
 
 def bits_view(array: np.ndarray) -> np.ndarray:
     """A view numpy and C extensions can take a buffer of: bfloat16 as its uint16 bits."""
-    return array.view(np.uint16) if array.dtype == FORMATS["bfloat16"].numpy else array
+    return array.view(np.uint16) if is_bfloat16(array.dtype) else array

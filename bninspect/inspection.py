@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bninspect.conventions import PYTORCH, Convention, batch_weight, effective_eps
-from bninspect.dtypes import FORMATS
+from bninspect.dtypes import is_bfloat16
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.kernels import Progress, Region
 from bninspect.npy_files import check_writable, release_pages, write_arrays
@@ -330,7 +330,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
 def _savable(array: np.ndarray) -> tuple[np.ndarray, str]:
     """The array as .npy can hold it, and what the message should add: .npy cannot name
     bfloat16, so it is saved as float32 (exactly: every bfloat16 is a float32)."""
-    if array.dtype == FORMATS["bfloat16"].numpy:
+    if is_bfloat16(array.dtype):
         return array.astype(np.float32), " as float32 (exact; reload it with --dtype bfloat16)"
     return array, ""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bninspect.dtypes import FORMATS, float_format
+from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.memory import check_fits, run_bytes
 from bninspect.npy_files import map_array, read_array, read_header, sha256_of
@@ -159,7 +159,7 @@ def load_input(path: Path, dtype: str | None = None) -> InputTensor:
         with np.errstate(over="ignore"):  # values beyond a smaller dtype's range become inf
             array = array.astype(target)
     info = InputInfo(
-        "file", shape, _name_of(target), None, str(path), None, (notice,) if notice else ()
+        "file", shape, format_of(target).name, None, str(path), None, (notice,) if notice else ()
     )
     return InputTensor(array, info, pending)
 
@@ -175,9 +175,5 @@ def map_input(path: Path, dtype: str | None = None) -> tuple[InputTensor, object
             f"({notice}); drop --dtype, or drop --stats-only"
         )
     array, mapping = map_array(path, header)
-    info = InputInfo("file", header.shape, _name_of(target), None, str(path), NOT_HASHED)
+    info = InputInfo("file", header.shape, format_of(target).name, None, str(path), NOT_HASHED)
     return InputTensor(array, info), mapping
-
-
-def _name_of(dtype: np.dtype) -> str:
-    return next(name for name, form in FORMATS.items() if form.numpy == dtype)
