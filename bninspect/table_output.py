@@ -338,15 +338,15 @@ def _verdict(result: ExplainResult) -> Text:
         lines.append(f"PyTorch's y          {result.y_torch.reason}")
         return Text("\n".join(lines))
     lines.append(f"PyTorch's y          {_full(result.y_torch)} ({result.y_torch_hex})")
+    lines.append(
+        f"difference           {fmt(result.abs_error)} ({fmt(result.ulp_error)} ULP of {dtype})"
+    )
     if result.correctly_rounded:
         lines.append(
             f"PyTorch's y is the reference correctly rounded to {dtype}: equal to the last bit"
         )
     else:
-        lines.append(
-            f"PyTorch's y differs from the reference by {fmt(result.abs_error)} "
-            f"({fmt(result.ulp_error)} ULP of {dtype})"
-        )
+        lines.append(f"PyTorch's y is not the reference correctly rounded to {dtype}")
     return Text("\n".join(lines), style=None if result.correctly_rounded else "yellow")
 
 

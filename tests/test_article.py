@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "article.npy"
 WEIGHT = "0.5653,0.0322"
@@ -65,3 +66,22 @@ def test_the_articles_lesson_the_unbiased_variance_does_not_match(cli):
     x = float(np.float32(-2.4308))
     wrong = (x - channel["mean"]) / np.sqrt(channel["var_unbiased"] + 1e-5) * channel["weight"]
     assert abs(wrong - (-1.1237)) > 100 * 2e-4  # off by 0.048, far beyond rounding
+
+
+def test_explain_table_shows_pytorchs_difference_even_when_correctly_rounded(cli):
+    # The difference is computed here from PyTorch's own module and a float64 recomputation.
+    import torch
+
+    x = np.load(SAMPLE)
+    module = torch.nn.BatchNorm2d(2)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([0.5653, 0.0322]))
+        y_torch = float(module(torch.from_numpy(x))[0, 0, 0, 0])
+    channel = x[0, 0].astype(np.float64)
+    weight = float(np.float32(0.5653))
+    y_exact = (channel[0, 0] - channel.mean()) / np.sqrt(channel.var() + 1e-5) * weight
+    stdout = cli("explain", "--input", SAMPLE, "--weight", WEIGHT, "--index", "0,0,0,0").stdout
+    line = next(line for line in stdout.splitlines() if line.startswith("difference"))
+    shown = float(line.split()[1])  # "difference  5.043e-08 (0.42304 ULP of float32)"
+    assert shown == pytest.approx(abs(y_torch - y_exact), rel=1e-4) and "ULP of float32" in line
+    assert "correctly rounded to float32: equal to the last bit" in stdout
