@@ -15,7 +15,7 @@ from bninspect.conventions import PYTORCH, UPDATE_WEIGHTS, Convention, batch_wei
 from bninspect.inspection import Inspection
 from bninspect.precision import precision_report
 from bninspect.reference import channel_values, forward_output, normalize
-from bninspect.results import CUMULATIVE, ExplainResult, Number, Step, Undefined
+from bninspect.results import CUMULATIVE, NOT_ASKED, ExplainResult, Number, Step, Undefined
 from bninspect.run_report import describe_peer, no_torch_value
 from bninspect.running import coefficients
 from bninspect.text import number
@@ -292,8 +292,8 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
     ]
 
 
-NO_PRECISION = Undefined("not asked for: add --precision")
-NO_AGAINST = Undefined("not asked for: add --against your_output.npy")
+NO_PRECISION = Undefined(f"{NOT_ASKED}: add --precision")
+NO_AGAINST = Undefined(f"{NOT_ASKED}: add --against your_output.npy")
 
 
 def _precision(inspection: Inspection, index: tuple[int, ...]):
@@ -305,6 +305,16 @@ def _precision(inspection: Inspection, index: tuple[int, ...]):
         return Undefined(
             "the element's channel holds NaN or Inf: PyTorch's arithmetic on it is not finite, "
             "so there are no bits to attribute"
+        )
+    std = float(inspection.forward.std[c])
+    if not (math.isfinite(std) and std > 0):  # eval mode with running_var + eps <= 0
+        return Undefined(
+            f"sqrt(var + eps) is {fmt(std)} for the element's channel: PyTorch divides by it, "
+            "its output is not finite, so there are no bits to attribute"
+        )
+    if not np.isfinite(inspection.torch_run.output[index]):
+        return Undefined(
+            "PyTorch's output for the element is not finite, so there are no bits to attribute"
         )
     return precision_report(inspection, index)
 

@@ -23,7 +23,13 @@ class Undefined:
 
     reason: str
 
+    @property
+    def asked_for(self) -> bool:
+        """False for an optional part the user did not ask for (its reason says how to)."""
+        return not self.reason.startswith(NOT_ASKED)
 
+
+NOT_ASKED = "not asked for"
 Number = float | Undefined
 
 

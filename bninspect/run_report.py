@@ -16,6 +16,7 @@ from bninspect.health import LEGEND, channel_health
 from bninspect.inspection import Inspection, PhaseProgress
 from bninspect.reference import ReferenceForward, channel_values, forward_output, reference_forward
 from bninspect.results import (
+    NOT_ASKED,
     ChannelReport,
     Number,
     RunResult,
@@ -101,7 +102,7 @@ def _train_and_eval(inspection: Inspection) -> tuple[ReferenceForward, Reference
 
 
 NO_GAP = Undefined(
-    "not asked for: --steps K (train mode) compares train and eval outputs after K steps"
+    f"{NOT_ASKED}: --steps K (train mode) compares train and eval outputs after K steps"
 )
 
 
@@ -275,7 +276,7 @@ def build_run_result(
         variance_methods=(
             compare_variance_methods(x, stats)
             if var_method
-            else Undefined("not asked for: add --var-method")
+            else Undefined(f"{NOT_ASKED}: add --var-method")
         ),
         peer=describe_peer(inspection),
         running_history=step_records(inspection),

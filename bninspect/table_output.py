@@ -382,6 +382,8 @@ def render_explain(result: ExplainResult) -> RenderableType:
         parts.append(_comparison_table(result.running))
     if not isinstance(result.precision, Undefined):
         parts.append(_precision_table(result.precision, result.input.dtype))
+    elif result.precision.asked_for:  # asked for, but there is nothing to show: say why
+        parts.append(Text(f"--precision: {result.precision.reason}", style="yellow"))
     if not isinstance(result.against, Undefined):
         parts.append(_against_table(result.against))
     return Group(*parts)

@@ -155,6 +155,17 @@ def test_non_finite_channels_have_no_precision_report(cli, tmp_path):
     assert cli.json("explain", "--input", path, "--index", "0,2,0", "--precision")["precision"]
 
 
+def test_eval_mode_division_by_zero_has_no_precision_report(cli):
+    """Found by review: running_var 0 with eps 0 used to end in an internal error."""
+    args = ("explain", "--mode", "eval", "--eps", "0", "--running-var", "0,1", "--precision")
+    doc = cli.json(*args, "--index", "0,0,0,0")
+    assert doc["precision"] is None and doc["y_torch"] is None  # 0 * (1 / 0): NaN
+    assert doc["null_reasons"]["/precision"].startswith("sqrt(var + eps) is 0")
+    table = cli(*args, "--index", "0,0,0,0").stdout
+    assert "--precision: sqrt(var + eps) is 0" in table
+    assert cli.json(*args, "--index", "0,1,0,0")["precision"]["bit_exact"] is True
+
+
 def test_huge_values_do_not_warn(cli):
     doc = cli.json("run", "--scale", "1e300", "--dtype", "float64")
     assert doc["channels"][0]["mean"] is not None
