@@ -35,6 +35,17 @@ LEGEND = {
     "fp16-overflow": f"sum of squares > {FLOAT16_MAX:g}: a float16 accumulation of the "
     "variance would overflow",
 }
+# In eval mode the running statistics normalize, so a constant channel's outputs are all equal
+# but not the bias.
+EVAL_CONSTANT = (
+    "batch variance 0: the values are all equal, so are the outputs; not the bias, as eval mode "
+    "subtracts running_mean"
+)
+
+
+def legend(mode: str) -> dict[str, str]:
+    """Each flag's meaning for a layer in ``mode`` ("train" or "eval")."""
+    return LEGEND if mode == "train" else {**LEGEND, "constant": EVAL_CONSTANT}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 from bninspect import kernels
 from bninspect.agreement import channel_scale, elementwise_errors, max_errors, ulp
 from bninspect.conventions import PYTORCH
-from bninspect.health import LEGEND, channel_health
+from bninspect.health import channel_health, legend
 from bninspect.inspection import Inspection, PhaseProgress
 from bninspect.reference import ReferenceForward, channel_values, forward_output, reference_forward
 from bninspect.results import (
@@ -272,7 +272,11 @@ def build_run_result(
         max_scaled_error=_largest([r.max_scaled_error for r in reports]),
         max_abs_error=_largest([r.max_abs_error for r in reports]),
         max_ulp_error=_largest([r.max_ulp_error for r in reports]),
-        flag_legend={flag: meaning for flag, meaning in LEGEND.items() if flag in raised},
+        flag_legend={
+            flag: meaning
+            for flag, meaning in legend(inspection.settings.mode).items()
+            if flag in raised
+        },
         variance_methods=(
             compare_variance_methods(x, stats)
             if var_method

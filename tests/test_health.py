@@ -107,3 +107,16 @@ def test_table_legend_and_json(cli, tmp_path):
     assert set(doc["flag_legend"]) == {"constant", "eps", "cancel"}
     table = cli("run", "--input", path).stdout
     assert "flag constant" in table and "variance 0: every output equals the bias" in table
+
+
+def test_constant_legend_in_eval_mode_does_not_promise_the_bias(cli, tmp_path):
+    """Found by review: in eval mode a constant channel's output is (2 - 0) / sqrt(1 + eps)."""
+    path = tmp_path / "x.npy"
+    x = np.random.default_rng(1).standard_normal((2, 2, 4)).astype(np.float32)
+    x[:, 1] = 2.0
+    np.save(path, x)
+    doc = cli.json("run", "--input", path, "--mode", "eval")
+    assert "constant" in doc["channels"][1]["flags"]
+    assert "not the bias" in doc["flag_legend"]["constant"]
+    explained = cli.json("explain", "--input", path, "--mode", "eval", "--index", "0,1,0")
+    assert explained["y_reference"] == pytest.approx(2 / np.sqrt(1 + 1e-5), rel=1e-12)
