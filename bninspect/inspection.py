@@ -275,6 +275,18 @@ def _reference_steps(
     return stats, forward, tuple(history)
 
 
+def _import_torch_runner():
+    """torch_batchnorm.run_batchnorm; a missing or broken torch is the user's to fix, not a bug."""
+    try:
+        from bninspect.torch_batchnorm import run_batchnorm
+    except ImportError as exc:
+        raise BnInspectError(
+            f"PyTorch could not be imported ({exc}); install it (pip install torch, see the "
+            "README's set-up), or run --stats-only on an --input file for the statistics alone"
+        ) from None
+    return run_batchnorm
+
+
 def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) -> Inspection:
     """Feed the batches, one training step each (one pass in eval mode), through the float64
     reference under the convention and through PyTorch's module, keeping every step (only the
@@ -292,7 +304,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
     else:
         with ThreadPoolExecutor(1, thread_name_prefix="statistics") as pool:
             pending = pool.submit(_reference_steps, prepared, tell)
-            from bninspect.torch_batchnorm import run_batchnorm  # ~1.4 s, overlapping the above
+            run_batchnorm = _import_torch_runner()  # ~1.4 s, overlapping the above
 
             # PyTorch's module gets the same weight for each batch as the convention gives it.
             momenta = torch_momenta(prepared.convention, _momentum_of(settings), steps)

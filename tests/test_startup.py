@@ -141,3 +141,10 @@ def test_module_entry_point_runs():
     )
     assert result.returncode == 0, result.stderr
     assert '"command": "run"' in result.stdout
+
+
+def test_a_missing_torch_is_named_not_reported_as_a_bug():
+    result = bninspect_without_torch("run", "--shape", "2,3")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: PyTorch could not be imported"), result.stderr
+    assert "pip install torch" in result.stderr and result.stderr.count("\n") == 1
