@@ -43,7 +43,8 @@ class _OneLineErrors(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except _CLICK_EXCEPTION as exc:
-            message = exc.format_message().rstrip(".")
+            # Some typer versions put pydantic-style "Value error, " before a choice's message.
+            message = exc.format_message().replace("Value error, ", "").rstrip(".")
             if not message:  # bare `bninspect`: the help was just printed, nothing to add
                 sys.exit(exc.exit_code)
             hint = f"; see '{exc.ctx.command_path} --help'" if getattr(exc, "ctx", None) else ""

@@ -24,6 +24,7 @@ from bninspect.parsing import (
     parse_momentum,
     parse_shape,
     parse_vector_spec,
+    short,
 )
 from bninspect.request import DTYPE_NAMES, InspectRequest
 
@@ -268,7 +269,7 @@ def build_request(
         )
     for name, value in (("--offset", offset), ("--scale", scale)):
         if not math.isfinite(value):
-            raise OptionError(f"{name} {value}: must be a finite number")
+            raise OptionError(f"{name} {short(value)}: must be a finite number")
     if not affine and (weight != "ones" or bias != "zeros"):
         raise OptionError(
             "--weight and --bias have no effect with --no-affine; drop one or the other"
@@ -324,7 +325,7 @@ def for_check(request: InspectRequest, atol: float | None, rtol: float | None) -
         )
     for name, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not (math.isfinite(value) and value >= 0):
-            raise OptionError(f"{name} {value}: must be a finite number >= 0")
+            raise OptionError(f"{name} {short(value)}: must be a finite number >= 0")
     return request
 
 

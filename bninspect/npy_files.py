@@ -15,6 +15,7 @@ import numpy as np
 from bninspect.errors import BnInspectError, OptionError
 
 NPY_MAGIC = b"\x93NUMPY"
+PICKLE_PROTOCOL = b"\x80"  # the first byte of every pickle since protocol 2
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,13 @@ def read_header(path: Path, what: str) -> NpyHeader:
         raise BnInspectError(f"{what} {path}: is a directory; give a .npy file")
     try:
         with path.open("rb") as f:
-            if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            start = f.read(len(NPY_MAGIC))
+            if start[:1] == PICKLE_PROTOCOL:
+                raise BnInspectError(
+                    f"{what} {path}: is a Python pickle, not a .npy file, and bninspect never "
+                    "loads pickles; save the array with numpy.save"
+                )
+            if start != NPY_MAGIC:
                 raise BnInspectError(
                     f"{what} {path}: not a .npy file (no NUMPY magic bytes); save the array "
                     "with numpy.save"

@@ -79,7 +79,8 @@ def resolve_index(index: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, 
     shape_text = shape_of(shape)
     if len(index) != len(shape):
         raise OptionError(
-            f"--index {text} has {len(index)} entries but the input has rank {len(shape)} "
+            f"--index {text} has {len(index)} {'entry' if len(index) == 1 else 'entries'} but "
+            f"the input has rank {len(shape)} "
             f"(shape {shape_text}); give {len(shape)} comma-separated integers"
         )
     resolved = []
@@ -129,7 +130,8 @@ def check_eps(eps: float, who: str = "PyTorch", default: float = 1e-5) -> float:
     """Return ``eps`` if it is finite and not negative (``who``'s default named otherwise)."""
     if not math.isfinite(eps) or eps < 0:
         raise OptionError(
-            f"--eps {eps}: must be a finite number >= 0 ({who}'s default is {short(default)})"
+            f"--eps {short(eps)}: must be a finite number >= 0 "
+            f"({who}'s default is {short(default)})"
         )
     return eps
 
@@ -153,5 +155,5 @@ def check_momentum(
 ) -> float:
     """Return ``momentum`` if it lies in [0, 1]; ``meaning`` explains the default otherwise."""
     if not (math.isfinite(momentum) and 0.0 <= momentum <= 1.0):
-        raise OptionError(f"--momentum {momentum}: must lie in [0, 1]; {meaning}")
+        raise OptionError(f"--momentum {short(momentum)}: must lie in [0, 1]; {meaning}")
     return momentum

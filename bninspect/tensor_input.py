@@ -124,6 +124,21 @@ def _conversion_for(dtype: np.dtype, wanted: str | None, path: Path) -> tuple[np
     refuse_non_numeric("--input", dtype, path)
 
 
+def _rounding_note(integers: np.ndarray, target: np.dtype) -> str:
+    """What a notice should add when integers convert to floats inexactly: beyond
+    2**(mantissa bits + 1) not every integer is a float32 (or float64...)."""
+    if integers.dtype.kind not in "iu" or integers.size == 0:
+        return ""
+    bits = format_of(target).mantissa_bits + 1
+    lowest, highest = int(integers.min()), int(integers.max())
+    if max(-lowest, highest) <= 2**bits:
+        return ""
+    return (
+        f"; some values (from {lowest} to {highest}) lie beyond +-2**{bits}, where not every "
+        f"integer is a {target.name}: they are rounded to the nearest"
+    )
+
+
 def _checked_header(path: Path):
     header = read_header(path, "--input")
     shape = header.shape
@@ -133,7 +148,10 @@ def _checked_header(path: Path):
             f"{SHAPE_FORMS}, with channels on axis 1"
         )
     if 0 in shape:
-        raise BnInspectError(f"--input {path}: shape {shape} has an empty axis; nothing to inspect")
+        raise BnInspectError(
+            f"--input {path}: shape {shape} has an empty axis, so there is nothing to inspect; "
+            "give an array with at least one value on every axis"
+        )
     return header
 
 
@@ -156,6 +174,7 @@ def load_input(path: Path, dtype: str | None = None) -> InputTensor:
     hasher.shutdown(wait=False)  # the thread finishes the hash; nothing else is queued
     array = read_array(path, "--input")
     if notice is not None:
+        notice += _rounding_note(array, target)
         with np.errstate(over="ignore"):  # values beyond a smaller dtype's range become inf
             array = array.astype(target)
     info = InputInfo(

@@ -83,7 +83,10 @@ def test_a_pickle_named_npy_is_not_unpickled(cli, tmp_path):
             return (exec, ("raise SystemExit('unpickled!')",))
 
     path.write_bytes(pickle.dumps(Boom()))
-    assert "not a .npy file" in cli.error("run", "--input", path, code=1)
+    assert cli.error("run", "--input", path, code=1) == (
+        f"--input {path}: is a Python pickle, not a .npy file, and bninspect never loads "
+        "pickles; save the array with numpy.save"
+    )
 
 
 def test_truncated(cli, tmp_path):
@@ -152,6 +155,11 @@ def test_shape_and_input_together(cli, tmp_path):
 @pytest.mark.parametrize(
     ("index", "message"),
     [
+        (
+            "0",
+            "--index 0 has 1 entry but the input has rank 4 (shape 1x2x3x4); give 4 "
+            "comma-separated integers",
+        ),
         (
             "0,0,0",
             "--index 0,0,0 has 3 entries but the input has rank 4 (shape 1x2x3x4); give 4 "
@@ -223,6 +231,12 @@ def test_bad_eps(cli, eps):
     assert message.endswith(": must be a finite number >= 0 (PyTorch's default is 1e-5)")
 
 
+def test_bad_eps_reads_as_given(cli):
+    assert cli.error("run", "--eps", "-1", code=2) == (
+        "--eps -1: must be a finite number >= 0 (PyTorch's default is 1e-5)"
+    )
+
+
 def test_eps_not_a_number(cli):
     assert cli.error("run", "--eps", "abc", code=2).startswith("Invalid value for '--eps'")
 
@@ -251,7 +265,19 @@ def test_train_mode_with_zero_eps(cli):
 
 
 def test_unknown_mode(cli):
-    assert "'--mode'" in cli.error("run", "--mode", "inference", code=2)
+    assert cli.error("run", "--mode", "inference", code=2) == (
+        "Invalid value for '--mode': 'inference' is not one of 'train', 'eval'; "
+        "see 'bninspect run --help'"
+    )
+
+
+def test_empty_array(cli, tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((0, 3, 4), dtype=np.float32))
+    assert cli.error("run", "--input", path, code=1) == (
+        f"--input {path}: shape (0, 3, 4) has an empty axis, so there is nothing to inspect; "
+        "give an array with at least one value on every axis"
+    )
 
 
 def test_no_affine_with_weight(cli):

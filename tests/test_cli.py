@@ -371,6 +371,22 @@ def test_json_stdout_is_only_the_document_and_notices_go_to_stderr(cli, tmp_path
     ]
 
 
+def test_integers_that_float32_cannot_hold_are_announced(cli, tmp_path):
+    path = tmp_path / "ints.npy"
+    big = 2**24 + 1  # the smallest positive integer float32 rounds
+    np.save(path, np.array([[1, big], [-big, 4]], dtype=np.int64))
+    doc = cli.json("run", "--input", path, "--mode", "eval")
+    assert doc["input"]["notices"] == [
+        "int64 input converted to float32 (batch norm needs floating point); some values (from "
+        f"{-big} to {big}) lie beyond +-2**24, where not every integer is a float32: they are "
+        "rounded to the nearest"
+    ]
+    np.save(path, np.array([[1, 2**24], [-(2**24), 4]], dtype=np.int64))  # still exact
+    assert cli.json("run", "--input", path, "--mode", "eval")["input"]["notices"] == [
+        "int64 input converted to float32 (batch norm needs floating point)"
+    ]
+
+
 def test_saved_files_are_announced_on_stderr(cli, tmp_path):
     result = cli("run", "--json", "--save-output", tmp_path / "y.npy")
     assert result.stderr == f"wrote PyTorch's output to {tmp_path / 'y.npy'}\n"
