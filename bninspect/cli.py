@@ -97,7 +97,8 @@ def _emit(result: Any, as_json: bool) -> None:
 
     from bninspect.table_output import render
 
-    Console().print(render(result))
+    # crop=False: a table wider than the terminal wraps there instead of losing its right edge.
+    Console().print(render(result), crop=False)
 
 
 def _inspect(request: InspectRequest, as_json: bool, report, before=None):

@@ -133,6 +133,8 @@ class ChannelReport:
 
 
 HISTORY = "Running statistics, step by step"
+CAFFE_BLOBS = "Caffe's blobs: sums and scale factor"
+HISTORY_VS_TORCH = "PyTorch's running buffers vs reference, step by step"
 
 
 @dataclass(frozen=True)
@@ -144,16 +146,16 @@ class StepChannel:
     channel: int
     batch_mean: Number = field(metadata=column("batch\nmean", HISTORY))
     batch_var: Number = field(metadata=column("batch var\n(stored kind)", HISTORY))
-    stored_mean: Number = field(metadata=column("stored\nmean", HISTORY))
-    stored_var: Number = field(metadata=column("stored\nvar", HISTORY))
+    stored_mean: Number = field(metadata=column("stored\nmean", CAFFE_BLOBS))
+    stored_var: Number = field(metadata=column("stored\nvar", CAFFE_BLOBS))
     running_mean: Number = field(metadata=column("running\nmean", HISTORY))
     running_var: Number = field(metadata=column("running\nvar", HISTORY))
     torch_running_mean: Number
     torch_running_var: Number
-    running_mean_abs_error: Number
-    running_mean_ulp_error: Number = field(metadata=column("r_mean\nULP", HISTORY))
-    running_var_abs_error: Number
-    running_var_ulp_error: Number = field(metadata=column("r_var\nULP", HISTORY))
+    running_mean_abs_error: Number = field(metadata=column("mean\n|err|", HISTORY_VS_TORCH))
+    running_mean_ulp_error: Number = field(metadata=column("mean\nULP", HISTORY_VS_TORCH))
+    running_var_abs_error: Number = field(metadata=column("var\n|err|", HISTORY_VS_TORCH))
+    running_var_ulp_error: Number = field(metadata=column("var\nULP", HISTORY_VS_TORCH))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bninspect.results import (
+    CAFFE_BLOBS,
     HISTORY,
+    HISTORY_VS_TORCH,
     AgainstReport,
     ChannelReport,
     Comparison,
@@ -119,21 +121,23 @@ def grid(
     rows: list[list[str]],
     styles: list | None = None,
     left: tuple[int, ...] = (),
+    section_ends: frozenset[int] = frozenset(),
 ) -> Table:
     """A table whose cells are never cut off: every column is at least as wide as its longest
-    word, so numbers keep all their digits on a narrow terminal; headers fold instead. Cells
-    are plain text, never rich markup. ``left``: indices of left-justified columns."""
+    word, so numbers keep all their digits on a narrow terminal; headers fold instead (and the
+    CLI never crops a table wider than the terminal). Cells are plain text, never rich markup.
+    ``left``: indices of left-justified columns; ``section_ends``: rows followed by a rule."""
     table = Table(title=title, title_justify="left")
     for k, header in enumerate(headers):
         widest = max((len(word) for row in rows for word in row[k].split()), default=1)
         justify = "left" if k in left else "right"
         table.add_column(Text(header, overflow="fold"), justify=justify, min_width=widest)
-    for row, style in zip(rows, styles or [None] * len(rows), strict=True):
-        table.add_row(*(Text(cell) for cell in row), style=style)
+    for i, (row, style) in enumerate(zip(rows, styles or [None] * len(rows), strict=True)):
+        table.add_row(*(Text(cell) for cell in row), style=style, end_section=i in section_ends)
     return table
 
 
-def _channel_table(group: str, result: RunResult) -> Table:
+def _channel_table(group: str, result: RunResult) -> RenderableType:
     fields = list(_channel_fields(group, result))
     rows = [
         [str(report.channel), *(fmt(getattr(report, f.name)) for f in fields)]
@@ -143,7 +147,17 @@ def _channel_table(group: str, result: RunResult) -> Table:
         "red" if any(getattr(report, name) for name in NON_FINITE_COUNTS) else None
         for report in result.channels
     ]
-    return grid(group, ["ch", *(f.metadata["label"] for f in fields)], rows, styles)
+    table = grid(group, ["ch", *(f.metadata["label"] for f in fields)], rows, styles)
+    # Why a cell reads n/a, once per column and reason (JSON has them under null_reasons).
+    reasons = dict.fromkeys(
+        (f.metadata["label"].replace("\n", " "), value.reason)
+        for f in fields
+        for report in result.channels
+        if isinstance(value := getattr(report, f.name), Undefined)
+    )
+    if not reasons:
+        return table
+    return Group(table, Text("\n".join(f"n/a {label}: {reason}" for label, reason in reasons)))
 
 
 def render_run(result: RunResult) -> RenderableType:
@@ -187,36 +201,24 @@ def _run_summary(result: RunResult) -> Text:
 
 def _variance_table(methods: tuple[VarianceMethods, ...]) -> Table:
     working = methods[0].working_precision if methods else ""
-    headers = [
-        "ch",
-        "reference",
-        "two-pass",
-        "rel err",
-        "naive E[x^2]-E[x]^2",
-        "rel err",
-        "Welford",
-        "rel err",
-    ]
+    headers = ["ch", "reference", "two-pass", "naive E[x^2]-E[x]^2", "Welford"]
     rows = [
         [
             str(m.channel),
-            *map(
-                fmt,
-                (
-                    m.reference,
-                    m.two_pass,
-                    m.two_pass_rel_error,
-                    m.naive,
-                    m.naive_rel_error,
-                    m.welford,
-                    m.welford_rel_error,
-                ),
+            fmt(m.reference),
+            *(
+                f"{fmt(value)}\n({fmt(error)})"  # each method's value over its relative error
+                for value, error in (
+                    (m.two_pass, m.two_pass_rel_error),
+                    (m.naive, m.naive_rel_error),
+                    (m.welford, m.welford_rel_error),
+                )
             ),
         ]
         for m in methods
     ]
     styles = ["red" if m.naive < 0 else None for m in methods]  # a negative variance
-    title = f"Variance three ways in {working} against the float64 reference (relative error)"
+    title = f"Variance three ways in {working} vs the float64 reference; (relative error) below"
     return grid(title, headers, rows, styles)
 
 
@@ -264,45 +266,61 @@ def _history_table(
     """One row per step and channel: the StepRecord fields of ``per_step`` (name -> label),
     then the given StepChannel fields; a long history shows its first and last steps."""
     history = result.running_history
-    table = Table(title=title, title_justify="left")
-    for label in ("step", *per_step.values(), "ch"):
-        table.add_column(label, justify="right")
-    for f in fields:
-        table.add_column(f.metadata["label"], justify="right")
+    headers = ["step", *per_step.values(), "ch", *(f.metadata["label"] for f in fields)]
     shown = history
     if len(history) > 2 * SHOWN_STEPS:
         shown = (*history[:SHOWN_STEPS], None, *history[-SHOWN_STEPS:])
+    rows: list[list[str]] = []
+    ends = set()
+    for record in shown:
+        if record is None:
+            rows.append(["...", *[""] * (len(headers) - 1)])
+        else:
+            step_cells = [fmt(getattr(record, name)) for name in ("step", *per_step)]
+            for channel in record.channels:
+                rows.append(
+                    [
+                        *(step_cells if channel.channel == 0 else [""] * len(step_cells)),
+                        str(channel.channel),
+                        *(fmt(getattr(channel, f.name)) for f in fields),
+                    ]
+                )
+        ends.add(len(rows) - 1)
+    table = grid(title, headers, rows, section_ends=frozenset(ends))
+    if shown is not history:
         table.caption = (
             f"steps {SHOWN_STEPS + 1} to {len(history) - SHOWN_STEPS} not shown; "
             "--json has every step"
         )
         table.caption_justify = "left"
-    for record in shown:
-        if record is None:
-            table.add_row("...", end_section=True)
-            continue
-        for channel in record.channels:
-            first = channel.channel == 0
-            step_cells = [fmt(getattr(record, name)) for name in ("step", *per_step)]
-            table.add_row(
-                *(step_cells if first else [""] * len(step_cells)),
-                str(channel.channel),
-                *(fmt(getattr(channel, f.name)) for f in fields),
-                end_section=channel.channel == len(record.channels) - 1,
-            )
     return table
 
 
 def _history_tables(result: RunResult) -> list[Table]:
-    """The running statistics per step beside PyTorch's (ULP columns); for Caffe also its blobs
-    (the unnormalized sums), which differ from the statistics by the scale factor."""
-    labelled = [f for f in dataclasses.fields(StepChannel) if f.metadata.get("group")]
-    running = [f for f in labelled if not f.name.startswith("stored_")]
-    tables = [_history_table(result, HISTORY, {"batch_weight": "batch\nweight"}, running)]
-    if any(record.scale_factor != 1 for record in result.running_history):
-        stored = [f for f in labelled if f.name.startswith("stored_")]
-        title = "Caffe's blobs: sums and scale factor"
-        tables.append(_history_table(result, title, {"scale_factor": "scale\nfactor"}, stored))
+    """The running statistics per step; for Caffe also its blobs (the unnormalized sums), which
+    differ from the statistics by the scale factor; then PyTorch's buffers against them."""
+    history = result.running_history
+
+    def group(name: str) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(StepChannel) if f.metadata.get("group") == name]
+
+    weights = {record.batch_weight for record in history}
+    if len(weights) == 1:  # the same for every step: said once in the title, not on each row
+        title, per_step = f"{HISTORY} (each batch weighs {fmt(weights.pop())})", {}
+    else:
+        title, per_step = HISTORY, {"batch_weight": "batch\nweight"}
+    tables = [_history_table(result, title, per_step, group(HISTORY))]
+    if any(record.scale_factor != 1 for record in history):
+        scale = {"scale_factor": "scale\nfactor"}
+        tables.append(_history_table(result, CAFFE_BLOBS, scale, group(CAFFE_BLOBS)))
+    torch_errors = group(HISTORY_VS_TORCH)
+    if any(
+        not isinstance(getattr(channel, f.name), Undefined)
+        for record in history
+        for channel in record.channels
+        for f in torch_errors
+    ):
+        tables.append(_history_table(result, HISTORY_VS_TORCH, {}, torch_errors))
     return tables
 
 

@@ -390,7 +390,7 @@ def test_an_output_of_another_dtype_is_compared_with_a_notice(cli, tmp_path):
             "check compares one forward pass; drop --steps and "
             "--batch-size (check each step's output on its own batch)",
         ),
-        (["--input", "{x}", "--atol", "-1"], "--atol -1.0: must be a finite number >= 0"),
+        (["--input", "{x}", "--atol", "-1"], "--atol -1: must be a finite number >= 0"),
     ],
 )
 def test_check_refusals(cli, tmp_path, args, message):

@@ -432,3 +432,36 @@ def test_help_of_every_command(cli):
         assert "--shape" in result.stdout and "--json" in result.stdout
     top = cli("--help").stdout
     assert "run" in top and "explain" in top
+
+
+NARROW_COMMANDS = [
+    ("run", "--shape", "8,3,4,4", "--steps", "3"),
+    ("run", "--shape", "8,3,4,4", "--steps", "12", "--momentum", "none"),
+    ("run", "--shape", "8,3,4,4", "--steps", "3", "--convention", "caffe"),
+    ("run", "--shape", "32,8,16,16", "--offset", "1e4", "--var-method"),
+    ("explain", "--index", "0,0,0,0", "--precision"),
+]
+
+
+@pytest.mark.parametrize("args", NARROW_COMMANDS)
+def test_tables_fit_80_columns_without_cutting_a_number(cli, args):
+    # 80 columns is what rich assumes when stdout is a pipe.
+    result = cli.runner.invoke(cli.app, list(args), env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.stderr
+    assert "…" not in result.stdout
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    assert max(map(len, lines)) <= 80
+    rows = [line for line in lines if line[:1] in "│┃"]
+    assert rows and all(line[-1] in "│┃" for line in rows)  # no table lost its right edge
+
+
+def test_a_terminal_too_narrow_for_a_table_gets_all_of_it(cli):
+    """Found by review: tables wider than the terminal lost their right-hand columns."""
+    args = ("run", "--shape", "8,3,4,4", "--steps", "3")
+    doc = cli.json(*args)
+    result = cli.runner.invoke(cli.app, list(args), env={"COLUMNS": "40"})
+    assert result.exit_code == 0 and "…" not in result.stdout
+    for record in doc["running_history"]:
+        for channel in record["channels"]:
+            for name in ("running_mean", "running_var", "running_var_ulp_error"):
+                assert f"{channel[name]:.5g}" in result.stdout, (record["step"], name)

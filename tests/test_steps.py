@@ -176,7 +176,7 @@ def test_explain_derives_an_element_of_the_last_batch(cli, six_samples):
         (
             ["--convention", "keras", "--eps", "-1"],
             2,
-            "--eps -1.0: must be a finite number >= 0 (Keras's default is 0.001)",
+            "--eps -1: must be a finite number >= 0 (Keras's default is 0.001)",
         ),
         (
             ["--shape", "1,3", "--convention", "onnx", "--save-output", "y.npy"],
