@@ -218,7 +218,7 @@ def _variance_table(methods: tuple[VarianceMethods, ...]) -> Table:
         for m in methods
     ]
     styles = ["red" if m.naive < 0 else None for m in methods]  # a negative variance
-    title = f"Variance three ways in {working} vs the float64 reference; (relative error) below"
+    title = f"Variance in {working} three ways (relative error below)"
     return grid(title, headers, rows, styles)
 
 
