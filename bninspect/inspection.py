@@ -88,7 +88,7 @@ class Inspection:
     history: tuple[StepUpdate, ...]
     torch_run: TorchRun | None
     no_peer: str | None = None
-    train_eval: bool = False  # compare train and eval outputs of the last batch (--steps)
+    train_eval: bool = False  # compare train and eval outputs of the last batch (over steps)
 
 
 def _check_outputs(request: InspectRequest) -> None:
@@ -295,8 +295,10 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
     settings, params, x = prepared.settings, prepared.params, prepared.tensor.array
     size, steps = settings.batch_size, settings.steps
     # The train/eval gap costs a whole extra pass (PyTorch's in eval mode, the reference's per
-    # channel): only when running statistics over steps were asked for.
-    train_eval = prepared.request.steps is not None and settings.mode == "train"
+    # channel): only over training steps, asked for (--steps, --batch-size) or implied (many).
+    request = prepared.request
+    over_steps = request.steps is not None or request.batch_size is not None or steps > 1
+    train_eval = over_steps and settings.mode == "train"
     tell = progress("statistics", x[: size * steps].nbytes) if progress else None
     torch_run = None
     if prepared.no_peer is not None:

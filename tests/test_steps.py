@@ -88,6 +88,26 @@ def test_train_eval_gap_is_pytorchs(cli, tmp_path):
         assert channel["eval_max_abs_error"] < 1e-6
 
 
+def test_batch_size_alone_gives_the_train_eval_gap(cli, tmp_path):
+    """Found by review: --batch-size 4 ran 40 steps but left the gap null ("not asked for")."""
+    path = tmp_path / "x.npy"
+    x = np.random.default_rng(4).standard_normal((12, 2, 3, 3)).astype(np.float32)
+    np.save(path, x)
+    doc = cli.json("run", "--input", path, "--batch-size", 4)
+    assert doc["settings"]["steps"] == 3
+    _, outputs, evaluated = torch_steps(x, 4, 0.1, [0, 0], [1, 1])
+    gap = np.abs(outputs[-4:] - evaluated).astype(np.float64)
+    for c, channel in enumerate(doc["channels"]):
+        np.testing.assert_allclose(channel["train_eval_max_gap"], gap[:, c].max(), atol=1e-6)
+        np.testing.assert_allclose(channel["train_eval_mean_gap"], gap[:, c].mean(), atol=1e-6)
+        assert channel["eval_max_abs_error"] < 1e-6
+    # One step over the whole file, nothing about steps asked: the extra pass is skipped.
+    single = cli.json("run", "--input", path)
+    assert single["channels"][0]["train_eval_max_gap"] is None
+    reason = single["null_reasons"]["/channels/0/train_eval_max_gap"]
+    assert reason.startswith("not asked for: --steps K or --batch-size")
+
+
 def test_generated_batches_follow_each_other_from_the_seed(cli, tmp_path):
     one, three = tmp_path / "one.npy", tmp_path / "three.npy"
     cli("run", "--shape", "2,3,4", "--seed", 9, "--save-input", one)
