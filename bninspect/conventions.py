@@ -61,6 +61,7 @@ class Convention:
     accepts_cumulative: bool = False  # momentum None: the cumulative average (PyTorch only)
     eps_floor: float | None = None
     refuses_zero_eps_in_train: bool = False
+    updates_in_backward: bool = False  # running statistics change in the backward pass (MXNet)
     checked_against: str | None = None  # the real framework this is tested against here
     unverified: tuple[str, ...] = ()  # rules taken from the shared card, not confirmed at source
     notes: tuple[str, ...] = ()
@@ -237,6 +238,7 @@ MXNET = Convention(
     momentum_parameter="momentum",
     momentum_default=0.9,
     eps_default=1e-5,
+    updates_in_backward=True,
     sources={
         "normalizes": "src/operator/nn/batch_norm.cc (apache/mxnet): variance = sum / "
         "itemCountPerChannel, kept as invstd",

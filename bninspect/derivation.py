@@ -176,6 +176,12 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
     return formula, numbers, rule, differs
 
 
+BACKWARD_UPDATE = (
+    "MXNet's CPU operator updates both running buffers in the backward pass (a forward pass "
+    "alone leaves them unchanged); PyTorch updates them in the forward pass"
+)
+
+
 def _running_steps(inspection: Inspection, c: int) -> list[Step]:
     forward, convention, stats = inspection.forward, inspection.convention, inspection.stats
     if forward.passes_through:
@@ -209,6 +215,8 @@ def _running_steps(inspection: Inspection, c: int) -> list[Step]:
         inspection, c, "mean", "mean"
     )
     var_formula, var_numbers, var_rule, var_differs = _update_text(inspection, c, "var", var_symbol)
+    if convention.updates_in_backward:
+        mean_differs = "; ".join(filter(None, [mean_differs, BACKWARD_UPDATE]))
     if convention.stores == "unbiased":
         var_note = "the running variance takes the unbiased variance, not the one that normalized"
         if stats.count == 1:
@@ -256,11 +264,17 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
         ]
     mean, std, weight, bias = forward.mean[c], forward.std[c], params.weight[c], params.bias[c]
     eps = inspection.settings.eps
-    eps_differs = None
+    eps_differs = []
     if convention.eps_default != PYTORCH.eps_default:
-        eps_differs = (
+        eps_differs.append(
             f"PyTorch's default eps is {PYTORCH.eps_default:g}, {convention.name}'s "
             f"{convention.eps_default:g}"
+        )
+    requested = inspection.requested_eps
+    if requested is not None and requested < eps:  # the convention's floor raised it
+        eps_differs.append(
+            f"PyTorch has no eps floor: it would use eps {requested:g} as given, "
+            f"{convention.name} raises it to {eps:g}"
         )
     one_value = None
     if train and inspection.stats.count == 1:
@@ -274,7 +288,7 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
             float(std),
             "eps sits inside the square root",
             rule="; ".join([f"{convention.name}: eps {eps:g}", *inspection.settings.notices]),
-            differs_from_pytorch=eps_differs,
+            differs_from_pytorch="; ".join(eps_differs) or None,
         ),
         Step(
             "x_hat",

@@ -89,6 +89,7 @@ class Inspection:
     torch_run: TorchRun | None
     no_peer: str | None = None
     train_eval: bool = False  # compare train and eval outputs of the last batch (over steps)
+    requested_eps: float | None = None  # eps as given, before a floor raised it (settings.eps)
 
 
 def _check_outputs(request: InspectRequest) -> None:
@@ -338,6 +339,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
         torch_run,
         prepared.no_peer,
         train_eval,
+        prepared.request.eps,
     )
 
 

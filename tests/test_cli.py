@@ -444,6 +444,8 @@ NARROW_COMMANDS = [
     ("run", "--shape", "8,3,4,4", "--steps", "3", "--convention", "caffe"),
     ("run", "--shape", "32,8,16,16", "--offset", "1e4", "--var-method"),
     ("explain", "--index", "0,0,0,0", "--precision"),
+    ("explain", "--index", "0,0,0,0", "--steps", "2", "--convention", "mxnet"),
+    ("explain", "--index", "0,0,0,0", "--convention", "tf-fused", "--eps", "1e-6"),
 ]
 
 

@@ -177,3 +177,43 @@ def test_cumulative_momentum_translation(cli):
     )
     message = cli.error("conventions", "--momentum", "none", "--from", "onnx", code=2)
     assert message.startswith("--momentum none is PyTorch's cumulative average")
+
+
+def _explained_steps(cli, *args):
+    doc = cli.json("explain", *args)
+    return {step["name"]: step for step in doc["steps"]}
+
+
+def test_explain_says_mxnet_updates_in_the_backward_pass(cli, small):
+    """Found by review: MXNet's CPU operator updates the running statistics in the backward
+    pass, and explain did not say so where it applies."""
+    steps = _explained_steps(cli, "--input", small, "--convention", "mxnet", "--index", "0,0,0")
+    differs = steps["running_mean"]["differs_from_pytorch"]
+    assert differs.endswith(
+        "MXNet's CPU operator updates both running buffers in the backward pass (a forward "
+        "pass alone leaves them unchanged); PyTorch updates them in the forward pass"
+    )
+    for name in ("onnx", "paddle"):  # the same update rule, in the forward pass
+        other = _explained_steps(cli, "--input", small, "--convention", name, "--index", "0,0,0")
+        assert all("backward" not in (s["differs_from_pytorch"] or "") for s in other.values())
+
+
+@pytest.mark.parametrize(
+    ("eps", "floor_line"),
+    [
+        (
+            "1e-6",
+            "; PyTorch has no eps floor: it would use eps 1e-06 as given, tf-fused raises it "
+            "to 1.001e-05",
+        ),
+        ("1.001e-5", ""),  # at the floor: nothing raised
+        ("1e-4", ""),
+    ],
+)
+def test_explain_says_pytorch_has_no_eps_floor(cli, small, eps, floor_line):
+    """Found by review: under tf-fused with eps below the floor, the std step named only the
+    default eps as PyTorch's difference."""
+    args = ("--input", small, "--convention", "tf-fused", "--eps", eps, "--index", "0,0,0")
+    std = _explained_steps(cli, *args)["std"]
+    expected = "PyTorch's default eps is 1e-05, tf-fused's 0.001" + floor_line
+    assert std["differs_from_pytorch"] == expected
