@@ -327,6 +327,17 @@ def batch_weight(convention: Convention, momentum: float) -> float:
     return momentum if convention.momentum_meaning == "batch" else 1.0 - momentum
 
 
+def scale_factor_weights(fraction: float, steps: int, scale_factor: float = 1.0) -> list[float]:
+    """The weight of the batch in Caffe's running statistics at each of its first ``steps``
+    steps from ``scale_factor``: the scale factor becomes 1 + f * s and the batch weighs
+    1 / s, settling at 1 - f."""
+    weights = []
+    for _ in range(steps):
+        scale_factor = 1.0 + fraction * scale_factor
+        weights.append(1.0 / scale_factor)
+    return weights
+
+
 def momentum_for(convention: Convention, weight: float) -> float:
     """The inverse of ``batch_weight``: ``convention``'s momentum giving a new batch ``weight``."""
     return weight if convention.momentum_meaning == "batch" else 1.0 - weight

@@ -446,6 +446,7 @@ NARROW_COMMANDS = [
     ("explain", "--index", "0,0,0,0", "--precision"),
     ("explain", "--index", "0,0,0,0", "--steps", "2", "--convention", "mxnet"),
     ("explain", "--index", "0,0,0,0", "--convention", "tf-fused", "--eps", "1e-6"),
+    ("conventions", "--momentum", "0.999", "--from", "caffe"),
 ]
 
 

@@ -217,3 +217,27 @@ def test_explain_says_pytorch_has_no_eps_floor(cli, small, eps, floor_line):
     std = _explained_steps(cli, *args)["std"]
     expected = "PyTorch's default eps is 1e-05, tf-fused's 0.001" + floor_line
     assert std["differs_from_pytorch"] == expected
+
+
+def test_momentum_translated_from_caffe_holds_only_in_the_steady_state(cli):
+    """Found by review: translating Caffe's moving_average_fraction gave every other
+    convention's value without saying Caffe's batch weight changes every step."""
+    doc = cli.json("conventions", "--momentum", "0.999", "--from", "caffe")
+    notes = {e["convention"]: e["note"] for e in doc["translation"]["equivalents"]}
+    # From scale factor 1: s = 1 + 0.999 * s gives 1.999, 2.997, 3.994: weights 1/s.
+    expected = (
+        "matches Caffe only in the steady state: its first steps weigh the batch 0.5, 0.33, "
+        "0.25, ... (1/scale_factor, from 1)"
+    )
+    assert notes.pop("caffe") is None  # the same rule, step for step
+    assert notes == dict.fromkeys(notes, expected) and len(notes) == 7
+    # f = 0 keeps no sum: every step weighs the batch 1, no caveat.
+    zero = cli.json("conventions", "--momentum", "0", "--from", "caffe")
+    assert all(e["note"] is None for e in zero["translation"]["equivalents"])
+    # Into Caffe from elsewhere, the caveat stays on Caffe's row alone.
+    into = cli.json("conventions", "--momentum", "0.1")
+    into_notes = {e["convention"]: e["note"] for e in into["translation"]["equivalents"]}
+    assert into_notes.pop("caffe").startswith("the same weight once the scale factor")
+    assert set(into_notes.values()) == {None}
+    table = cli("conventions", "--momentum", "0.999", "--from", "caffe").stdout
+    assert table.count("matches Caffe only in the steady state") == 7
