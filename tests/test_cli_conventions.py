@@ -241,3 +241,12 @@ def test_momentum_translated_from_caffe_holds_only_in_the_steady_state(cli):
     assert set(into_notes.values()) == {None}
     table = cli("conventions", "--momentum", "0.999", "--from", "caffe").stdout
     assert table.count("matches Caffe only in the steady state") == 7
+
+
+@pytest.mark.parametrize("source", ["keras", "pytorch"])
+def test_from_without_momentum_is_refused(cli, source):
+    """Found by review: --from without --momentum was accepted and did nothing."""
+    message = cli.error("conventions", "--from", source, code=2)
+    assert message == (
+        "--from names the convention --momentum is given in; give --momentum too, or drop --from"
+    )
