@@ -11,7 +11,13 @@ import numpy as np
 
 from bninspect.against import against_report
 from bninspect.agreement import compare_value
-from bninspect.conventions import PYTORCH, UPDATE_WEIGHTS, Convention, batch_weight
+from bninspect.conventions import (
+    PYTORCH,
+    UPDATE_WEIGHTS,
+    Convention,
+    batch_weight,
+    effective_eps,
+)
 from bninspect.inspection import Inspection
 from bninspect.precision import precision_report
 from bninspect.reference import channel_values, forward_output, normalize
@@ -271,7 +277,8 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
             f"{convention.eps_default:g}"
         )
     requested = inspection.requested_eps
-    if requested is not None and requested < eps:  # the convention's floor raised it
+    raised = effective_eps(convention, requested)[1] if requested is not None else None
+    if raised:  # the convention's floor raised it
         eps_differs.append(
             f"PyTorch has no eps floor: it would use eps {requested:g} as given, "
             f"{convention.name} raises it to {eps:g}"
@@ -287,7 +294,7 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
             f"sqrt({fmt(forward.var[c])} + {fmt(eps)})",
             float(std),
             "eps sits inside the square root",
-            rule="; ".join([f"{convention.name}: eps {eps:g}", *inspection.settings.notices]),
+            rule="; ".join(filter(None, [f"{convention.name}: eps {eps:g}", raised])),
             differs_from_pytorch="; ".join(eps_differs) or None,
         ),
         Step(

@@ -169,6 +169,20 @@ def _batching(request: InspectRequest, rows: int) -> tuple[int, int]:
     return size, steps
 
 
+def _unfed_notice(rows: int, batch_size: int, steps: int) -> str | None:
+    """Say which samples at the end of axis 0 no step reached, if any."""
+    used = batch_size * steps
+    if used == rows:
+        return None
+    which = f"sample {used}" if rows - used == 1 else f"samples {used} to {rows - 1}"
+    step_text = "1 step" if steps == 1 else f"{steps} steps"
+    verb = "uses" if steps == 1 else "use"
+    return (
+        f"{which} not fed: {step_text} of {batch_size} samples {verb} the first {used} of "
+        f"{rows} on axis 0"
+    )
+
+
 def _torch_momentum(convention: Convention, momentum: float | None) -> Number:
     """PyTorch's momentum for the same rule; undefined where it changes every step."""
     if momentum is None:
@@ -192,8 +206,10 @@ def prepare(request: InspectRequest) -> Prepared:
         tensor, mapping = map_input(request.input_path, request.dtype)
     elif request.input_path is not None:
         tensor = load_input(request.input_path, request.dtype)
+    unfed_notice = None
     if request.input_path is not None:
         batch_size, steps = _batching(request, tensor.array.shape[0])
+        unfed_notice = _unfed_notice(tensor.array.shape[0], batch_size, steps)
     else:
         shape, dtype = request.shape or DEFAULT_SHAPE, request.dtype or "float32"
         batch_size, steps = shape[0], request.steps or 1
@@ -228,7 +244,7 @@ def prepare(request: InspectRequest) -> Prepared:
         steps=steps,
         batch_size=batch_size,
         torch_momentum=_torch_momentum(convention, momentum),
-        notices=(eps_notice,) if eps_notice else (),
+        notices=tuple(filter(None, (unfed_notice, eps_notice))),
     )
     return Prepared(request, tensor, settings, params, mapping, convention, no_peer)
 

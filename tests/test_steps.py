@@ -3,6 +3,8 @@ the test itself, step by step."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +252,42 @@ def test_batches_that_do_not_fit_the_file(cli, six_samples, args, message):
 
 def test_steps_must_be_positive(cli):
     assert cli.error("run", "--steps", "0", code=2).startswith("Invalid value for '--steps'")
+
+
+@pytest.mark.parametrize(
+    ("options", "notices"),
+    [
+        (
+            ["--steps", 2, "--batch-size", 2],
+            ["samples 4 to 5 not fed: 2 steps of 2 samples use the first 4 of 6 on axis 0"],
+        ),
+        (
+            ["--steps", 1, "--batch-size", 5],
+            ["sample 5 not fed: 1 step of 5 samples uses the first 5 of 6 on axis 0"],
+        ),
+        (["--steps", 3, "--batch-size", 2], []),
+    ],
+)
+def test_samples_left_unfed_are_announced(cli, six_samples, options, notices):
+    """Found by review: --batch-size 7 --steps 22 fed 154 of 160 samples without a word."""
+    result = cli("run", "--input", six_samples, *options, "--json")
+    doc = json.loads(result.stdout)
+    assert doc["settings"]["notices"] == notices
+    assert result.stderr == "".join(f"Notice: {notice}\n" for notice in notices)
+    table = cli("run", "--input", six_samples, *options).stdout
+    for notice in notices:
+        assert f"notice  {notice}" in table.replace("\n", " ")
+
+
+def test_explain_keeps_the_unfed_notice_out_of_the_eps_rule(cli, six_samples):
+    args = ("--steps", 2, "--batch-size", 2, "--convention", "tf-fused", "--eps", "1e-6")
+    doc = cli.json("explain", "--input", six_samples, *args, "--index", "0,0,0")
+    assert doc["settings"]["notices"] == [
+        "samples 4 to 5 not fed: 2 steps of 2 samples use the first 4 of 6 on axis 0",
+        "tf-fused raises eps 1e-06 to its floor 1.001e-05 (tf.nn.fused_batch_norm's min_epsilon)",
+    ]
+    std = next(step for step in doc["steps"] if step["name"] == "std")
+    assert std["rule"] == (
+        "tf-fused: eps 1.001e-05; tf-fused raises eps 1e-06 to its floor 1.001e-05 "
+        "(tf.nn.fused_batch_norm's min_epsilon)"
+    )
