@@ -54,6 +54,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     shape = inspection.batch.shape
     axes = " * ".join(str(size) for axis, size in enumerate(shape) if axis != 1)
     count, m2 = stats.count, float(stats.m2[c])
+    unbiased_formula = "var_unbiased = m2 / (count - 1)"
     if count > 1:
         var_unbiased: Number = float(stats.var_unbiased[c])
         unbiased_text = f"{fmt(m2)} / {count - 1}"
@@ -69,6 +70,19 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     else:
         unbiased_note = f"unbiased (divide by N - 1): {convention.name} does not use it"
         unbiased_differs = "PyTorch writes this one into running_var"
+    update = inspection.forward.update
+    divides_by_one = convention.stores == "unbiased" and convention.one_value != "refuse"
+    if count == 1 and divides_by_one and update is not None:
+        # TensorFlow (n / max(n - 1, 1)) and Caffe (m / (m - 1), 1 when m = 1) store 0.
+        unbiased_formula = "var_unbiased = m2 / max(count - 1, 1)"
+        var_unbiased, unbiased_text = float(update.batch_var[c]), f"{fmt(m2)} / 1"
+        unbiased_note = (
+            f"unbiased, but {convention.name} divides by max(N - 1, 1): one value per channel "
+            "stores 0 in running_var; it does not normalize with it"
+        )
+        unbiased_differs = (
+            "PyTorch leaves it undefined (0 / 0) and refuses one value per channel in train mode"
+        )
     return [
         Step(
             "count",
@@ -91,7 +105,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
         ),
         Step(
             "var_unbiased",
-            "var_unbiased = m2 / (count - 1)",
+            unbiased_formula,
             unbiased_text,
             var_unbiased,
             unbiased_note,

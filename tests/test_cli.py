@@ -447,6 +447,7 @@ NARROW_COMMANDS = [
     ("explain", "--index", "0,0,0,0", "--steps", "2", "--convention", "mxnet"),
     ("explain", "--index", "0,0,0,0", "--convention", "tf-fused", "--eps", "1e-6"),
     ("conventions", "--momentum", "0.999", "--from", "caffe"),
+    ("explain", "--shape", "1,3", "--steps", "3", "--convention", "caffe", "--index", "0,1"),
 ]
 
 

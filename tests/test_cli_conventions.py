@@ -250,3 +250,29 @@ def test_from_without_momentum_is_refused(cli, source):
     assert message == (
         "--from names the convention --momentum is given in; give --momentum too, or drop --from"
     )
+
+
+@pytest.mark.parametrize("name", ["caffe", "tf-fused"])
+def test_one_value_per_channel_stores_what_the_framework_stores(cli, tmp_path, name):
+    """Found by review: with one value per channel, Caffe's var_unbiased step showed
+    '0 / 0 = n/a' as what it writes into running_var, though Caffe (m / (m - 1), 1 when
+    m = 1) and TensorFlow (max(n - 1, 1)) both store 0."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.array([[1.5, -2.0], [0.5, 4.0], [3.0, 1.0]], dtype=np.float32))
+    args = ("--input", path, "--batch-size", 1, "--steps", 3, "--convention", name)
+    doc = cli.json("explain", *args, "--index", "0,1")
+    steps = {step["name"]: step for step in doc["steps"]}
+    unbiased = steps["var_unbiased"]
+    assert unbiased["value"] == 0.0 and "/var_unbiased" not in str(doc["null_reasons"])
+    assert unbiased["formula"] == "var_unbiased = m2 / max(count - 1, 1)"
+    assert unbiased["substitution"] == "0 / 1"
+    assert unbiased["note"] == (
+        f"unbiased, but {name} divides by max(N - 1, 1): one value per channel stores 0 in "
+        "running_var; it does not normalize with it"
+    )
+    assert unbiased["differs_from_pytorch"] == (
+        "PyTorch leaves it undefined (0 / 0) and refuses one value per channel in train mode"
+    )
+    # The running_var update folds in that same 0.
+    run = cli.json("run", *args)
+    assert run["running_history"][-1]["channels"][1]["batch_var"] == 0.0
