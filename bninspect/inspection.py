@@ -176,10 +176,10 @@ def _unfed_notice(rows: int, batch_size: int, steps: int) -> str | None:
         return None
     which = f"sample {used}" if rows - used == 1 else f"samples {used} to {rows - 1}"
     step_text = "1 step" if steps == 1 else f"{steps} steps"
+    size_text = "1 sample" if batch_size == 1 else f"{batch_size} samples"
     verb = "uses" if steps == 1 else "use"
     return (
-        f"{which} not fed: {step_text} of {batch_size} samples {verb} the first {used} of "
-        f"{rows} on axis 0"
+        f"{which} not fed: {step_text} of {size_text} {verb} the first {used} of {rows} on axis 0"
     )
 
 

@@ -265,6 +265,10 @@ def test_steps_must_be_positive(cli):
             ["--steps", 1, "--batch-size", 5],
             ["sample 5 not fed: 1 step of 5 samples uses the first 5 of 6 on axis 0"],
         ),
+        (
+            ["--steps", 3, "--batch-size", 1],
+            ["samples 3 to 5 not fed: 3 steps of 1 sample use the first 3 of 6 on axis 0"],
+        ),
         (["--steps", 3, "--batch-size", 2], []),
     ],
 )
