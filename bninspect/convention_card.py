@@ -98,12 +98,12 @@ def convention_card(convention: Convention) -> ConventionCard:
     )
 
 
-def _steady_state_only(source: Convention, momentum: float) -> str | None:
-    """The caveat on a constant weight translated from Caffe, whose batch weight changes every
-    step (none where it does not: f = 0 weighs every batch 1)."""
-    if not source.has_scale_factor or momentum == 0:
+def _steady_state_only(fraction: float) -> str | None:
+    """The caveat on a constant weight translated from Caffe's ``fraction``: Caffe's batch
+    weight changes every step (except with f = 0, which weighs every batch 1)."""
+    if fraction == 0:
         return None
-    early = ", ".join(f"{w:.2g}" for w in scale_factor_weights(momentum, 3))
+    early = ", ".join(f"{w:.2g}" for w in scale_factor_weights(fraction, 3))
     return (
         f"matches Caffe only in the steady state: its first steps weigh the batch {early}, ... "
         "(1/scale_factor, from 1)"
@@ -125,10 +125,8 @@ def _equivalent(
         reason = f"no constant {parameter} gives a cumulative average"
         return MomentumEquivalent(target.name, parameter, Undefined(reason), note)
     note = None
-    if target.has_scale_factor and source.has_scale_factor:
-        note = None  # the same rule, step for step
-    elif source.has_scale_factor:
-        note = _steady_state_only(source, momentum)
+    if source.has_scale_factor:  # into Caffe itself: the same rule, step for step
+        note = None if target.has_scale_factor else _steady_state_only(momentum)
     elif target.has_scale_factor:
         note = (
             "the same weight once the scale factor has settled at 1/(1 - f); earlier steps "
