@@ -19,7 +19,7 @@ from bninspect.cli_options import (
     with_inspect_options,
 )
 from bninspect.conventions import CONVENTIONS
-from bninspect.errors import BnInspectError
+from bninspect.errors import BnInspectError, OptionError
 from bninspect.parsing import parse_index, resolve_index
 from bninspect.progress_bar import progress_bar
 from bninspect.request import InspectRequest
@@ -267,9 +267,9 @@ def conventions(
         ),
     ] = None,
     source: Annotated[
-        ConventionName,
-        typer.Option("--from", help="The convention --momentum is given in."),
-    ] = ConventionName.pytorch,
+        ConventionName | None,
+        typer.Option("--from", help="The convention --momentum is given in (default pytorch)."),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """The reference card: how each framework's batch norm differs, and where each fact
@@ -282,7 +282,12 @@ def conventions(
     """
     from bninspect.convention_card import build_card
 
-    rules = CONVENTIONS[source.value]
+    if source is not None and momentum is None:
+        raise OptionError(
+            "--from names the convention --momentum is given in; give --momentum too, or drop "
+            "--from"
+        )
+    rules = CONVENTIONS[source.value if source is not None else "pytorch"]
     translated = resolve_momentum(momentum, rules) if momentum is not None else None
     _emit(build_card(translated, rules, translate=momentum is not None), json_output)
 

@@ -11,6 +11,7 @@ from bninspect.conventions import (
     Convention,
     batch_weight,
     momentum_for,
+    scale_factor_weights,
 )
 from bninspect.parsing import short
 from bninspect.results import (
@@ -97,7 +98,21 @@ def convention_card(convention: Convention) -> ConventionCard:
     )
 
 
-def _equivalent(target: Convention, weight: float | None) -> MomentumEquivalent:
+def _steady_state_only(fraction: float) -> str | None:
+    """The caveat on a constant weight translated from Caffe's ``fraction``: Caffe's batch
+    weight changes every step (except with f = 0, which weighs every batch 1)."""
+    if fraction == 0:
+        return None
+    early = ", ".join(f"{w:.2g}" for w in scale_factor_weights(fraction, 3))
+    return (
+        f"matches Caffe only in the steady state: its first steps weigh the batch {early}, ... "
+        "(1/scale_factor, from 1)"
+    )
+
+
+def _equivalent(
+    target: Convention, weight: float | None, source: Convention, momentum: float | None
+) -> MomentumEquivalent:
     parameter = target.momentum_parameter
     if weight is None:
         if target.accepts_cumulative:
@@ -110,7 +125,9 @@ def _equivalent(target: Convention, weight: float | None) -> MomentumEquivalent:
         reason = f"no constant {parameter} gives a cumulative average"
         return MomentumEquivalent(target.name, parameter, Undefined(reason), note)
     note = None
-    if target.has_scale_factor:
+    if source.has_scale_factor:  # into Caffe itself: the same rule, step for step
+        note = None if target.has_scale_factor else _steady_state_only(momentum)
+    elif target.has_scale_factor:
         note = (
             "the same weight once the scale factor has settled at 1/(1 - f); earlier steps "
             "weigh the batch 1/scale_factor, more"
@@ -129,7 +146,7 @@ def translate_momentum(momentum: float | None, source: Convention) -> MomentumTr
         source=source.name,
         momentum=given,
         batch_weight=Undefined(CUMULATIVE) if weight is None else weight,
-        equivalents=tuple(_equivalent(c, weight) for c in CONVENTIONS.values()),
+        equivalents=tuple(_equivalent(c, weight, source, momentum) for c in CONVENTIONS.values()),
     )
 
 

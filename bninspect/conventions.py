@@ -61,6 +61,7 @@ class Convention:
     accepts_cumulative: bool = False  # momentum None: the cumulative average (PyTorch only)
     eps_floor: float | None = None
     refuses_zero_eps_in_train: bool = False
+    updates_in_backward: bool = False  # running statistics change in the backward pass (MXNet)
     checked_against: str | None = None  # the real framework this is tested against here
     unverified: tuple[str, ...] = ()  # rules taken from the shared card, not confirmed at source
     notes: tuple[str, ...] = ()
@@ -237,6 +238,7 @@ MXNET = Convention(
     momentum_parameter="momentum",
     momentum_default=0.9,
     eps_default=1e-5,
+    updates_in_backward=True,
     sources={
         "normalizes": "src/operator/nn/batch_norm.cc (apache/mxnet): variance = sum / "
         "itemCountPerChannel, kept as invstd",
@@ -323,6 +325,17 @@ def batch_weight(convention: Convention, momentum: float) -> float:
     ``momentum`` in ``convention``'s meaning. For Caffe this is the weight once the scale factor
     has settled at 1 / (1 - f); its early steps weigh the batch 1 / scale_factor."""
     return momentum if convention.momentum_meaning == "batch" else 1.0 - momentum
+
+
+def scale_factor_weights(fraction: float, steps: int, scale_factor: float = 1.0) -> list[float]:
+    """The weight of the batch in Caffe's running statistics at each of its first ``steps``
+    steps from ``scale_factor``: the scale factor becomes 1 + f * s and the batch weighs
+    1 / s, settling at 1 - f."""
+    weights = []
+    for _ in range(steps):
+        scale_factor = 1.0 + fraction * scale_factor
+        weights.append(1.0 / scale_factor)
+    return weights
 
 
 def momentum_for(convention: Convention, weight: float) -> float:

@@ -11,7 +11,13 @@ import numpy as np
 
 from bninspect.against import against_report
 from bninspect.agreement import compare_value
-from bninspect.conventions import PYTORCH, UPDATE_WEIGHTS, Convention, batch_weight
+from bninspect.conventions import (
+    PYTORCH,
+    UPDATE_WEIGHTS,
+    Convention,
+    batch_weight,
+    effective_eps,
+)
 from bninspect.inspection import Inspection
 from bninspect.precision import precision_report
 from bninspect.reference import channel_values, forward_output, normalize
@@ -48,6 +54,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     shape = inspection.batch.shape
     axes = " * ".join(str(size) for axis, size in enumerate(shape) if axis != 1)
     count, m2 = stats.count, float(stats.m2[c])
+    unbiased_formula = "var_unbiased = m2 / (count - 1)"
     if count > 1:
         var_unbiased: Number = float(stats.var_unbiased[c])
         unbiased_text = f"{fmt(m2)} / {count - 1}"
@@ -63,6 +70,19 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     else:
         unbiased_note = f"unbiased (divide by N - 1): {convention.name} does not use it"
         unbiased_differs = "PyTorch writes this one into running_var"
+    update = inspection.forward.update
+    divides_by_one = convention.stores == "unbiased" and convention.one_value != "refuse"
+    if count == 1 and divides_by_one and update is not None:
+        # TensorFlow (n / max(n - 1, 1)) and Caffe (m / (m - 1), 1 when m = 1) store 0.
+        unbiased_formula = "var_unbiased = m2 / max(count - 1, 1)"
+        var_unbiased, unbiased_text = float(update.batch_var[c]), f"{fmt(m2)} / 1"
+        unbiased_note = (
+            f"unbiased, but {convention.name} divides by max(N - 1, 1): one value per channel "
+            "stores 0 in running_var; it does not normalize with it"
+        )
+        unbiased_differs = (
+            "PyTorch leaves it undefined (0 / 0) and refuses one value per channel in train mode"
+        )
     return [
         Step(
             "count",
@@ -85,7 +105,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
         ),
         Step(
             "var_unbiased",
-            "var_unbiased = m2 / (count - 1)",
+            unbiased_formula,
             unbiased_text,
             var_unbiased,
             unbiased_note,
@@ -176,6 +196,12 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
     return formula, numbers, rule, differs
 
 
+BACKWARD_UPDATE = (
+    "MXNet's CPU operator updates both running buffers in the backward pass (a forward pass "
+    "alone leaves them unchanged); PyTorch updates them in the forward pass"
+)
+
+
 def _running_steps(inspection: Inspection, c: int) -> list[Step]:
     forward, convention, stats = inspection.forward, inspection.convention, inspection.stats
     if forward.passes_through:
@@ -209,6 +235,8 @@ def _running_steps(inspection: Inspection, c: int) -> list[Step]:
         inspection, c, "mean", "mean"
     )
     var_formula, var_numbers, var_rule, var_differs = _update_text(inspection, c, "var", var_symbol)
+    if convention.updates_in_backward:
+        mean_differs = "; ".join(filter(None, [mean_differs, BACKWARD_UPDATE]))
     if convention.stores == "unbiased":
         var_note = "the running variance takes the unbiased variance, not the one that normalized"
         if stats.count == 1:
@@ -256,11 +284,18 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
         ]
     mean, std, weight, bias = forward.mean[c], forward.std[c], params.weight[c], params.bias[c]
     eps = inspection.settings.eps
-    eps_differs = None
+    eps_differs = []
     if convention.eps_default != PYTORCH.eps_default:
-        eps_differs = (
+        eps_differs.append(
             f"PyTorch's default eps is {PYTORCH.eps_default:g}, {convention.name}'s "
             f"{convention.eps_default:g}"
+        )
+    requested = inspection.requested_eps
+    raised = effective_eps(convention, requested)[1] if requested is not None else None
+    if raised:  # the convention's floor raised it
+        eps_differs.append(
+            f"PyTorch has no eps floor: it would use eps {requested:g} as given, "
+            f"{convention.name} raises it to {eps:g}"
         )
     one_value = None
     if train and inspection.stats.count == 1:
@@ -273,8 +308,8 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
             f"sqrt({fmt(forward.var[c])} + {fmt(eps)})",
             float(std),
             "eps sits inside the square root",
-            rule="; ".join([f"{convention.name}: eps {eps:g}", *inspection.settings.notices]),
-            differs_from_pytorch=eps_differs,
+            rule="; ".join(filter(None, [f"{convention.name}: eps {eps:g}", raised])),
+            differs_from_pytorch="; ".join(eps_differs) or None,
         ),
         Step(
             "x_hat",

@@ -88,7 +88,8 @@ class Inspection:
     history: tuple[StepUpdate, ...]
     torch_run: TorchRun | None
     no_peer: str | None = None
-    train_eval: bool = False  # compare train and eval outputs of the last batch (--steps)
+    train_eval: bool = False  # compare train and eval outputs of the last batch (over steps)
+    requested_eps: float | None = None  # eps as given, before a floor raised it (settings.eps)
 
 
 def _check_outputs(request: InspectRequest) -> None:
@@ -168,6 +169,20 @@ def _batching(request: InspectRequest, rows: int) -> tuple[int, int]:
     return size, steps
 
 
+def _unfed_notice(rows: int, batch_size: int, steps: int) -> str | None:
+    """Say which samples at the end of axis 0 no step reached, if any."""
+    used = batch_size * steps
+    if used == rows:
+        return None
+    which = f"sample {used}" if rows - used == 1 else f"samples {used} to {rows - 1}"
+    step_text = "1 step" if steps == 1 else f"{steps} steps"
+    size_text = "1 sample" if batch_size == 1 else f"{batch_size} samples"
+    verb = "uses" if steps == 1 else "use"
+    return (
+        f"{which} not fed: {step_text} of {size_text} {verb} the first {used} of {rows} on axis 0"
+    )
+
+
 def _torch_momentum(convention: Convention, momentum: float | None) -> Number:
     """PyTorch's momentum for the same rule; undefined where it changes every step."""
     if momentum is None:
@@ -191,8 +206,10 @@ def prepare(request: InspectRequest) -> Prepared:
         tensor, mapping = map_input(request.input_path, request.dtype)
     elif request.input_path is not None:
         tensor = load_input(request.input_path, request.dtype)
+    unfed_notice = None
     if request.input_path is not None:
         batch_size, steps = _batching(request, tensor.array.shape[0])
+        unfed_notice = _unfed_notice(tensor.array.shape[0], batch_size, steps)
     else:
         shape, dtype = request.shape or DEFAULT_SHAPE, request.dtype or "float32"
         batch_size, steps = shape[0], request.steps or 1
@@ -227,7 +244,7 @@ def prepare(request: InspectRequest) -> Prepared:
         steps=steps,
         batch_size=batch_size,
         torch_momentum=_torch_momentum(convention, momentum),
-        notices=(eps_notice,) if eps_notice else (),
+        notices=tuple(filter(None, (unfed_notice, eps_notice))),
     )
     return Prepared(request, tensor, settings, params, mapping, convention, no_peer)
 
@@ -295,8 +312,10 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
     settings, params, x = prepared.settings, prepared.params, prepared.tensor.array
     size, steps = settings.batch_size, settings.steps
     # The train/eval gap costs a whole extra pass (PyTorch's in eval mode, the reference's per
-    # channel): only when running statistics over steps were asked for.
-    train_eval = prepared.request.steps is not None and settings.mode == "train"
+    # channel): only over training steps, asked for (--steps, --batch-size) or implied (many).
+    request = prepared.request
+    over_steps = request.steps is not None or request.batch_size is not None or steps > 1
+    train_eval = over_steps and settings.mode == "train"
     tell = progress("statistics", x[: size * steps].nbytes) if progress else None
     torch_run = None
     if prepared.no_peer is not None:
@@ -336,6 +355,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
         torch_run,
         prepared.no_peer,
         train_eval,
+        prepared.request.eps,
     )
 
 

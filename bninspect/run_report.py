@@ -102,7 +102,8 @@ def _train_and_eval(inspection: Inspection) -> tuple[ReferenceForward, Reference
 
 
 NO_GAP = Undefined(
-    f"{NOT_ASKED}: --steps K (train mode) compares train and eval outputs after K steps"
+    f"{NOT_ASKED}: --steps K or --batch-size B (train mode) compares train and eval outputs "
+    "after the training steps"
 )
 
 

@@ -152,7 +152,10 @@ def test_run_json_shape(cli):
         "sha256": None, "notices": [], "offset": 0.0, "scale": 1.0,
     }  # fmt: skip
     assert doc["settings"]["module"] == "BatchNorm1d"
-    gap = "not asked for: --steps K (train mode) compares train and eval outputs after K steps"
+    gap = (
+        "not asked for: --steps K or --batch-size B (train mode) compares train and eval "
+        "outputs after the training steps"
+    )
     assert doc["null_reasons"] == {
         "/variance_methods": "not asked for: add --var-method",
         **{
@@ -325,7 +328,8 @@ def test_eval_mode(cli, tmp_path):
 def test_eval_mode_accepts_one_value_per_channel(cli):
     doc = cli.json("run", "--shape", "1,3", "--mode", "eval")
     not_asked = (
-        "not asked for: --steps K (train mode) compares train and eval outputs after K steps"
+        "not asked for: --steps K or --batch-size B (train mode) compares train and eval "
+        "outputs after the training steps"
     )
     assert doc["null_reasons"] == {
         "/variance_methods": "not asked for: add --var-method",
@@ -440,6 +444,10 @@ NARROW_COMMANDS = [
     ("run", "--shape", "8,3,4,4", "--steps", "3", "--convention", "caffe"),
     ("run", "--shape", "32,8,16,16", "--offset", "1e4", "--var-method"),
     ("explain", "--index", "0,0,0,0", "--precision"),
+    ("explain", "--index", "0,0,0,0", "--steps", "2", "--convention", "mxnet"),
+    ("explain", "--index", "0,0,0,0", "--convention", "tf-fused", "--eps", "1e-6"),
+    ("conventions", "--momentum", "0.999", "--from", "caffe"),
+    ("explain", "--shape", "1,3", "--steps", "3", "--convention", "caffe", "--index", "0,1"),
 ]
 
 

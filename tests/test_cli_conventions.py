@@ -177,3 +177,102 @@ def test_cumulative_momentum_translation(cli):
     )
     message = cli.error("conventions", "--momentum", "none", "--from", "onnx", code=2)
     assert message.startswith("--momentum none is PyTorch's cumulative average")
+
+
+def _explained_steps(cli, *args):
+    doc = cli.json("explain", *args)
+    return {step["name"]: step for step in doc["steps"]}
+
+
+def test_explain_says_mxnet_updates_in_the_backward_pass(cli, small):
+    """Found by review: MXNet's CPU operator updates the running statistics in the backward
+    pass, and explain did not say so where it applies."""
+    steps = _explained_steps(cli, "--input", small, "--convention", "mxnet", "--index", "0,0,0")
+    differs = steps["running_mean"]["differs_from_pytorch"]
+    assert differs.endswith(
+        "MXNet's CPU operator updates both running buffers in the backward pass (a forward "
+        "pass alone leaves them unchanged); PyTorch updates them in the forward pass"
+    )
+    for name in ("onnx", "paddle"):  # the same update rule, in the forward pass
+        other = _explained_steps(cli, "--input", small, "--convention", name, "--index", "0,0,0")
+        assert all("backward" not in (s["differs_from_pytorch"] or "") for s in other.values())
+
+
+@pytest.mark.parametrize(
+    ("eps", "floor_line"),
+    [
+        (
+            "1e-6",
+            "; PyTorch has no eps floor: it would use eps 1e-06 as given, tf-fused raises it "
+            "to 1.001e-05",
+        ),
+        ("1.001e-5", ""),  # at the floor: nothing raised
+        ("1e-4", ""),
+    ],
+)
+def test_explain_says_pytorch_has_no_eps_floor(cli, small, eps, floor_line):
+    """Found by review: under tf-fused with eps below the floor, the std step named only the
+    default eps as PyTorch's difference."""
+    args = ("--input", small, "--convention", "tf-fused", "--eps", eps, "--index", "0,0,0")
+    std = _explained_steps(cli, *args)["std"]
+    expected = "PyTorch's default eps is 1e-05, tf-fused's 0.001" + floor_line
+    assert std["differs_from_pytorch"] == expected
+
+
+def test_momentum_translated_from_caffe_holds_only_in_the_steady_state(cli):
+    """Found by review: translating Caffe's moving_average_fraction gave every other
+    convention's value without saying Caffe's batch weight changes every step."""
+    doc = cli.json("conventions", "--momentum", "0.999", "--from", "caffe")
+    notes = {e["convention"]: e["note"] for e in doc["translation"]["equivalents"]}
+    # From scale factor 1: s = 1 + 0.999 * s gives 1.999, 2.997, 3.994: weights 1/s.
+    expected = (
+        "matches Caffe only in the steady state: its first steps weigh the batch 0.5, 0.33, "
+        "0.25, ... (1/scale_factor, from 1)"
+    )
+    assert notes.pop("caffe") is None  # the same rule, step for step
+    assert notes == dict.fromkeys(notes, expected) and len(notes) == 7
+    # f = 0 keeps no sum: every step weighs the batch 1, no caveat.
+    zero = cli.json("conventions", "--momentum", "0", "--from", "caffe")
+    assert all(e["note"] is None for e in zero["translation"]["equivalents"])
+    # Into Caffe from elsewhere, the caveat stays on Caffe's row alone.
+    into = cli.json("conventions", "--momentum", "0.1")
+    into_notes = {e["convention"]: e["note"] for e in into["translation"]["equivalents"]}
+    assert into_notes.pop("caffe").startswith("the same weight once the scale factor")
+    assert set(into_notes.values()) == {None}
+    table = cli("conventions", "--momentum", "0.999", "--from", "caffe").stdout
+    assert table.count("matches Caffe only in the steady state") == 7
+
+
+@pytest.mark.parametrize("source", ["keras", "pytorch"])
+def test_from_without_momentum_is_refused(cli, source):
+    """Found by review: --from without --momentum was accepted and did nothing."""
+    message = cli.error("conventions", "--from", source, code=2)
+    assert message == (
+        "--from names the convention --momentum is given in; give --momentum too, or drop --from"
+    )
+
+
+@pytest.mark.parametrize("name", ["caffe", "tf-fused"])
+def test_one_value_per_channel_stores_what_the_framework_stores(cli, tmp_path, name):
+    """Found by review: with one value per channel, Caffe's var_unbiased step showed
+    '0 / 0 = n/a' as what it writes into running_var, though Caffe (m / (m - 1), 1 when
+    m = 1) and TensorFlow (max(n - 1, 1)) both store 0."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.array([[1.5, -2.0], [0.5, 4.0], [3.0, 1.0]], dtype=np.float32))
+    args = ("--input", path, "--batch-size", 1, "--steps", 3, "--convention", name)
+    doc = cli.json("explain", *args, "--index", "0,1")
+    steps = {step["name"]: step for step in doc["steps"]}
+    unbiased = steps["var_unbiased"]
+    assert unbiased["value"] == 0.0 and "/var_unbiased" not in str(doc["null_reasons"])
+    assert unbiased["formula"] == "var_unbiased = m2 / max(count - 1, 1)"
+    assert unbiased["substitution"] == "0 / 1"
+    assert unbiased["note"] == (
+        f"unbiased, but {name} divides by max(N - 1, 1): one value per channel stores 0 in "
+        "running_var; it does not normalize with it"
+    )
+    assert unbiased["differs_from_pytorch"] == (
+        "PyTorch leaves it undefined (0 / 0) and refuses one value per channel in train mode"
+    )
+    # The running_var update folds in that same 0.
+    run = cli.json("run", *args)
+    assert run["running_history"][-1]["channels"][1]["batch_var"] == 0.0

@@ -22,6 +22,7 @@ from bninspect.conventions import (
     batch_weight,
     effective_eps,
     momentum_for,
+    scale_factor_weights,
 )
 from bninspect.reference import channel_statistics, forward_output, reference_forward
 from bninspect.running import initial_state
@@ -122,6 +123,16 @@ def test_caffe_sums_and_scale_factor_over_two_steps_by_hand():
     np.testing.assert_allclose([second.stored_mean[0], second.stored_var[0]], [5.0, 9.25])
     np.testing.assert_allclose([second.running_mean[0], second.running_var[0]], [20 / 7, 37 / 7])
     np.testing.assert_allclose([u.batch_weight for u in updates], [2 / 3, 4 / 7])
+
+
+def test_caffe_batch_weights_by_hand():
+    # f = 0.5 from scale factor 1: s = 1.5, 1.75, 1.875, weights 2/3, 4/7, 8/15 (as the
+    # two-step test above); from a fresh layer (s = 0): s = 1, 1.5, weights 1, 2/3.
+    np.testing.assert_allclose(scale_factor_weights(0.5, 3), [2 / 3, 4 / 7, 8 / 15], rtol=1e-15)
+    np.testing.assert_allclose(scale_factor_weights(0.5, 2, 0.0), [1.0, 2 / 3], rtol=1e-15)
+    # The steady state: s = 1 / (1 - f), the batch weighs 1 - f.
+    assert scale_factor_weights(0.9, 500)[-1] == pytest.approx(0.1, rel=1e-12)
+    assert scale_factor_weights(0.0, 3) == [1.0, 1.0, 1.0]
 
 
 def test_caffe_scale_factor_zero_means_statistics_zero():

@@ -3,6 +3,8 @@ the test itself, step by step."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,26 @@ def test_train_eval_gap_is_pytorchs(cli, tmp_path):
         np.testing.assert_allclose(channel["train_eval_max_gap"], gap[:, c].max(), atol=1e-6)
         np.testing.assert_allclose(channel["train_eval_mean_gap"], gap[:, c].mean(), atol=1e-6)
         assert channel["eval_max_abs_error"] < 1e-6
+
+
+def test_batch_size_alone_gives_the_train_eval_gap(cli, tmp_path):
+    """Found by review: --batch-size 4 ran 40 steps but left the gap null ("not asked for")."""
+    path = tmp_path / "x.npy"
+    x = np.random.default_rng(4).standard_normal((12, 2, 3, 3)).astype(np.float32)
+    np.save(path, x)
+    doc = cli.json("run", "--input", path, "--batch-size", 4)
+    assert doc["settings"]["steps"] == 3
+    _, outputs, evaluated = torch_steps(x, 4, 0.1, [0, 0], [1, 1])
+    gap = np.abs(outputs[-4:] - evaluated).astype(np.float64)
+    for c, channel in enumerate(doc["channels"]):
+        np.testing.assert_allclose(channel["train_eval_max_gap"], gap[:, c].max(), atol=1e-6)
+        np.testing.assert_allclose(channel["train_eval_mean_gap"], gap[:, c].mean(), atol=1e-6)
+        assert channel["eval_max_abs_error"] < 1e-6
+    # One step over the whole file, nothing about steps asked: the extra pass is skipped.
+    single = cli.json("run", "--input", path)
+    assert single["channels"][0]["train_eval_max_gap"] is None
+    reason = single["null_reasons"]["/channels/0/train_eval_max_gap"]
+    assert reason.startswith("not asked for: --steps K or --batch-size")
 
 
 def test_generated_batches_follow_each_other_from_the_seed(cli, tmp_path):
@@ -230,3 +252,46 @@ def test_batches_that_do_not_fit_the_file(cli, six_samples, args, message):
 
 def test_steps_must_be_positive(cli):
     assert cli.error("run", "--steps", "0", code=2).startswith("Invalid value for '--steps'")
+
+
+@pytest.mark.parametrize(
+    ("options", "notices"),
+    [
+        (
+            ["--steps", 2, "--batch-size", 2],
+            ["samples 4 to 5 not fed: 2 steps of 2 samples use the first 4 of 6 on axis 0"],
+        ),
+        (
+            ["--steps", 1, "--batch-size", 5],
+            ["sample 5 not fed: 1 step of 5 samples uses the first 5 of 6 on axis 0"],
+        ),
+        (
+            ["--steps", 3, "--batch-size", 1],
+            ["samples 3 to 5 not fed: 3 steps of 1 sample use the first 3 of 6 on axis 0"],
+        ),
+        (["--steps", 3, "--batch-size", 2], []),
+    ],
+)
+def test_samples_left_unfed_are_announced(cli, six_samples, options, notices):
+    """Found by review: --batch-size 7 --steps 22 fed 154 of 160 samples without a word."""
+    result = cli("run", "--input", six_samples, *options, "--json")
+    doc = json.loads(result.stdout)
+    assert doc["settings"]["notices"] == notices
+    assert result.stderr == "".join(f"Notice: {notice}\n" for notice in notices)
+    table = cli("run", "--input", six_samples, *options).stdout
+    for notice in notices:
+        assert f"notice  {notice}" in table.replace("\n", " ")
+
+
+def test_explain_keeps_the_unfed_notice_out_of_the_eps_rule(cli, six_samples):
+    args = ("--steps", 2, "--batch-size", 2, "--convention", "tf-fused", "--eps", "1e-6")
+    doc = cli.json("explain", "--input", six_samples, *args, "--index", "0,0,0")
+    assert doc["settings"]["notices"] == [
+        "samples 4 to 5 not fed: 2 steps of 2 samples use the first 4 of 6 on axis 0",
+        "tf-fused raises eps 1e-06 to its floor 1.001e-05 (tf.nn.fused_batch_norm's min_epsilon)",
+    ]
+    std = next(step for step in doc["steps"] if step["name"] == "std")
+    assert std["rule"] == (
+        "tf-fused: eps 1.001e-05; tf-fused raises eps 1e-06 to its floor 1.001e-05 "
+        "(tf.nn.fused_batch_norm's min_epsilon)"
+    )
