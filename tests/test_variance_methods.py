@@ -44,5 +44,5 @@ def test_cli_table_and_json(cli):
         "welford_rel_error",
     }
     table = cli("run", "--var-method").stdout
-    assert "Variance three ways in float32" in table
+    assert "Variance in float32 three ways" in table
     assert "naive E[x^2]-E[x]^2" in table  # a literal label, not swallowed as rich markup
