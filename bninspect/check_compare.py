@@ -9,6 +9,7 @@ import numpy as np
 
 from bninspect.agreement import channel_scale, elementwise_errors, ulp
 from bninspect.check_results import (
+    WHERE_FINITE,
     ChannelCheck,
     ElementError,
     HistogramBin,
@@ -77,11 +78,19 @@ def mismatched(abs_error: np.ndarray, reference: np.ndarray, tolerance: Toleranc
 
 
 def _pattern(theirs: np.ndarray, reference: np.ndarray, unit: float) -> tuple[str, Number, Number]:
-    """Fit theirs ~ factor * reference + offset on the finite pairs and name the error's shape."""
+    """Fit theirs ~ factor * reference + offset on the finite pairs and name the error's shape;
+    with WHERE_FINITE appended when non-finite elements disagree, which the fit cannot see."""
     keep = np.isfinite(theirs) & np.isfinite(reference)
     t, r = theirs[keep], reference[keep]
     if t.size == 0:
         return "not finite", Undefined("no finite pairs"), Undefined("no finite pairs")
+    agree = (np.isnan(theirs) & np.isnan(reference)) | (np.isinf(theirs) & (theirs == reference))
+    name, factor, offset = _affine_pattern(t, r, unit)
+    return name + (WHERE_FINITE if np.any(~keep & ~agree) else ""), factor, offset
+
+
+def _affine_pattern(t: np.ndarray, r: np.ndarray, unit: float) -> tuple[str, Number, Number]:
+    """The shape of the error of finite ``t`` against finite ``r``, with the fitted line."""
     error = t - r
     if np.max(np.abs(error)) <= unit:
         return "exact", 1.0, 0.0

@@ -419,6 +419,33 @@ def test_nan_in_input_and_output(cli, tmp_path):
     assert doc["passed"] and doc["channels"][1]["non_finite"] == 0
 
 
+def channel_rows(out: str) -> dict[int, str]:
+    """The per-channel table's rows of check's table output, by channel (one line each at the
+    tests' 200 columns)."""
+    table = out[out.index("Your output vs the reference, per channel") :]
+    rows = re.findall(r"^│ +(\d+) │(.*)│$", table[: table.index("└")], flags=re.M)
+    return {int(c): row for c, row in rows}
+
+
+def test_nan_in_input_and_output_table(cli, tmp_path):
+    """The table, not only the JSON, survives a channel without a finite pair, and a channel
+    whose finite pairs match but which holds a NaN of yours is not simply 'exact'."""
+    x = make_input()
+    x[0, 1, 0, 0] = np.nan
+    y = correct(x)  # channel 1 all NaN, as batch norm makes it
+    y[2, 2, 1, 1] = np.nan  # where the reference is finite
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    args = ["check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER]
+    rows = channel_rows(cli(*args, code=3).stdout)
+    assert "not finite" in rows[1]
+    assert "exact where finite" in rows[2]
+    assert " exact " in rows[0] and "where finite" not in rows[0]
+    doc = run_check(cli, tmp_path, x, y)
+    assert [c["pattern"] for c in doc["channels"]] == ["exact", "not finite", "exact where finite"]
+    assert doc["channels"][2]["non_finite"] == 1
+
+
 def test_explain_against_names_the_unbiased_variance(cli, tmp_path):
     x = make_input()
     np.save(tmp_path / "x.npy", x)
