@@ -28,6 +28,30 @@ AFFINE_SHARE = 0.25
 HISTOGRAM_DECADES = range(-12, 1)  # |error| bins [1e-12, 1e-11), ..., [1, 10); plus exact
 
 
+def scaled_errors(
+    theirs: np.ndarray, candidate: np.ndarray, weight: np.ndarray, dtype: str
+) -> np.ndarray:
+    """Per channel, max |theirs - candidate| in ULPs of ``dtype`` at the channel's scale (the
+    candidate's largest |y|, or |weight|); NaN against NaN agrees, other non-finite is inf."""
+    channels = theirs.shape[1]
+    out = np.empty(channels)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c in range(channels):
+            t, y = theirs[:, c].reshape(-1), candidate[:, c].reshape(-1)
+            both_nan = np.isnan(t) & np.isnan(y)
+            same_inf = np.isinf(t) & (t == y)
+            error = np.where(both_nan | same_inf, 0.0, np.abs(t - y))
+            error = np.where(np.isnan(error), np.inf, error)
+            finite = np.abs(y[np.isfinite(y)])
+            scale = float(channel_scale(finite.max() if finite.size else 0.0, weight[c]))
+            out[c] = (
+                error.max() / float(ulp(scale, dtype))
+                if scale > 0
+                else (0.0 if error.max() == 0 else np.inf)
+            )
+    return out
+
+
 def reference_output(inspection: Inspection) -> np.ndarray:
     """The float64 reference output of the inspected (last) batch, shape (N, C, ...)."""
     x, forward, params = inspection.batch, inspection.forward, inspection.params

@@ -91,7 +91,8 @@ class SuggestedTolerance:
 class Hypothesis:
     """One known mistake tried against their output: the error that remains under it, in ULPs
     of ``precision`` at each channel's scale (max over the tensor), and whether that is at the
-    level of rounding while the stated settings' error is not."""
+    level of rounding while the stated settings' error is not (and, for a fitted mistake, with
+    fitted values the mistake can produce)."""
 
     name: str
     description: str
@@ -99,6 +100,8 @@ class Hypothesis:
     max_ulp_error: Number
     explains: bool
     detail: str | None = None
+    fitted: bool = False  # estimated from their output (ranks after the mistakes that are not)
+    eps_per_channel: tuple[Number, ...] | None = None  # other-eps: each channel's estimate
 
 
 @dataclass(frozen=True)
