@@ -574,6 +574,77 @@ def test_explain_against_names_the_unbiased_variance(cli, tmp_path):
     assert "your value is what the unbiased variance gives" in cli(*args).stdout
 
 
+W2 = np.array([0.5, 2.0], dtype=np.float32).astype(np.float64)
+B2 = np.array([0.1, -0.3], dtype=np.float32).astype(np.float64)
+AGAINST = {  # mistake: (its output, written here, from x; the verdict's start)
+    "unbiased": (
+        lambda x: norm(x, stats(x)[0], stats(x, ddof=1)[1], w=W2, b=B2),
+        "your value is what the unbiased variance gives (divide by N - 1)",
+    ),
+    "eps outside": (
+        lambda x: norm(x, *stats(x), w=W2, b=B2, outside=True),
+        "your value is what eps outside the square root gives",
+    ),
+    "no eps": (
+        lambda x: norm(x, *stats(x), eps=0.0, w=W2, b=B2),
+        "your value is what leaving eps out gives",
+    ),
+    "keras eps": (
+        lambda x: norm(x, *stats(x), eps=1e-3, w=W2, b=B2),
+        "your value is what eps 0.001 (Keras' and TensorFlow's default) gives instead of the "
+        "stated 1e-05",
+    ),
+    "running statistics": (
+        lambda x: norm(x, per_channel([0.2, -0.1]), per_channel([1.5, 0.8]), w=W2, b=B2),
+        "your value is what the running statistics give",
+    ),
+    "no affine": (
+        lambda x: norm(x, *stats(x), w=np.ones(2), b=np.zeros(2)),
+        "your value is what leaving out weight and bias gives",
+    ),
+    "swapped": (
+        lambda x: norm(x, *stats(x), w=B2, b=W2),
+        "your value is what swapping weight and bias gives",
+    ),
+    "none known": (
+        lambda x: norm(x, *stats(x), w=W2 * 1.05, b=B2),
+        "the numbers part before x_hat: your value needs var = ",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(AGAINST))
+@pytest.mark.parametrize("shape", [(2, 2, 2, 3), (64, 2, 32, 32)])  # 12 or 65536 per channel
+def test_explain_against_names_the_mistake(cli, tmp_path, mistake, shape):
+    """With 65536 values per channel N/(N-1) is 1 + 1.5e-5: the mistakes are told apart by
+    the element's ULPs at the channel's scale, as check does, not by a loose relative gap."""
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    make, verdict = AGAINST[mistake]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", make(x).astype(np.float32))
+    channel = x[:, 1].astype(np.float64)  # the element farthest from its channel's mean
+    far = np.unravel_index(np.argmax(np.abs(channel - channel.mean())), channel.shape)
+    index = ",".join(map(str, (far[0], 1, *far[1:])))
+    against = cli.json(
+        "explain",
+        "--input",
+        tmp_path / "x.npy",
+        "--weight",
+        "0.5,2",
+        "--bias",
+        "0.1,-0.3",
+        "--running-mean",
+        "0.2,-0.1",
+        "--running-var",
+        "1.5,0.8",
+        "--index",
+        index,
+        "--against",
+        tmp_path / "y.npy",
+    )["against"]
+    assert against["verdict"].startswith(verdict), against
+
+
 def test_explain_against_a_correct_output(cli, tmp_path):
     x = make_input()
     np.save(tmp_path / "x.npy", x)
