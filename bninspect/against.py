@@ -14,14 +14,7 @@ from bninspect.check_results import OutputInfo
 from bninspect.inspection import Inspection
 from bninspect.reference import channel_values, forward_output
 from bninspect.results import AgainstReport, ImpliedStep, Number, Undefined
-
-# Two variances agree "closely" within this relative difference: far above rounding of the
-# implied value (which cancellation in y - bias can spoil), far below a real mistake.
-CLOSE = 1e-3
-
-
-def _close(a: float, b: float) -> bool:
-    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= CLOSE * max(abs(b), 1e-300)
+from bninspect.variants import KNOWN_EPS, eps_text
 
 
 def against_report(
@@ -34,16 +27,16 @@ def against_report(
     """Their value for output[index] (``index`` into the last batch, which starts at row
     ``first_row`` of their stacked output) against the derivation's."""
     c = index[1]
-    forward, params, stats = inspection.forward, inspection.params, inspection.stats
+    forward, params = inspection.forward, inspection.params
     eps, dtype = inspection.settings.eps, inspection.tensor.info.dtype
     w, b = float(params.weight[c]), float(params.bias[c])
     x = float(inspection.batch[index])
     mean, var, std = float(forward.mean[c]), float(forward.var[c]), float(forward.std[c])
     y_ref = float(forward_output(forward, x, c, w, b))
     y_theirs = float(theirs[(first_row + index[0], *index[1:])])
-    channel_y = forward_output(forward, channel_values(inspection.batch, c), c, w, b)
-    finite = np.abs(channel_y[np.isfinite(channel_y)])
-    unit = float(ulp(channel_scale(finite.max() if finite.size else 0.0, w), dtype))
+    values = channel_values(inspection.batch, c)
+    channel_y = forward_output(forward, values, c, w, b)
+    unit = _unit(channel_y, w, dtype)
     with np.errstate(invalid="ignore"):
         abs_error = abs(y_theirs - y_ref)
     missing = Undefined("cannot be solved for: weight is 0, or x equals the mean")
@@ -61,35 +54,156 @@ def against_report(
         ImpliedStep("var", var, implied_var, "std^2 - eps, if eps is right"),
     )
     scaled = abs_error / unit if unit else Undefined("no scale: weight and y are 0")
-    return AgainstReport(
-        info.path,
-        y_theirs,
-        abs_error,
-        scaled,
-        steps,
-        _verdict(scaled, implied_std, implied_var, stats, c, var, eps),
-    )
-
-
-def _verdict(scaled, implied_std, implied_var, stats, c, var, eps) -> str:
     if not isinstance(scaled, Undefined) and scaled <= ROUNDING_ULPS:
-        return "your value matches the reference to rounding: the steps agree"
+        verdict = "your value matches the reference to rounding: the steps agree"
+    else:
+        solved_eps = implied_std**2 - var if not isinstance(implied_std, Undefined) else implied_std
+        found = _mistakes(inspection, c, x, values, y_theirs, solved_eps)
+        verdict = _verdict(found, implied_var, solved_eps, var, mean)
+    return AgainstReport(info.path, y_theirs, abs_error, scaled, steps, verdict)
+
+
+def _unit(channel_y: np.ndarray, weight: float, dtype: str) -> float:
+    """One ULP of ``dtype`` at the channel's scale (as check measures it)."""
+    finite = np.abs(channel_y[np.isfinite(channel_y)])
+    return float(ulp(channel_scale(finite.max() if finite.size else 0.0, weight), dtype))
+
+
+def _mistakes(inspection, c, x, values, y_theirs, solved_eps) -> list[tuple[float, str, str]]:
+    """The known mistakes whose y for this element is within ROUNDING_ULPS of theirs, at the
+    mistaken channel's scale, as check's criterion: (ULPs left, short name, verdict), best
+    first (the catalogue's order among equals), an eps fitted to the element after the rest."""
+    forward, params, stats = inspection.forward, inspection.params, inspection.stats
+    eps, dtype = inspection.settings.eps, inspection.tensor.info.dtype
+    train = inspection.settings.mode == "train"
+    w, b = float(params.weight[c]), float(params.bias[c])
+    mean, var = float(forward.mean[c]), float(forward.var[c])
+    before = forward.before
+
+    def layer(m, v, e=eps, weight=w, bias=b, outside=False):
+        def y(t):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                root = math.sqrt(v) + e if outside else math.sqrt(v + e) if v + e >= 0 else math.nan
+                return np.subtract(t, m, dtype=np.float64) / root * weight + bias
+
+        return y
+
+    candidates = []  # (short name, verdict, y as a function of x)
+    if train and stats.count > 1:
+        candidates.append(
+            (
+                "unbiased variance",
+                "your value is what the unbiased variance gives (divide by N - 1): Bessel's "
+                "correction where batch norm normalizes with the biased one",
+                layer(float(stats.mean[c]), float(stats.var_unbiased[c])),
+            )
+        )
+    if var >= 0:
+        candidates.append(
+            (
+                "eps outside the square root",
+                "your value is what eps outside the square root gives: / (sqrt(var) + eps)",
+                layer(mean, var, outside=True),
+            )
+        )
+    if eps > 0:
+        candidates.append(
+            (
+                "no eps",
+                "your value is what leaving eps out gives: / sqrt(var)",
+                layer(mean, var, 0.0),
+            )
+        )
+    if train:
+        candidates.append(
+            (
+                "running statistics",
+                "your value is what the running statistics give: batch norm normalizes with "
+                "the batch's mean and variance in train mode",
+                layer(float(before.running_mean[c]), float(before.running_var[c])),
+            )
+        )
+    else:
+        candidates.append(
+            (
+                "batch statistics",
+                "your value is what the batch statistics give: batch norm normalizes with the "
+                "running mean and variance in eval mode",
+                layer(float(stats.mean[c]), float(stats.var_biased[c])),
+            )
+        )
+    if not (before.running_mean[c] == 0 and before.running_var[c] == 1):
+        candidates.append(
+            (
+                "untrained running statistics",
+                "your value is what untrained running statistics give (mean 0, var 1)",
+                layer(0.0, 1.0),
+            )
+        )
+    if (w, b) != (1.0, 0.0):
+        candidates.append(
+            (
+                "no weight and bias",
+                "your value is what leaving out weight and bias gives",
+                layer(mean, var, weight=1.0, bias=0.0),
+            )
+        )
+    if w != b:
+        candidates.append(
+            (
+                "weight and bias swapped",
+                "your value is what swapping weight and bias gives",
+                layer(mean, var, weight=b, bias=w),
+            )
+        )
+    if w != 1.0:
+        candidates.append(
+            (
+                "weight before normalizing",
+                "your value is what multiplying by the weight before normalizing gives (it "
+                "cancels but for its sign and eps)",
+                lambda t: layer(mean * w, var * w * w, weight=1.0)(np.multiply(t, w)),
+            )
+        )
+    fitted_from = len(candidates)
+    if not isinstance(solved_eps, Undefined) and math.isfinite(solved_eps) and solved_eps > 0:
+        # The eps this element implies, named when a known default gives their value.
+        for known, who in KNOWN_EPS.items():
+            if known != eps:
+                candidates.append(
+                    (
+                        f"eps {known:g}",
+                        f"your value is what eps {known:g} ({who}) gives instead of the stated "
+                        f"{eps:g} (solved from your value: {eps_text(solved_eps)})",
+                        layer(mean, var, known),
+                    )
+                )
+    found = []
+    for order, (name, verdict, y) in enumerate(candidates):
+        unit = _unit(y(values), w, dtype)
+        with np.errstate(invalid="ignore"):
+            left = abs(float(y(x)) - y_theirs) / unit if unit else math.inf
+        if left <= ROUNDING_ULPS:
+            found.append((order >= fitted_from, left, order, name, verdict))
+    found.sort()  # as check ranks them: the eps fitted to this element after the others
+    return [(left, name, verdict) for _, left, _, name, verdict in found]
+
+
+def _verdict(found, implied_var, solved_eps, var, mean) -> str:
+    if found:
+        left, _, verdict = found[0]
+        also = [name for _, name, _ in found[1:]]
+        return f"{verdict}; it leaves {left:.3g} ULP at the channel's scale" + (
+            f" (also within rounding: {', '.join(also)})" if also else ""
+        )
     if isinstance(implied_var, Undefined):
         return (
             "your value differs, but it cannot be solved back for the variance (weight 0 or "
             "x at the mean); run bninspect check on the whole tensor"
         )
-    if stats.count > 1 and _close(implied_var, float(stats.var_unbiased[c])):
-        return (
-            "your value is what the unbiased variance gives (divide by N - 1): Bessel's "
-            "correction where batch norm normalizes with the biased one"
-        )
-    if _close(implied_std, math.sqrt(max(var, 0.0)) + eps):
-        return "your value is what eps outside the square root gives: / (sqrt(var) + eps)"
-    if _close(implied_var + eps, var) and eps > 0:
-        return "your value is what leaving eps out gives: / sqrt(var)"
     return (
         f"the numbers part before x_hat: your value needs var = {implied_var:.6g} where the "
-        f"reference has {var:.6g}, if the mean ({stats.mean[c]:.6g}) and eps are right; run "
-        "bninspect check to try the known mistakes on the whole tensor"
+        f"reference has {var:.6g}, if the mean ({mean:.6g}) and eps are right (or eps = "
+        f"{eps_text(solved_eps)} if the variance is right); no known mistake gives it; run "
+        "bninspect check to try them all on the whole tensor"
     )

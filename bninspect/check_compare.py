@@ -9,6 +9,7 @@ import numpy as np
 
 from bninspect.agreement import channel_scale, elementwise_errors, ulp
 from bninspect.check_results import (
+    WHERE_FINITE,
     ChannelCheck,
     ElementError,
     HistogramBin,
@@ -25,6 +26,30 @@ ROUNDING_ULPS = 4.0
 # The least-squares line explains the error when what is left is below this share of it.
 AFFINE_SHARE = 0.25
 HISTOGRAM_DECADES = range(-12, 1)  # |error| bins [1e-12, 1e-11), ..., [1, 10); plus exact
+
+
+def scaled_errors(
+    theirs: np.ndarray, candidate: np.ndarray, weight: np.ndarray, dtype: str
+) -> np.ndarray:
+    """Per channel, max |theirs - candidate| in ULPs of ``dtype`` at the channel's scale (the
+    candidate's largest |y|, or |weight|); NaN against NaN agrees, other non-finite is inf."""
+    channels = theirs.shape[1]
+    out = np.empty(channels)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c in range(channels):
+            t, y = theirs[:, c].reshape(-1), candidate[:, c].reshape(-1)
+            both_nan = np.isnan(t) & np.isnan(y)
+            same_inf = np.isinf(t) & (t == y)
+            error = np.where(both_nan | same_inf, 0.0, np.abs(t - y))
+            error = np.where(np.isnan(error), np.inf, error)
+            finite = np.abs(y[np.isfinite(y)])
+            scale = float(channel_scale(finite.max() if finite.size else 0.0, weight[c]))
+            out[c] = (
+                error.max() / float(ulp(scale, dtype))
+                if scale > 0
+                else (0.0 if error.max() == 0 else np.inf)
+            )
+    return out
 
 
 def reference_output(inspection: Inspection) -> np.ndarray:
@@ -77,11 +102,19 @@ def mismatched(abs_error: np.ndarray, reference: np.ndarray, tolerance: Toleranc
 
 
 def _pattern(theirs: np.ndarray, reference: np.ndarray, unit: float) -> tuple[str, Number, Number]:
-    """Fit theirs ~ factor * reference + offset on the finite pairs and name the error's shape."""
+    """Fit theirs ~ factor * reference + offset on the finite pairs and name the error's shape;
+    with WHERE_FINITE appended when non-finite elements disagree, which the fit cannot see."""
     keep = np.isfinite(theirs) & np.isfinite(reference)
     t, r = theirs[keep], reference[keep]
     if t.size == 0:
         return "not finite", Undefined("no finite pairs"), Undefined("no finite pairs")
+    agree = (np.isnan(theirs) & np.isnan(reference)) | (np.isinf(theirs) & (theirs == reference))
+    name, factor, offset = _affine_pattern(t, r, unit)
+    return name + (WHERE_FINITE if np.any(~keep & ~agree) else ""), factor, offset
+
+
+def _affine_pattern(t: np.ndarray, r: np.ndarray, unit: float) -> tuple[str, Number, Number]:
+    """The shape of the error of finite ``t`` against finite ``r``, with the fitted line."""
     error = t - r
     if np.max(np.abs(error)) <= unit:
         return "exact", 1.0, 0.0

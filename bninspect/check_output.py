@@ -7,7 +7,7 @@ import dataclasses
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from bninspect.check_results import ChannelCheck, CheckResult, ElementError
+from bninspect.check_results import WHERE_FINITE, ChannelCheck, CheckResult, ElementError
 from bninspect.results import Undefined
 from bninspect.table_output import fmt, grid, header
 
@@ -23,13 +23,17 @@ def _where(e: ElementError | Undefined) -> str:
 
 def _pattern(c: ChannelCheck) -> str:
     """The error's shape with its fitted numbers: 'scale x0.995', 'shift +0.02'."""
-    offset = f"{'+' if c.pattern != 'noise' and c.offset >= 0 else ''}{fmt(c.offset)}"
-    if c.pattern == "scale":
-        return f"scale x{fmt(c.factor)}"
-    if c.pattern == "shift":
-        return f"shift {offset}"
-    if c.pattern == "scale and shift":
-        return f"scale x{fmt(c.factor)}, shift {offset}"
+    if isinstance(c.factor, Undefined) or isinstance(c.offset, Undefined):
+        return c.pattern  # "not finite": nothing was fitted
+    shape = c.pattern.removesuffix(WHERE_FINITE)
+    where = c.pattern[len(shape) :]
+    offset = f"{'+' if shape != 'noise' and c.offset >= 0 else ''}{fmt(c.offset)}"
+    if shape == "scale":
+        return f"scale x{fmt(c.factor)}{where}"
+    if shape == "shift":
+        return f"shift {offset}{where}"
+    if shape == "scale and shift":
+        return f"scale x{fmt(c.factor)}, shift {offset}{where}"
     return c.pattern
 
 

@@ -12,10 +12,11 @@ from bninspect.check_compare import (
     histogram,
     mismatched,
     reference_output,
+    scaled_errors,
     suggested_tolerance,
 )
 from bninspect.check_results import CheckResult, OutputInfo, Tolerance
-from bninspect.diagnosis import diagnose, scaled_errors
+from bninspect.diagnosis import diagnose
 from bninspect.dtypes import float_format
 from bninspect.inspection import Inspection
 from bninspect.results import Undefined

@@ -9,6 +9,9 @@ from typing import ClassVar
 from bninspect.results import InputInfo, Number, Settings, Undefined, column
 
 CHANNELS = "Your output vs the reference, per channel"
+# Appended to a channel's pattern when some of its elements are NaN or infinite where the
+# reference is not (or the other way round): the fit saw only the finite pairs.
+WHERE_FINITE = " where finite"
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,11 @@ class ElementError:
 class ChannelCheck:
     """One channel: how far their output is, and the shape of the error.
 
-    ``pattern``: "exact" (within 1 ULP at the channel's scale), "scale" (theirs ~ factor *
-    reference), "shift" (theirs ~ reference + offset), "scale and shift", or "noise" (no affine
-    relation explains the error); ``factor`` and ``offset`` are the least-squares fit
-    theirs ~ factor * reference + offset.
+    ``pattern``: "exact" (within ROUNDING_ULPS at the channel's scale), "scale" (theirs ~ factor
+    * reference), "shift" (theirs ~ reference + offset), "scale and shift", or "noise" (no affine
+    relation explains the error), each with WHERE_FINITE appended when NaN/Inf elements disagree
+    with the reference; "not finite" when no pair is finite. ``factor`` and ``offset`` are the
+    least-squares fit theirs ~ factor * reference + offset over the finite pairs.
     """
 
     channel: int
@@ -87,7 +91,8 @@ class SuggestedTolerance:
 class Hypothesis:
     """One known mistake tried against their output: the error that remains under it, in ULPs
     of ``precision`` at each channel's scale (max over the tensor), and whether that is at the
-    level of rounding while the stated settings' error is not."""
+    level of rounding while the stated settings' error is not (and, for a fitted mistake, with
+    fitted values the mistake can produce)."""
 
     name: str
     description: str
@@ -95,6 +100,8 @@ class Hypothesis:
     max_ulp_error: Number
     explains: bool
     detail: str | None = None
+    fitted: bool = False  # estimated from their output (ranks after the mistakes that are not)
+    eps_per_channel: tuple[Number, ...] | None = None  # other-eps: each channel's estimate
 
 
 @dataclass(frozen=True)

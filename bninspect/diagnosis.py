@@ -3,43 +3,19 @@ the ones that explain it, best first.
 
 A mistake explains the output when, under it, the remaining error is at the level of rounding
 (within ROUNDING_ULPS ULPs at each channel's scale, in the precision the mistake computes in)
-while the error under the stated settings is not.
+while the error under the stated settings is not. Fitted mistakes (which estimate an eps, or a
+mean and variance, from the output) can mimic specific ones, so they rank after those.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bninspect.agreement import channel_scale, ulp
-from bninspect.check_compare import ROUNDING_ULPS
+from bninspect.check_compare import ROUNDING_ULPS, scaled_errors
 from bninspect.check_results import Diagnosis, Hypothesis
 from bninspect.inspection import Inspection
 from bninspect.results import Number, Undefined
-from bninspect.variants import CATALOGUE
-
-
-def scaled_errors(
-    theirs: np.ndarray, candidate: np.ndarray, weight: np.ndarray, dtype: str
-) -> np.ndarray:
-    """Per channel, max |theirs - candidate| in ULPs of ``dtype`` at the channel's scale (the
-    candidate's largest |y|, or |weight|); NaN against NaN agrees, other non-finite is inf."""
-    channels = theirs.shape[1]
-    out = np.empty(channels)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for c in range(channels):
-            t, y = theirs[:, c].reshape(-1), candidate[:, c].reshape(-1)
-            both_nan = np.isnan(t) & np.isnan(y)
-            same_inf = np.isinf(t) & (t == y)
-            error = np.where(both_nan | same_inf, 0.0, np.abs(t - y))
-            error = np.where(np.isnan(error), np.inf, error)
-            finite = np.abs(y[np.isfinite(y)])
-            scale = float(channel_scale(finite.max() if finite.size else 0.0, weight[c]))
-            out[c] = (
-                error.max() / float(ulp(scale, dtype))
-                if scale > 0
-                else (0.0 if error.max() == 0 else np.inf)
-            )
-    return out
+from bninspect.variants import CATALOGUE, Outcome
 
 
 def diagnose(
@@ -53,20 +29,32 @@ def diagnose(
     stated_max = float(np.max(stated)) if stated.size else 0.0
     needed = stated_max > ROUNDING_ULPS
     hypotheses, per_channel = [], []
+    plausible = {}
     for variant in CATALOGUE:
         outcome = variant.compute(inspection, theirs)
         if outcome is None:
             continue
-        candidate, detail = outcome if isinstance(outcome, tuple) else (outcome, None)
+        if not isinstance(outcome, Outcome):
+            outcome = Outcome(outcome)
         precision = variant.precision or dtype
-        errors = scaled_errors(theirs, candidate, weight, precision)
+        errors = scaled_errors(theirs, outcome.output, weight, precision)
         worst: Number = float(errors.max())
-        explains = needed and worst <= ROUNDING_ULPS
+        explains = needed and worst <= ROUNDING_ULPS and outcome.plausible
         hypotheses.append(
-            Hypothesis(variant.name, variant.description, precision, worst, bool(explains), detail)
+            Hypothesis(
+                variant.name,
+                variant.description,
+                precision,
+                worst,
+                bool(explains),
+                outcome.detail,
+                variant.fitted,
+                outcome.eps_per_channel,
+            )
         )
         per_channel.append((variant.name, errors))
-    hypotheses.sort(key=lambda h: (not h.explains, h.max_ulp_error))
+        plausible[variant.name] = outcome.plausible
+    hypotheses.sort(key=lambda h: (not h.explains, h.fitted, h.max_ulp_error))
     # Per channel, the first variant in that order fitting it: the tensor-wide explanation
     # where it fits, so that one mistake is not named differently from channel to channel.
     errors_of = dict(per_channel)
@@ -75,7 +63,11 @@ def diagnose(
         if stated[c] <= ROUNDING_ULPS:
             best.append("stated settings")
             continue
-        fits = [h.name for h in hypotheses if errors_of[h.name][c] <= ROUNDING_ULPS]
+        fits = [
+            h.name
+            for h in hypotheses
+            if plausible[h.name] and errors_of[h.name][c] <= ROUNDING_ULPS
+        ]
         best.append(fits[0] if fits else Undefined("no known variant fits this channel"))
     explaining = [h for h in hypotheses if h.explains]
     if not needed:

@@ -59,15 +59,30 @@ def correct(x):
     return norm(x, *stats(x))
 
 
-def naive_variance(x):
-    """E[x^2] - E[x]^2 per channel in float32, numpy's pairwise sums over each channel."""
-    out = []
-    for c in range(x.shape[1]):
-        v = np.ascontiguousarray(x[:, c]).reshape(-1)
-        n = np.float32(v.size)
-        mean = v.sum(dtype=np.float32) / n
-        out.append((v * v).sum(dtype=np.float32) / n - mean * mean)
-    return per_channel(out)
+def naive_float32(x, order):
+    """A user's one-pass batch norm, every step in float32: mean and E[x^2] summed per channel
+    in ``order`` ("pairwise": numpy's sums over a channel's values; "running": one running sum,
+    as a C loop; "axes": np.mean over the batch and spatial axes at once), var = E[x^2] - mean^2.
+    """
+    n = np.float32(x.size // x.shape[1])
+    if order == "axes":
+        mean = x.mean(axis=AXES, keepdims=True, dtype=np.float32)
+        var = (x * x).mean(axis=AXES, keepdims=True, dtype=np.float32) - mean * mean
+    else:
+        means, variances = [], []
+        for c in range(x.shape[1]):
+            v = np.ascontiguousarray(x[:, c]).reshape(-1)
+            if order == "pairwise":
+                total, squares = v.sum(dtype=np.float32), (v * v).sum(dtype=np.float32)
+            else:  # cumsum adds one value at a time, in order
+                total = np.cumsum(v, dtype=np.float32)[-1]
+                squares = np.cumsum(v * v, dtype=np.float32)[-1]
+            means.append(total / n)
+            variances.append(squares / n - means[-1] * means[-1])
+        mean = np.array(means, dtype=np.float32).reshape(1, -1, 1, 1)
+        var = np.array(variances, dtype=np.float32).reshape(1, -1, 1, 1)
+    w32, b32 = (per_channel(v).astype(np.float32) for v in (W, B))
+    return (x - mean) / np.sqrt(var + np.float32(1e-5)) * w32 + b32
 
 
 def in_low_precision(x, dtype):
@@ -107,8 +122,6 @@ def mistaken(name, x):
     if name == "weight-before-normalizing":
         scaled = x.astype(np.float64) * per_channel(W)
         return norm(scaled, *stats(scaled), w=np.ones(3))
-    if name == "naive-variance":
-        return norm(x, mean, naive_variance(x))
     if name in ("float16", "bfloat16"):
         return in_low_precision(x, getattr(torch, name))
     raise AssertionError(name)
@@ -160,24 +173,112 @@ def test_each_mistake_is_named_first(cli, tmp_path, name):
     assert all(c["best_variant"] == name for c in doc["channels"])
 
 
-def test_naive_variance_is_named_at_a_large_offset(cli, tmp_path):
+@pytest.mark.parametrize("order", ["pairwise", "running", "axes"])
+@pytest.mark.parametrize("offset", [300.0, 1000.0])
+def test_naive_variance_is_named_in_any_summation_order(cli, tmp_path, order, offset):
+    """Cancellation makes the naive result depend on the order of summation, so it cannot be
+    reproduced bit for bit: it is recognised by its signature."""
+    x = make_input(offset=offset)
+    y = naive_float32(x, order)
+    assert np.all(np.isfinite(y))
+    doc = run_check(cli, tmp_path, x, y)
+    assert doc["max_scaled_error"] > 1000  # far beyond rounding
+    first = doc["diagnosis"]["hypotheses"][0]
+    assert (first["name"], first["explains"], first["fitted"]) == ("naive-variance", True, True)
+    assert re.search(
+        r"variance off by [-+][\d.e-]+ relative .* at \|mean\|/std \d", first["detail"]
+    )
+    assert all(c["best_variant"] == "naive-variance" for c in doc["channels"])
+
+
+def test_a_specific_mistake_ranks_before_the_naive_variance_that_also_fits(cli, tmp_path):
+    """At offset 300 cancellation could move the variance by far more than N/(N-1), so the
+    fitted naive-variance explains an unbiased-variance output too; the specific one is named."""
     x = make_input(offset=300.0)
-    doc = run_check(cli, tmp_path, x, mistaken("naive-variance", x))
-    assert doc["diagnosis"]["hypotheses"][0]["name"] == "naive-variance"
+    doc = run_check(cli, tmp_path, x, mistaken("unbiased-variance", x))
+    hypotheses = doc["diagnosis"]["hypotheses"]
+    assert (hypotheses[0]["name"], hypotheses[0]["fitted"]) == ("unbiased-variance", False)
+    naive = next(h for h in hypotheses if h["name"] == "naive-variance")
+    assert naive["explains"]  # else this test would prove nothing
+    assert all(c["best_variant"] == "unbiased-variance" for c in doc["channels"])
+
+
+def test_a_variance_error_beyond_cancellation_is_not_the_naive_variance(cli, tmp_path):
+    """Zero-mean data: one-pass cancellation cannot move the variance by 1%."""
+    x = (np.random.default_rng(4).standard_normal((4, 3, 5, 6))).astype(np.float32)
+    mean, var = stats(x)
+    signs = np.array([1.0, -1.0, 1.0]).reshape(1, -1, 1, 1)
+    doc = run_check(cli, tmp_path, x, norm(x, mean, var * (1 + 0.01 * signs)))
+    naive = next(h for h in doc["diagnosis"]["hypotheses"] if h["name"] == "naive-variance")
+    assert not naive["explains"] and naive["max_ulp_error"] > 100
+    assert not doc["diagnosis"]["explained"]
+
+
+def test_a_float32_mean_error_alone_is_not_the_naive_variance(cli, tmp_path):
+    """A two-pass float32 implementation with a running-sum mean, at offset 1000: the mean is
+    off, the variance is not, so the one-pass formula is not what happened."""
+    x = make_input(offset=1000.0)
+    y = np.empty(x.shape, dtype=np.float32)
+    for c in range(3):
+        v = np.ascontiguousarray(x[:, c])
+        mean = np.cumsum(v.reshape(-1), dtype=np.float32)[-1] / np.float32(v.size)
+        d = v - mean
+        var = np.cumsum((d * d).reshape(-1), dtype=np.float32)[-1] / np.float32(v.size)
+        y[:, c] = d / np.sqrt(var + np.float32(1e-5)) * np.float32(W[c]) + np.float32(B[c])
+    doc = run_check(cli, tmp_path, x, y)
+    naive = next(h for h in doc["diagnosis"]["hypotheses"] if h["name"] == "naive-variance")
+    assert doc["max_scaled_error"] > 4  # the mean's error shows
+    assert not naive["explains"] and "not the one-pass formula" in naive["detail"]
 
 
 @pytest.mark.parametrize(
-    ("eps", "named"), [(1e-3, "eps 0.001, Keras' and TensorFlow's default"), (1.001e-5, None)]
+    ("eps", "named"),
+    [
+        (1e-3, "eps 0.001, Keras' and TensorFlow's default, instead of the stated 1e-05"),
+        (
+            1.001e-5,
+            "eps 1.001e-05, TensorFlow fused batch norm's floor, instead of the stated 1e-05",
+        ),
+        (1.0004e-5, "eps 1.0004e-05 instead of the stated 1e-05"),  # no default: the estimate
+    ],
 )
-def test_another_eps_is_estimated_and_named(cli, tmp_path, eps, named):
+def test_another_eps_is_estimated_per_channel_and_named(cli, tmp_path, eps, named):
     x = make_input(scale=0.003)  # variance ~1e-5: eps shapes the output
     doc = run_check(cli, tmp_path, x, norm(x, *stats(x), eps=eps))
     first = doc["diagnosis"]["hypotheses"][0]
-    assert first["name"] == "other-eps" and first["explains"], doc["diagnosis"]
-    if named:
-        assert first["detail"] == f"{named} instead of the stated 1e-05"
-    else:
-        assert first["detail"].startswith("eps 1.001e-05, TensorFlow fused")
+    assert first["name"] == "other-eps" and first["explains"] and first["fitted"], doc["diagnosis"]
+    assert first["detail"].startswith(named + "; estimated ")
+    # One number per channel, near the eps used: close enough to tell 1.0004e-5 from 1e-5.
+    np.testing.assert_allclose(first["eps_per_channel"], [eps] * 3, rtol=2e-5)
+
+
+def test_an_eps_per_channel_is_no_one_eps(cli, tmp_path):
+    """A layer has one eps: an output whose channels need different ones is not explained by
+    other-eps, and the estimates say why."""
+    x = make_input(scale=0.003)
+    mean, var = stats(x)
+    eps = per_channel([1e-3, 1e-3, 1e-4])
+    doc = run_check(cli, tmp_path, x, norm(x, mean, var, eps=eps))
+    other = next(h for h in doc["diagnosis"]["hypotheses"] if h["name"] == "other-eps")
+    assert not other["explains"]
+    np.testing.assert_allclose(other["eps_per_channel"], [1e-3, 1e-3, 1e-4], rtol=1e-4)
+    assert "estimated per channel 0.0001 to 0.001" in other["detail"]
+
+
+def test_channels_last_with_weight_and_bias_on_the_last_axis(cli, tmp_path):
+    """A whole channels-last (NHWC) implementation run on NCHW data whose last axis has C
+    entries: statistics and weight and bias along the last axis."""
+    x = make_input()[:, :, :, :3]  # (4, 3, 5, 3)
+    wide = x.astype(np.float64)
+    mean, var = wide.mean(axis=(0, 1, 2)), wide.var(axis=(0, 1, 2))  # shape (3,), last axis
+    y = (wide - mean) / np.sqrt(var + 1e-5) * W + B
+    doc = run_check(cli, tmp_path, x, y)
+    first = doc["diagnosis"]["hypotheses"][0]
+    assert (first["name"], first["explains"]) == ("channels-last", True), doc["diagnosis"]
+    assert first["detail"] == "weight and bias along the last axis too"
+    doc = run_check(cli, tmp_path, x, mistaken("channels-last", x))  # weight on axis 1
+    first = doc["diagnosis"]["hypotheses"][0]
+    assert (first["name"], first["detail"]) == ("channels-last", "weight and bias along axis 1")
 
 
 def test_untrained_running_statistics_in_eval_mode(cli, tmp_path):
@@ -195,7 +296,7 @@ def test_batch_statistics_in_eval_mode(cli, tmp_path):
 
 
 def test_every_catalogued_mistake_has_a_test():
-    tested = set(SIMPLE) | {"naive-variance", "other-eps", "untrained-running"}
+    tested = set(SIMPLE) | {"naive-variance", "other-eps", "untrained-running"}  # tests below
     assert {v.name for v in CATALOGUE} == tested
 
 
@@ -332,6 +433,8 @@ def test_json_shape(cli, tmp_path):
         "max_ulp_error",
         "explains",
         "detail",
+        "fitted",
+        "eps_per_channel",
     }
     assert sum(b["count"] for b in doc["histogram"]) == x.size
     assert doc["torch_max_scaled_error"] < 4
@@ -419,6 +522,33 @@ def test_nan_in_input_and_output(cli, tmp_path):
     assert doc["passed"] and doc["channels"][1]["non_finite"] == 0
 
 
+def channel_rows(out: str) -> dict[int, str]:
+    """The per-channel table's rows of check's table output, by channel (one line each at the
+    tests' 200 columns)."""
+    table = out[out.index("Your output vs the reference, per channel") :]
+    rows = re.findall(r"^│ +(\d+) │(.*)│$", table[: table.index("└")], flags=re.M)
+    return {int(c): row for c, row in rows}
+
+
+def test_nan_in_input_and_output_table(cli, tmp_path):
+    """The table, not only the JSON, survives a channel without a finite pair, and a channel
+    whose finite pairs match but which holds a NaN of yours is not simply 'exact'."""
+    x = make_input()
+    x[0, 1, 0, 0] = np.nan
+    y = correct(x)  # channel 1 all NaN, as batch norm makes it
+    y[2, 2, 1, 1] = np.nan  # where the reference is finite
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    args = ["check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER]
+    rows = channel_rows(cli(*args, code=3).stdout)
+    assert "not finite" in rows[1]
+    assert "exact where finite" in rows[2]
+    assert " exact " in rows[0] and "where finite" not in rows[0]
+    doc = run_check(cli, tmp_path, x, y)
+    assert [c["pattern"] for c in doc["channels"]] == ["exact", "not finite", "exact where finite"]
+    assert doc["channels"][2]["non_finite"] == 1
+
+
 def test_explain_against_names_the_unbiased_variance(cli, tmp_path):
     x = make_input()
     np.save(tmp_path / "x.npy", x)
@@ -442,6 +572,77 @@ def test_explain_against_names_the_unbiased_variance(cli, tmp_path):
         implied["var"]["implied"], implied["var"]["reference"] * count / (count - 1), rtol=1e-4
     )
     assert "your value is what the unbiased variance gives" in cli(*args).stdout
+
+
+W2 = np.array([0.5, 2.0], dtype=np.float32).astype(np.float64)
+B2 = np.array([0.1, -0.3], dtype=np.float32).astype(np.float64)
+AGAINST = {  # mistake: (its output, written here, from x; the verdict's start)
+    "unbiased": (
+        lambda x: norm(x, stats(x)[0], stats(x, ddof=1)[1], w=W2, b=B2),
+        "your value is what the unbiased variance gives (divide by N - 1)",
+    ),
+    "eps outside": (
+        lambda x: norm(x, *stats(x), w=W2, b=B2, outside=True),
+        "your value is what eps outside the square root gives",
+    ),
+    "no eps": (
+        lambda x: norm(x, *stats(x), eps=0.0, w=W2, b=B2),
+        "your value is what leaving eps out gives",
+    ),
+    "keras eps": (
+        lambda x: norm(x, *stats(x), eps=1e-3, w=W2, b=B2),
+        "your value is what eps 0.001 (Keras' and TensorFlow's default) gives instead of the "
+        "stated 1e-05",
+    ),
+    "running statistics": (
+        lambda x: norm(x, per_channel([0.2, -0.1]), per_channel([1.5, 0.8]), w=W2, b=B2),
+        "your value is what the running statistics give",
+    ),
+    "no affine": (
+        lambda x: norm(x, *stats(x), w=np.ones(2), b=np.zeros(2)),
+        "your value is what leaving out weight and bias gives",
+    ),
+    "swapped": (
+        lambda x: norm(x, *stats(x), w=B2, b=W2),
+        "your value is what swapping weight and bias gives",
+    ),
+    "none known": (
+        lambda x: norm(x, *stats(x), w=W2 * 1.05, b=B2),
+        "the numbers part before x_hat: your value needs var = ",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(AGAINST))
+@pytest.mark.parametrize("shape", [(2, 2, 2, 3), (64, 2, 32, 32)])  # 12 or 65536 per channel
+def test_explain_against_names_the_mistake(cli, tmp_path, mistake, shape):
+    """With 65536 values per channel N/(N-1) is 1 + 1.5e-5: the mistakes are told apart by
+    the element's ULPs at the channel's scale, as check does, not by a loose relative gap."""
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    make, verdict = AGAINST[mistake]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", make(x).astype(np.float32))
+    channel = x[:, 1].astype(np.float64)  # the element farthest from its channel's mean
+    far = np.unravel_index(np.argmax(np.abs(channel - channel.mean())), channel.shape)
+    index = ",".join(map(str, (far[0], 1, *far[1:])))
+    against = cli.json(
+        "explain",
+        "--input",
+        tmp_path / "x.npy",
+        "--weight",
+        "0.5,2",
+        "--bias",
+        "0.1,-0.3",
+        "--running-mean",
+        "0.2,-0.1",
+        "--running-var",
+        "1.5,0.8",
+        "--index",
+        index,
+        "--against",
+        tmp_path / "y.npy",
+    )["against"]
+    assert against["verdict"].startswith(verdict), against
 
 
 def test_explain_against_a_correct_output(cli, tmp_path):
