@@ -128,11 +128,16 @@ def render_check(result: CheckResult) -> RenderableType:
     if isinstance(result.suggested, Undefined):
         parts.append(Text(f"no tolerance passes it: {result.suggested.reason}"))
     elif not result.passed:
+        suggested = result.suggested
+        other = (
+            f"or keep atol={tol.atol!r} and use rtol={suggested.rtol!r}"
+            if not isinstance(suggested.rtol, Undefined)
+            else f"no rtol alone passes it: {suggested.rtol.reason}"
+        )
         parts.append(
             Text(
-                f"to pass as it is: {result.suggested.assert_close}\n"
-                f"  (or keep atol {fmt(tol.atol)} and use rtol "
-                f"{fmt(result.suggested.rtol)})"
+                f"to pass as it is, with mine = numpy.load({out.path!r}) and expected = "
+                f"{suggested.expected}:\n{suggested.assert_close}\n({other})"
             )
         )
     diagnosis = result.diagnosis
