@@ -10,6 +10,7 @@ from rich.text import Text
 from bninspect.check_results import WHERE_FINITE, ChannelCheck, CheckResult, ElementError
 from bninspect.results import Undefined
 from bninspect.table_output import fmt, grid, header
+from bninspect.text import number_apart
 
 BAR_WIDTH = 40
 
@@ -28,12 +29,13 @@ def _pattern(c: ChannelCheck) -> str:
     shape = c.pattern.removesuffix(WHERE_FINITE)
     where = c.pattern[len(shape) :]
     offset = f"{'+' if shape != 'noise' and c.offset >= 0 else ''}{fmt(c.offset)}"
+    factor = number_apart(c.factor, 1.0)
     if shape == "scale":
-        return f"scale x{fmt(c.factor)}{where}"
+        return f"scale x{factor}{where}"
     if shape == "shift":
         return f"shift {offset}{where}"
     if shape == "scale and shift":
-        return f"scale x{fmt(c.factor)}, shift {offset}{where}"
+        return f"scale x{factor}, shift {offset}{where}"
     return c.pattern
 
 

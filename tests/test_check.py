@@ -775,3 +775,15 @@ def test_table_shows_the_fitted_pattern(cli, tmp_path):
         "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
     ).stdout
     assert "scale x1.1, shift +0.2" in out and "shift +0.02" in out
+
+
+def test_a_scale_factor_near_1_shows_the_digits_that_part_it_from_1(cli, tmp_path):
+    x = make_input()
+    y = correct(x)
+    y[:, 1] *= 1 + 3e-6  # 3e-6 at |y| up to 6: ~50 ULPs, a real scale error
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    out = cli(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
+    ).stdout
+    assert re.search(r"scale x1\.00000[23]\d* ", channel_rows(out)[1]), channel_rows(out)[1]
