@@ -147,18 +147,20 @@ def render_check(result: CheckResult) -> RenderableType:
         Text(f"diagnosis: {diagnosis.summary}", style="bold" if diagnosis.explained else None)
     )
     if not result.passed or diagnosis.explained:
+        dtype = result.input.dtype
         rows = [
             [
                 h.name,
                 h.description + (f" ({h.detail})" if h.detail else ""),
-                f"{fmt(h.max_ulp_error)} {h.precision}",
+                fmt(h.max_ulp_error) + (f" {h.precision}" if h.precision != dtype else ""),
                 fmt(h.explains),
             ]
             for h in diagnosis.hypotheses
         ]
         parts.append(
             grid(
-                "Known mistakes tried, best first (remaining error in ULPs at scale)",
+                "Known mistakes tried, best first, fitted ones last (error left: ULPs of "
+                f"{dtype}, or the dtype named, at the channel's scale)",
                 ["variant", "what it does", "error left", "explains"],
                 rows,
                 left=(0, 1),

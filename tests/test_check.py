@@ -787,3 +787,36 @@ def test_a_scale_factor_near_1_shows_the_digits_that_part_it_from_1(cli, tmp_pat
         "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
     ).stdout
     assert re.search(r"scale x1\.00000[23]\d* ", channel_rows(out)[1]), channel_rows(out)[1]
+
+
+@pytest.mark.parametrize(
+    "case", ["unbiased", "naive at 300", "keras eps", "nan and shift", "5-D weight first"]
+)
+def test_check_tables_fit_80_columns(cli, tmp_path, monkeypatch, case):
+    """Nothing is cut (no ellipsis) and no line is wider than an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    x = make_input(offset=300.0 if case == "naive at 300" else 0.0)
+    if case == "unbiased":
+        y = mistaken("unbiased-variance", x)
+    elif case == "naive at 300":
+        y = naive_float32(x, "running")
+    elif case == "keras eps":
+        x = make_input(scale=0.003)
+        y = norm(x, *stats(x), eps=1e-3)
+    elif case == "nan and shift":
+        y = correct(x) * 1.1 + 0.2
+        y[0, 0, 0, 0] = np.nan
+    else:
+        x = np.random.default_rng(2).standard_normal((2, 3, 4, 5, 6)).astype(np.float32) * 100
+        wide = x.astype(np.float64) * W.reshape(1, -1, 1, 1, 1)
+        axes = (0, 2, 3, 4)
+        mean, var = wide.mean(axis=axes, keepdims=True), wide.var(axis=axes, keepdims=True)
+        y = (wide - mean) / np.sqrt(var + 1e-5) + B.reshape(1, -1, 1, 1, 1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.asarray(y, dtype=np.float32))
+    out = cli(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
+    ).stdout
+    assert "Known mistakes tried" in out
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
