@@ -126,6 +126,14 @@ def render_check(result: CheckResult) -> RenderableType:
             rows,
         )
     )
+    reasons = dict.fromkeys(  # why a cell reads n/a, once per column and reason
+        (f.metadata["label"].replace("\n", " "), value.reason)
+        for f in fields
+        for c in result.channels
+        if isinstance(value := getattr(c, f.name), Undefined)
+    )
+    if reasons:
+        parts.append(Text("\n".join(f"n/a {label}: {reason}" for label, reason in reasons)))
     parts.append(_histogram(result))
     if isinstance(result.suggested, Undefined):
         parts.append(Text(f"no tolerance passes it: {result.suggested.reason}"))

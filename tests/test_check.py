@@ -326,6 +326,11 @@ def test_no_known_variant_says_so(cli, tmp_path):
     assert doc["diagnosis"]["summary"].startswith("no known variant explains this:")
     assert all(c["pattern"] == "noise" for c in doc["channels"])
     assert doc["null_reasons"]["/channels/0/best_variant"] == "no known variant fits this channel"
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    out = cli(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
+    ).stdout
+    assert "n/a best known variant: no known variant fits this channel" in out
 
 
 def test_error_patterns_scale_and_shift(cli, tmp_path):
