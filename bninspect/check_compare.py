@@ -16,10 +16,10 @@ from bninspect.check_results import (
     SuggestedTolerance,
     Tolerance,
 )
+from bninspect.dtypes import float_format
 from bninspect.inspection import Inspection
 from bninspect.reference import forward_output
 from bninspect.results import Number, Undefined
-from bninspect.text import number
 
 # An error within this many ULPs at the channel's scale is rounding, not a mistake.
 ROUNDING_ULPS = 4.0
@@ -191,39 +191,113 @@ def histogram(abs_error: np.ndarray) -> tuple[HistogramBin, ...]:
     return tuple(bins)
 
 
+def _compared_in(their_dtype: str, dtype: str) -> str:
+    """The dtype torch.testing.assert_close compares their array (``their_dtype``, as loaded by
+    torch.from_numpy) and an ``expected`` of ``dtype`` in: torch.promote_types for floats
+    (float16 with bfloat16 is float32), ``dtype`` for integers and booleans."""
+    widths = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
+    if their_dtype not in widths or their_dtype == dtype:
+        return dtype
+    if widths[their_dtype] == widths[dtype]:
+        return "float32"
+    return their_dtype if widths[their_dtype] > widths[dtype] else dtype
+
+
+def _needed(theirs, expected, in_dtype: str, tolerance: Tolerance):
+    """What assert_close(actual=theirs, expected) computed in ``in_dtype`` needs: the smallest
+    atol with rtol kept and the smallest rtol with atol kept (None: no rtol helps), whether NaN
+    meets NaN (equal_nan needed), or None where a NaN or infinity meets another value.
+
+    torch.isclose evaluates |a - e| <= atol + |rtol * e| in the compared dtype, atol and rtol
+    rounded to it: each of those roundings moves a side by at most u (the unit roundoff), so
+    asking |a - e| (1 + 4u) <= atol (1 - 2u) + rtol |e| (1 - 2u) in float64 is safe."""
+    form = float_format(in_dtype)
+    u = 2.0 ** -(form.mantissa_bits + 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = theirs.astype(form.numpy).astype(np.float64)
+        e = np.asarray(expected).astype(form.numpy).astype(np.float64)
+        both_nan = np.isnan(a) & np.isnan(e)
+        agree = both_nan | (a == e)
+        error = np.where(agree, 0.0, np.abs(a - e))
+    if not np.all(np.isfinite(error)):
+        return None
+    magnitude = np.where(agree, 0.0, np.abs(e))
+    error = error * (1 + 4 * u)
+    atol = float(max(0.0, np.max(error - tolerance.rtol * magnitude * (1 - 2 * u), initial=0.0)))
+    short = error - tolerance.atol * (1 - 2 * u)
+    rtol: float | None = 0.0
+    if np.any(short > 0):
+        if np.any((short > 0) & (magnitude == 0)):
+            rtol = None
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rtol = float(np.max(np.where(short > 0, short / (magnitude * (1 - 2 * u)), 0.0)))
+    return atol, rtol, bool(both_nan.any())
+
+
 def suggested_tolerance(
-    abs_error: np.ndarray, reference: np.ndarray, tolerance: Tolerance
+    theirs: np.ndarray,
+    their_dtype: str,
+    reference: np.ndarray,
+    torch_out: np.ndarray | None,
+    dtype: str,
+    tolerance: Tolerance,
+    torch_name: str,
 ) -> SuggestedTolerance | Undefined:
-    """The smallest atol (rtol kept) and the smallest rtol (atol kept) under which every
-    element would match, as a ready assert_close line; undefined where a NaN or an infinite
-    error can never match."""
-    if not np.all(np.isfinite(abs_error)):
+    """The smallest atol (rtol kept) and the smallest rtol (atol kept) under which
+    ``torch.testing.assert_close(torch.from_numpy(mine), expected, ...)`` passes, with expected
+    PyTorch's output (``torch_name``) and also the float64 reference rounded to ``dtype``, and
+    under which check itself passes (the float64 reference): rounded up to 3 digits, with the
+    line to paste. Undefined where a NaN or an infinite error can never match."""
+    if not np.all(np.isfinite(elementwise_errors(theirs, reference, dtype)[0])):
         return Undefined(
             "an element is NaN or infinite where the other is not: no tolerance makes it match"
         )
-    magnitude = np.abs(reference)
-    atol = float(max(0.0, np.max(abs_error - tolerance.rtol * magnitude)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        needed = np.where(
-            abs_error <= tolerance.atol, 0.0, (abs_error - tolerance.atol) / magnitude
+    compared_in = _compared_in(their_dtype, dtype)
+    with np.errstate(over="ignore"):
+        rounded = reference.astype(float_format(dtype).numpy)
+    expecteds = [(f"the float64 reference rounded to {dtype}", rounded)]
+    if torch_out is not None:
+        expecteds.insert(0, (f"PyTorch's output, {torch_name}", torch_out))
+    found = [(what, _needed(theirs, e, compared_in, tolerance)) for what, e in expecteds]
+    passable = [(what, need) for what, need in found if need is not None]
+    if not passable:
+        return Undefined(
+            "PyTorch's output and the rounded reference have NaN or Inf where yours does not: "
+            "no tolerance makes it match"
         )
+    expected = passable[0][0]
+    if torch_out is None:
+        expected += " (PyTorch did not run)"
+    elif expected != found[0][0]:
+        expected += " (PyTorch's output has NaN or Inf where yours does not)"
+    needs = [_needed(theirs, reference, "float64", tolerance)] + [n for _, n in passable]
+    atol = _ceil3(max(n[0] for n in needs))
+    rtols = [n[1] for n in needs]
     rtol: Number = (
-        float(np.max(needed))
-        if np.all(np.isfinite(needed))
-        else Undefined("an element whose reference is 0 misses by more than atol: no rtol helps")
+        Undefined("an element whose expected value is 0 misses by more than atol: no rtol helps")
+        if None in rtols
+        else _ceil3(max(rtols))
     )
+    options = ""
+    if their_dtype != dtype:
+        options += ", check_dtype=False"
+    if any(n[2] for n in needs):
+        options += ", equal_nan=True"
     line = (
-        f"torch.testing.assert_close(actual, expected, atol={_ceil3(atol)}, "
-        f"rtol={number(tolerance.rtol)})"
+        f"torch.testing.assert_close(torch.from_numpy(mine), expected, atol={atol!r}, "
+        f"rtol={tolerance.rtol!r}{options})"
     )
-    return SuggestedTolerance(
-        _ceil3(atol), rtol if isinstance(rtol, Undefined) else _ceil3(rtol), line
-    )
+    return SuggestedTolerance(atol, rtol, line, expected)
 
 
 def _ceil3(value: float) -> float:
-    """``value`` rounded up to 3 significant digits, so the suggestion still passes."""
+    """``value`` rounded up to 3 significant digits: the float nearest that decimal, never
+    below ``value``, so the printed suggestion still passes."""
     if value == 0:
         return 0.0
     digits = 2 - math.floor(math.log10(value))
-    return math.ceil(value * 10**digits) / 10**digits
+    mantissa = math.ceil(value * 10**digits)
+    while float(f"{mantissa}e{-digits}") < value:
+        mantissa += 1
+    return float(f"{mantissa}e{-digits}")

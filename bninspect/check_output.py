@@ -10,6 +10,7 @@ from rich.text import Text
 from bninspect.check_results import WHERE_FINITE, ChannelCheck, CheckResult, ElementError
 from bninspect.results import Undefined
 from bninspect.table_output import fmt, grid, header
+from bninspect.text import number_apart
 
 BAR_WIDTH = 40
 
@@ -28,12 +29,13 @@ def _pattern(c: ChannelCheck) -> str:
     shape = c.pattern.removesuffix(WHERE_FINITE)
     where = c.pattern[len(shape) :]
     offset = f"{'+' if shape != 'noise' and c.offset >= 0 else ''}{fmt(c.offset)}"
+    factor = number_apart(c.factor, 1.0)
     if shape == "scale":
-        return f"scale x{fmt(c.factor)}{where}"
+        return f"scale x{factor}{where}"
     if shape == "shift":
         return f"shift {offset}{where}"
     if shape == "scale and shift":
-        return f"scale x{fmt(c.factor)}, shift {offset}{where}"
+        return f"scale x{factor}, shift {offset}{where}"
     return c.pattern
 
 
@@ -124,15 +126,28 @@ def render_check(result: CheckResult) -> RenderableType:
             rows,
         )
     )
+    reasons = dict.fromkeys(  # why a cell reads n/a, once per column and reason
+        (f.metadata["label"].replace("\n", " "), value.reason)
+        for f in fields
+        for c in result.channels
+        if isinstance(value := getattr(c, f.name), Undefined)
+    )
+    if reasons:
+        parts.append(Text("\n".join(f"n/a {label}: {reason}" for label, reason in reasons)))
     parts.append(_histogram(result))
     if isinstance(result.suggested, Undefined):
         parts.append(Text(f"no tolerance passes it: {result.suggested.reason}"))
     elif not result.passed:
+        suggested = result.suggested
+        other = (
+            f"or keep atol={tol.atol!r} and use rtol={suggested.rtol!r}"
+            if not isinstance(suggested.rtol, Undefined)
+            else f"no rtol alone passes it: {suggested.rtol.reason}"
+        )
         parts.append(
             Text(
-                f"to pass as it is: {result.suggested.assert_close}\n"
-                f"  (or keep atol {fmt(tol.atol)} and use rtol "
-                f"{fmt(result.suggested.rtol)})"
+                f"to pass as it is, with mine = numpy.load({out.path!r}) and expected = "
+                f"{suggested.expected}:\n{suggested.assert_close}\n({other})"
             )
         )
     diagnosis = result.diagnosis
@@ -140,18 +155,20 @@ def render_check(result: CheckResult) -> RenderableType:
         Text(f"diagnosis: {diagnosis.summary}", style="bold" if diagnosis.explained else None)
     )
     if not result.passed or diagnosis.explained:
+        dtype = result.input.dtype
         rows = [
             [
                 h.name,
                 h.description + (f" ({h.detail})" if h.detail else ""),
-                f"{fmt(h.max_ulp_error)} {h.precision}",
+                fmt(h.max_ulp_error) + (f" {h.precision}" if h.precision != dtype else ""),
                 fmt(h.explains),
             ]
             for h in diagnosis.hypotheses
         ]
         parts.append(
             grid(
-                "Known mistakes tried, best first (remaining error in ULPs at scale)",
+                "Known mistakes tried, best first, fitted ones last (error left: ULPs of "
+                f"{dtype}, or the dtype named, at the channel's scale)",
                 ["variant", "what it does", "error left", "explains"],
                 rows,
                 left=(0, 1),

@@ -80,11 +80,14 @@ class HistogramBin:
 
 @dataclass(frozen=True)
 class SuggestedTolerance:
-    """The smallest tolerances that would make the output pass, one knob at a time."""
+    """The smallest tolerances that would make the output pass, one knob at a time: against
+    PyTorch's output, the reference rounded to the dtype, and check's own float64 reference."""
 
     atol: Number  # with rtol at its value
     rtol: Number  # with atol at its value
-    assert_close: str  # a ready torch.testing.assert_close line
+    # The line to paste, with ``mine`` your array (numpy.load) and ``expected`` as said below.
+    assert_close: str
+    expected: str  # PyTorch's output (which module, mode, dtype), or the rounded reference and why
 
 
 @dataclass(frozen=True)

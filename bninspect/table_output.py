@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -122,19 +123,57 @@ def grid(
     styles: list | None = None,
     left: tuple[int, ...] = (),
     section_ends: frozenset[int] = frozenset(),
-) -> Table:
+) -> RenderableType:
     """A table whose cells are never cut off: every column is at least as wide as its longest
     word, so numbers keep all their digits on a narrow terminal; headers fold instead (and the
     CLI never crops a table wider than the terminal). Cells are plain text, never rich markup.
     ``left``: indices of left-justified columns; ``section_ends``: rows followed by a rule."""
     table = Table(title=title, title_justify="left")
+    natural, words, header_words = [], [], []
     for k, header in enumerate(headers):
-        widest = max((len(word) for row in rows for word in row[k].split()), default=1)
+        cells = [row[k] for row in rows]
+        widest = max((len(word) for cell in cells for word in cell.split()), default=1)
         justify = "left" if k in left else "right"
         table.add_column(Text(header, overflow="fold"), justify=justify, min_width=widest)
+        lines = [line for text in [*cells, header] for line in text.split("\n")]
+        natural.append(max(map(cell_len, lines)))
+        words.append(widest)
+        header_words.append(max((len(word) for word in header.split()), default=1))
     for i, (row, style) in enumerate(zip(rows, styles or [None] * len(rows), strict=True)):
         table.add_row(*(Text(cell) for cell in row), style=style, end_section=i in section_ends)
-    return table
+    return _Fitted(table, natural, words, header_words)
+
+
+class _Fitted:
+    """A grid laid out for the width it is drawn at. Rich narrows every wrappable column alike
+    and then widens the ones that cannot go below their longest word again, past the terminal's
+    edge; this narrows the widest column that can still give first, keeping header words whole
+    while it can, then letting headers fold. Wider than that, it is drawn whole, never cut."""
+
+    def __init__(self, table: Table, natural, words, header_words) -> None:
+        self.table, self.natural = table, natural
+        self.soft = [max(w, h) for w, h in zip(words, header_words, strict=True)]
+        self.hard = words
+
+    def _widths(self, available: int) -> list[int]:
+        widths = list(self.natural)
+        for least in (self.soft, self.hard):
+            while sum(widths) > available:
+                slack = [k for k, w in enumerate(widths) if w > least[k]]
+                if not slack:
+                    break
+                widths[max(slack, key=lambda k: widths[k])] -= 1
+        return widths
+
+    def __rich_console__(self, console, options):
+        columns = len(self.table.columns)
+        frame = 3 * columns + 1  # a space either side of each cell, and the rules
+        widths = self._widths(options.max_width - frame)
+        for column, width in zip(self.table.columns, widths, strict=True):
+            column.width = width
+        yield from console.render(
+            self.table, options.update_width(max(options.max_width, sum(widths) + frame))
+        )
 
 
 def _channel_table(group: str, result: RunResult) -> RenderableType:

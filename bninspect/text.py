@@ -15,6 +15,17 @@ def number(value: float) -> str:
     return f"{value:.5g}"
 
 
+def number_apart(value: float, other: float) -> str:
+    """``value`` with at least number()'s digits and as many more as it takes to read it apart
+    from ``other`` (and one beyond): a scale factor 1.0000023 is not shown as 1."""
+    if not (math.isfinite(value) and math.isfinite(other)) or value == other:
+        return number(value)
+    for digits in range(5, 17):
+        if f"{value:.{digits}g}" != f"{other:.{digits}g}":
+            return f"{value:.{digits + (digits > 5)}g}"
+    return repr(value)
+
+
 def shape(sizes: tuple[int, ...]) -> str:
     """(1, 2, 3, 4) -> '1x2x3x4'."""
     return "x".join(map(str, sizes))

@@ -4,6 +4,7 @@ nothing; exit codes, JSON shape, bad inputs, and explain --against."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import ml_dtypes
@@ -158,8 +159,6 @@ def run_check(cli, tmp_path, x, y, *args, code=3):
         "--json",
         code=code,
     )
-    import json
-
     return json.loads(result.stdout)
 
 
@@ -327,6 +326,11 @@ def test_no_known_variant_says_so(cli, tmp_path):
     assert doc["diagnosis"]["summary"].startswith("no known variant explains this:")
     assert all(c["pattern"] == "noise" for c in doc["channels"])
     assert doc["null_reasons"]["/channels/0/best_variant"] == "no known variant fits this channel"
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    out = cli(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
+    ).stdout
+    assert "n/a best known variant: no known variant fits this channel" in out
 
 
 def test_error_patterns_scale_and_shift(cli, tmp_path):
@@ -369,11 +373,85 @@ def test_tolerances_and_exit_codes(cli, tmp_path):
     }
     suggested = doc["suggested"]
     assert suggested["assert_close"] == (
-        f"torch.testing.assert_close(actual, expected, atol={suggested['atol']}, rtol=1.3e-06)"
+        "torch.testing.assert_close(torch.from_numpy(mine), expected, "
+        f"atol={suggested['atol']!r}, rtol=1.3e-06)"
+    )
+    assert suggested["expected"] == (
+        "PyTorch's output, torch.nn.BatchNorm2d in train mode, float32"
     )
     passing = run_check(cli, tmp_path, x, y, "--atol", str(suggested["atol"]), code=0)
     assert passing["passed"] and passing["tolerance"]["source"].startswith("atol given")
     assert run_check(cli, tmp_path, x, y, "--rtol", "0.001", code=3)["mismatches"] > 0
+
+
+def torch_batchnorm(x, eval_mode=False):
+    """PyTorch's own BatchNorm2d output for x with the test layer: what a user has at hand."""
+    module = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(W))
+        module.bias.copy_(torch.tensor(B))
+        module.running_mean.copy_(torch.tensor(RUNNING_MEAN))
+        module.running_var.copy_(torch.tensor(RUNNING_VAR))
+        return module.eval()(torch.from_numpy(x)) if eval_mode else module(torch.from_numpy(x))
+
+
+def pasted(line: str) -> dict:
+    """The keyword arguments of the printed assert_close line, as Python reads them."""
+    call = line.removeprefix("torch.testing.assert_close(torch.from_numpy(mine), expected, ")
+    return eval(f"dict({call.removesuffix(')')})")  # noqa: S307 (our own output)
+
+
+ASSERT_CLOSE_CASES = {  # name: (output from x, the dtype it is saved in, the input's offset)
+    "unbiased": (lambda x: mistaken("unbiased-variance", x), np.float32, 0.0),
+    "no eps": (lambda x: mistaken("no-eps", x), np.float32, 0.0),
+    "float16": (lambda x: mistaken("float16", x), np.float32, 0.0),
+    "naive at 300": (lambda x: naive_float32(x, "running"), np.float32, 300.0),
+    "a little off": (lambda x: correct(x) * (1 + 3e-6), np.float32, 0.0),
+    "float64 file": (lambda x: mistaken("no-eps", x), np.float64, 0.0),
+    "float16 file": (lambda x: correct(x), np.float16, 0.0),
+}
+
+
+@pytest.mark.parametrize("case", list(ASSERT_CLOSE_CASES))
+@pytest.mark.parametrize("scale", [1.0, 0.01])
+def test_the_printed_assert_close_line_passes_when_pasted(cli, tmp_path, case, scale):
+    """Pasted as printed, with expected PyTorch's output (and with the reference rounded to
+    float32), torch.testing.assert_close passes; so does the rtol it offers with atol kept."""
+    make, dtype, offset = ASSERT_CLOSE_CASES[case]
+    x = make_input(scale=scale, offset=offset * scale)  # naive: |mean|/std 300 or so
+    y = make(x)
+    mine = np.asarray(y).astype(dtype)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", mine)
+    args = ["check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER]
+    doc = json.loads(cli(*args, "--json", code=3).stdout)
+    suggested = doc["suggested"]
+    given = pasted(suggested["assert_close"])
+    assert given["atol"] == suggested["atol"] and given["rtol"] == 1.3e-6
+    rounded_reference = torch.from_numpy(correct(x)).float()
+    for expected in (torch_batchnorm(x), rounded_reference):
+        torch.testing.assert_close(torch.from_numpy(mine), expected, **given)
+        kept = {**given, "atol": 1e-5, "rtol": suggested["rtol"]}
+        torch.testing.assert_close(torch.from_numpy(mine), expected, **kept)
+    for option in ("--atol", "--rtol"):  # and check itself passes with them
+        cli(*args, option, repr(suggested[option.removeprefix("--")]), code=0)
+    assert ("check_dtype=False" in suggested["assert_close"]) == (dtype != np.float32)
+
+
+def test_assert_close_line_with_nan_channels(cli, tmp_path):
+    """NaN in the input makes a channel NaN in PyTorch's output and yours: the line says
+    equal_nan=True, and passes."""
+    x = make_input()
+    x[0, 1, 0, 0] = np.nan
+    y = correct(x) * (1 + 1e-4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    args = ["check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER]
+    suggested = json.loads(cli(*args, "--json", code=3).stdout)["suggested"]
+    given = pasted(suggested["assert_close"])
+    assert given["equal_nan"] is True
+    expected = torch_batchnorm(x)
+    torch.testing.assert_close(torch.from_numpy(y.astype(np.float32)), expected, **given)
 
 
 def test_json_shape(cli, tmp_path):
@@ -436,6 +514,7 @@ def test_json_shape(cli, tmp_path):
         "fitted",
         "eps_per_channel",
     }
+    assert set(doc["suggested"]) == {"atol", "rtol", "assert_close", "expected"}
     assert sum(b["count"] for b in doc["histogram"]) == x.size
     assert doc["torch_max_scaled_error"] < 4
 
@@ -449,7 +528,11 @@ def test_table(cli, tmp_path):
     ).stdout
     assert re.search(r"FAIL: \d+ of 360 elements beyond atol 1e-05", out)
     assert "diagnosis: your output normalizes with the unbiased variance" in out
-    assert "torch.testing.assert_close(actual, expected, atol=" in out
+    assert (
+        f"to pass as it is, with mine = numpy.load('{tmp_path / 'y.npy'}') and expected = "
+        "PyTorch's output, torch.nn.BatchNorm2d in train mode, float32:\n"
+        "torch.testing.assert_close(torch.from_numpy(mine), expected, atol="
+    ) in out
 
 
 def test_output_of_another_shape_names_the_transposition(cli, tmp_path):
@@ -697,3 +780,48 @@ def test_table_shows_the_fitted_pattern(cli, tmp_path):
         "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
     ).stdout
     assert "scale x1.1, shift +0.2" in out and "shift +0.02" in out
+
+
+def test_a_scale_factor_near_1_shows_the_digits_that_part_it_from_1(cli, tmp_path):
+    x = make_input()
+    y = correct(x)
+    y[:, 1] *= 1 + 3e-6  # 3e-6 at |y| up to 6: ~50 ULPs, a real scale error
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    out = cli(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
+    ).stdout
+    assert re.search(r"scale x1\.00000[23]\d* ", channel_rows(out)[1]), channel_rows(out)[1]
+
+
+@pytest.mark.parametrize(
+    "case", ["unbiased", "naive at 300", "keras eps", "nan and shift", "5-D weight first"]
+)
+def test_check_tables_fit_80_columns(cli, tmp_path, monkeypatch, case):
+    """Nothing is cut (no ellipsis) and no line is wider than an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    x = make_input(offset=300.0 if case == "naive at 300" else 0.0)
+    if case == "unbiased":
+        y = mistaken("unbiased-variance", x)
+    elif case == "naive at 300":
+        y = naive_float32(x, "running")
+    elif case == "keras eps":
+        x = make_input(scale=0.003)
+        y = norm(x, *stats(x), eps=1e-3)
+    elif case == "nan and shift":
+        y = correct(x) * 1.1 + 0.2
+        y[0, 0, 0, 0] = np.nan
+    else:
+        x = np.random.default_rng(2).standard_normal((2, 3, 4, 5, 6)).astype(np.float32) * 100
+        wide = x.astype(np.float64) * W.reshape(1, -1, 1, 1, 1)
+        axes = (0, 2, 3, 4)
+        mean, var = wide.mean(axis=axes, keepdims=True), wide.var(axis=axes, keepdims=True)
+        y = (wide - mean) / np.sqrt(var + 1e-5) + B.reshape(1, -1, 1, 1, 1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.asarray(y, dtype=np.float32))
+    out = cli(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER, code=3
+    ).stdout
+    assert "Known mistakes tried" in out
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
