@@ -7,8 +7,9 @@
  * the two bit for bit. The GIL is released, so Python threads run these in parallel.
  *
  * Layout: the input is a contiguous (N, C, S) array, S the product of the spatial sizes; a
- * "region" is rows [n0, n1) x channels [c0, c1) x positions [s0, s1) of it. Values are first
- * widened to double in an L1-sized buffer, then one dtype-independent vector loop works on it.
+ * "region" is rows [n0, n1) x channels [c0, c1) x positions [s0, s1) of it. float32 and
+ * float64 values are read where they lie; float16 and bfloat16 values, and short runs of any
+ * dtype, are first widened to double in an L1-sized buffer.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,16 +34,16 @@ typedef float vf __attribute__((vector_size(4 * W)));
 enum { DT_F32 = 0, DT_F64 = 1, DT_F16 = 2, DT_BF16 = 3 };
 static const Py_ssize_t ITEMSIZE[] = {4, 8, 2, 2};
 
-/* Values per accuracy chunk: the chunk's double buffer and its float32 source (24 KB) stay in
- * a 32 KB L1 cache for the second pass. */
+/* Values per accuracy chunk: a chunk that needs a second pass (see chunk_moments) still has
+ * its values, and its double buffer for other dtypes (24 KB in all), in a 32 KB L1 cache. */
 #define CHUNK 2048
-/* Vectors per step: 12 independent accumulators hide the add latency and, with their
- * compensations, fit AVX2's 16 registers (3 measured faster than 2 or 4). */
-#define NV 3
+/* Vectors per step: 8 lanes of (sum, compensation) pairs for d and d * d hide the add latency
+ * and fit AVX2's 16 registers with the loads; 3 spilled and ran 1.4x slower. */
+#define NV 2
 #define STEP (W * NV)
 
 /* Outputs of moments(), per channel, in this order. */
-enum { M_COUNT, M_SUM, M_MEAN, M_M2, M_NAN, M_PINF, M_NINF, M_FIELDS };
+enum { M_COUNT, M_SUM, M_MEAN, M_MEAN_LO, M_M2, M_NAN, M_PINF, M_NINF, M_FIELDS };
 /* Outputs of output_errors(), per channel. */
 enum { E_MAX_ABS, E_MAX_ULP, E_MAX_REF, E_ARGMAX, E_FIELDS };
 
@@ -116,21 +117,45 @@ static inline double hsum(vd v) {
 /* ---- moments ----------------------------------------------------------------------------- */
 
 typedef struct {
-    double count, mean, m2;      /* Chan's running (n, mean, M2) of the finite values */
-    double sum, sum_c;           /* their Neumaier-compensated sum */
+    double count, mean, mean_lo, m2; /* Chan's running (n, mean, M2) of the finite values; the
+                                        mean as mean + mean_lo, so that merging keeps it exact */
+    double sum, sum_c;               /* their Neumaier-compensated sum */
     double nan, pinf, ninf;
 } Moments;
 
 static void moments_init(Moments *m) { memset(m, 0, sizeof *m); }
 
-static void moments_merge(Moments *m, double count, double sum, double m2) {
-    double mean = sum / count, total = m->count + count, delta = mean - m->mean;
-    m->m2 += m2 + delta * delta * (m->count * count / total);
-    m->mean += delta * (count / total);
-    m->count = total;
-    double t = m->sum + sum; /* Neumaier: keep what the addition rounded away */
-    m->sum_c += fabs(m->sum) >= fabs(sum) ? (m->sum - t) + sum : (sum - t) + m->sum;
+static void neumaier_add(Moments *m, double x) {
+    double t = m->sum + x; /* keep what the addition rounded away */
+    m->sum_c += fabs(m->sum) >= fabs(x) ? (m->sum - t) + x : (x - t) + m->sum;
     m->sum = t;
+}
+
+/* a + b = *hi + *lo exactly, *hi the rounded sum (Knuth's two-sum). */
+static void two_sum(double a, double b, double *hi, double *lo) {
+    double s = a + b, back = s - a;
+    *lo = (a - (s - back)) + (b - back);
+    *hi = s;
+}
+
+/* Merge a chunk of `count` values with mean shift + rel_mean and sum of squared deviations m2
+ * (Chan et al.). The difference of the means is taken part by part: shift is the running mean
+ * rounded, or 0, so shift - m->mean is exact, and the rounding of a large mean (an offset
+ * channel) does not enter the delta^2 term, which would cost ~100 float64 ULPs at offset 1e4. */
+static void moments_merge(Moments *m, double count, double shift, double rel_mean, double m2) {
+    double total = m->count + count;
+    if (m->count == 0) { /* the first chunk: its mean as it is, both parts */
+        two_sum(shift, rel_mean, &m->mean, &m->mean_lo);
+        m->m2 = m2;
+        m->count = total;
+        return;
+    }
+    double delta = (shift - m->mean) + (rel_mean - m->mean_lo);
+    m->m2 += m2 + delta * delta * (m->count * count / total);
+    double hi, lo;
+    two_sum(m->mean, delta * (count / total), &hi, &lo);
+    two_sum(hi, lo + m->mean_lo, &m->mean, &m->mean_lo);
+    m->count = total;
 }
 
 /* Kahan's compensated addition of x into the lane sums s with compensations c. */
@@ -140,102 +165,119 @@ static inline void kahan_add(vd *s, vd *c, vd x) {
     *s = t;
 }
 
-/* One vector of values: widened from float32 at `from` (and stored into buf for the second
- * pass), or read from buf. */
-static inline vd values_at(double *buf, const float *from, Py_ssize_t at) {
-    if (!from) return load_d(buf + at);
-    vf f;
-    memcpy(&f, from + at, sizeof f);
-    vd v = __builtin_convertvector(f, vd);
-    memcpy(buf + at, &v, sizeof v);
+/* W values at p widened to double. Written as a lane loop, which GCC turns into one
+ * vcvtps2pd; __builtin_convertvector is split into halves and spilled to the stack for AVX2. */
+static inline vd load_f32(const float *p) {
+    vd v;
+    for (int k = 0; k < W; k++) v[k] = p[k];
     return v;
 }
 
-/* Compensated sum of buf[0..n) in W * NV lanes: each lane adds four values pairwise, then
- * Kahan-adds the pair sums, which keeps the error within a few ULPs at a quarter of Kahan's
- * cost per value. With `from` (float32 values) it first widens them into buf, in the same loop,
- * saving a pass over memory for the common dtype. */
-static HOT double chunk_sum(double *buf, Py_ssize_t n, const float *from) {
-    vd s[NV], c[NV];
-    for (int j = 0; j < NV; j++) s[j] = c[j] = splat(0.0);
-    Py_ssize_t i = 0;
-    for (; i + 4 * STEP <= n; i += 4 * STEP)
-        for (int j = 0; j < NV; j++) {
-            Py_ssize_t at = i + W * j;
-            vd a = values_at(buf, from, at) + values_at(buf, from, at + STEP);
-            vd b = values_at(buf, from, at + 2 * STEP) + values_at(buf, from, at + 3 * STEP);
-            kahan_add(&s[j], &c[j], a + b);
-        }
-    for (; i + STEP <= n; i += STEP)
-        for (int j = 0; j < NV; j++) kahan_add(&s[j], &c[j], values_at(buf, from, i + W * j));
-    double tail = 0.0, tail_c = 0.0;
-    for (; i < n; i++) {
-        if (from) buf[i] = from[i];
-        double y = buf[i] - tail_c, t = tail + y;
-        tail_c = (t - tail) - y;
-        tail = t;
+/* Compensated sums of d = x - shift and of d * d over one chunk. */
+typedef struct {
+    double d, dd;
+} Shifted;
+
+/* shifted sums over n values of type T, in W * NV lanes: each lane adds four values pairwise,
+ * then Kahan-adds the pair sums, which keeps the error within a few ULPs at a quarter of
+ * Kahan's cost per value. */
+#define DEFINE_SHIFTED_SUMS(NAME, T, LOAD)                                                      \
+    static HOT Shifted NAME(const T *x, Py_ssize_t n, double shift) {                          \
+        vd s[NV], sc[NV], q[NV], qc[NV], k = splat(shift);                                      \
+        for (int j = 0; j < NV; j++) s[j] = sc[j] = q[j] = qc[j] = splat(0.0);                  \
+        Py_ssize_t i = 0;                                                                       \
+        for (; i + 4 * STEP <= n; i += 4 * STEP)                                                \
+            for (int j = 0; j < NV; j++) {                                                      \
+                Py_ssize_t at = i + W * j;                                                      \
+                vd a = LOAD(x + at) - k, b = LOAD(x + at + STEP) - k;                           \
+                vd e = LOAD(x + at + 2 * STEP) - k, f = LOAD(x + at + 3 * STEP) - k;            \
+                kahan_add(&s[j], &sc[j], (a + b) + (e + f));                                    \
+                kahan_add(&q[j], &qc[j], (a * a + b * b) + (e * e + f * f));                    \
+            }                                                                                   \
+        for (; i + STEP <= n; i += STEP)                                                        \
+            for (int j = 0; j < NV; j++) {                                                      \
+                vd a = LOAD(x + i + W * j) - k;                                                 \
+                kahan_add(&s[j], &sc[j], a);                                                    \
+                kahan_add(&q[j], &qc[j], a * a);                                                \
+            }                                                                                   \
+        double ts = 0.0, tsc = 0.0, tq = 0.0, tqc = 0.0;                                        \
+        for (; i < n; i++) {                                                                    \
+            double a = (double)x[i] - shift, y = a - tsc, t = ts + y;                           \
+            tsc = (t - ts) - y;                                                                 \
+            ts = t;                                                                             \
+            y = a * a - tqc;                                                                    \
+            t = tq + y;                                                                         \
+            tqc = (t - tq) - y;                                                                 \
+            tq = t;                                                                             \
+        }                                                                                       \
+        vd ds = splat(0.0), dq = splat(0.0);                                                    \
+        for (int j = 0; j < NV; j++) {                                                          \
+            ds += s[j] - sc[j];                                                                 \
+            dq += q[j] - qc[j];                                                                 \
+        }                                                                                       \
+        return (Shifted){hsum(ds) + (ts - tsc), hsum(dq) + (tq - tqc)};                         \
     }
-    vd total = splat(0.0);
-    for (int j = 0; j < NV; j++) total += s[j] - c[j];
-    return hsum(total) + (tail - tail_c);
+
+DEFINE_SHIFTED_SUMS(shifted_f32, float, load_f32)
+DEFINE_SHIFTED_SUMS(shifted_f64, double, load_d)
+
+/* The shifted sums of the float32 values at `from`, or of the doubles in buf. */
+static Shifted shifted_sums(const double *buf, const float *from, Py_ssize_t n, double shift) {
+    return from ? shifted_f32(from, n, shift) : shifted_f64(buf, n, shift);
 }
 
-/* Compensated sum of squared deviations from `mean` (as chunk_sum adds), and the plain sum of
- * deviations (for Bjorck's correction). */
-static HOT double chunk_m2(const double *buf, Py_ssize_t n, double mean, double *dev_sum) {
-    vd q[NV], c[NV], d1[NV], m = splat(mean);
-    for (int j = 0; j < NV; j++) q[j] = c[j] = d1[j] = splat(0.0);
-    Py_ssize_t i = 0;
-    for (; i + 4 * STEP <= n; i += 4 * STEP)
-        for (int j = 0; j < NV; j++) {
-            Py_ssize_t at = i + W * j;
-            vd d0 = load_d(buf + at) - m, e0 = load_d(buf + at + STEP) - m;
-            vd d1v = load_d(buf + at + 2 * STEP) - m, e1 = load_d(buf + at + 3 * STEP) - m;
-            kahan_add(&q[j], &c[j], (d0 * d0 + e0 * e0) + (d1v * d1v + e1 * e1));
-            d1[j] += (d0 + e0) + (d1v + e1);
-        }
-    for (; i + STEP <= n; i += STEP)
-        for (int j = 0; j < NV; j++) {
-            vd d = load_d(buf + i + W * j) - m;
-            kahan_add(&q[j], &c[j], d * d);
-            d1[j] += d;
-        }
-    double tail = 0.0, tail_d = 0.0;
-    for (; i < n; i++) {
-        double d = buf[i] - mean;
-        tail += d * d;
-        tail_d += d;
-    }
-    vd dev = splat(0.0), total = splat(0.0);
-    for (int j = 0; j < NV; j++) {
-        dev += d1[j];
-        total += q[j] - c[j];
-    }
-    *dev_sum = hsum(dev) + tail_d;
-    return hsum(total) + tail;
+/* A shift for the next chunk: the mean so far where it stands out from the spread, else 0
+ * (then d = x exactly). Rounded to float32 for float32 values, so that x - shift is mostly
+ * exact. */
+static double shift_for(const Moments *m, int float32) {
+    if (!(m->count > 0 && 4 * m->mean * m->mean > m->m2 / m->count)) return 0.0;
+    return float32 ? (double)(float)m->mean : m->mean;
 }
 
-/* Fold one chunk into m: two passes around the chunk's own mean. The n values are in buf, or
- * still float32 at `from` (then widened into buf on the way). */
+/* Does the chunk's mean lie within one standard deviation of `shift` (then the shifted
+ * formula loses at most a factor 2 to cancellation: its rounding error grows with 1 + n (mean -
+ * shift)^2 / m2), and is the shift 0 or at most twice the mean (then n |shift| <= 2 sum |x|, so
+ * the sum keeps its few ULPs of sum |x|)? */
+static int shift_is_good(Shifted t, Py_ssize_t n, double shift) {
+    double offset = t.d * t.d / (double)n, mean = shift + t.d / (double)n;
+    return 2 * offset <= t.dd && (shift == 0 || fabs(shift) <= 2 * fabs(mean));
+}
+
+/* Fold one chunk into m: the n float32 values at `from`, or (from == NULL) the doubles in buf.
+ * One pass of shifted sums gives m2 = sum d^2 - (sum d)^2 / n, exact in real arithmetic for
+ * any shift; a chunk whose mean the shift misses (the first of an offset channel, a trend)
+ * gets a second pass around its own mean, from L1. */
 static void chunk_moments(double *buf, Py_ssize_t n, const float *from, Moments *m) {
-    double sum = chunk_sum(buf, n, from);
-    if (!isfinite(sum)) { /* rare: count the non-finite values and drop them */
+    double shift = shift_for(m, from != NULL);
+    Shifted t = shifted_sums(buf, from, n, shift);
+    if (!isfinite(t.dd)) { /* rare: count the non-finite values and drop them */
         Py_ssize_t kept = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            double v = buf[i];
+            double v = from ? from[i] : buf[i];
             if (isnan(v)) m->nan += 1;
             else if (v == INFINITY) m->pinf += 1;
             else if (v == -INFINITY) m->ninf += 1;
             else buf[kept++] = v;
         }
-        n = kept;
+        n = kept, from = NULL;
         if (n == 0) return;
-        sum = chunk_sum(buf, n, NULL);
+        shift = shift_for(m, 0);
+        t = shifted_sums(buf, NULL, n, shift);
     }
-    double dev, mean = sum / (double)n, m2 = chunk_m2(buf, n, mean, &dev);
-    m2 -= dev * dev / (double)n; /* removes the first-order effect of rounding in the mean */
-    moments_merge(m, (double)n, sum, m2 > 0 ? m2 : 0.0);
+    if (!shift_is_good(t, n, shift) && isfinite(t.dd)) {
+        shift += t.d / (double)n;
+        if (from) shift = (double)(float)shift;
+        t = shifted_sums(buf, from, n, shift);
+    }
+    double count = (double)n, m2 = t.dd - t.d * t.d / count;
+    if (!isfinite(t.dd)) m2 = t.dd; /* finite values whose squares overflow */
+    /* sum = count * shift + sum d, with the product's rounding error kept (fma is exact) */
+    double product = count * shift;
+    neumaier_add(m, product);
+    neumaier_add(m, fma(count, shift, -product) + t.d);
+    moments_merge(m, count, shift, t.d / count, m2 > 0 ? m2 : 0.0);
 }
+
 
 static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, Py_ssize_t n0,
                            Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t s0,
@@ -269,6 +311,7 @@ static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, 
         o[M_COUNT] = m.count;
         o[M_SUM] = m.sum + m.sum_c;
         o[M_MEAN] = m.mean;
+        o[M_MEAN_LO] = m.mean_lo;
         o[M_M2] = m.m2;
         o[M_NAN] = m.nan;
         o[M_PINF] = m.pinf;

@@ -19,7 +19,7 @@ from bninspect.dtypes import bits_view, float_format
 # Input bytes per block: large enough that Python's per-call cost vanishes, small enough that
 # two threads share the work evenly and a progress bar moves.
 BLOCK_BYTES = 8 << 20
-M_FIELDS, E_FIELDS = 7, 4  # per-channel outputs of _kernels.moments and output_errors
+M_FIELDS, E_FIELDS = 8, 4  # per-channel outputs of _kernels.moments and output_errors
 
 Progress = Callable[[int], None]  # told the input bytes of each finished block
 
@@ -99,6 +99,7 @@ class Moments:
     count: np.ndarray  # finite values
     total: np.ndarray  # their sum
     mean: np.ndarray
+    mean_lo: np.ndarray  # what the mean's rounding left out: mean + mean_lo is the mean
     m2: np.ndarray  # sum of squared deviations from the mean
     nan: np.ndarray
     posinf: np.ndarray
@@ -106,17 +107,27 @@ class Moments:
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
-    """Moments of the union of two disjoint sets of values (Chan et al.'s pairwise update)."""
+    """Moments of the union of two disjoint sets of values (Chan et al.'s pairwise update). The
+    means are carried as two parts: the difference of two close means is then exact, which
+    keeps the rounding of a large mean out of m2."""
     count = a.count + b.count
     # Empty channels: 0/0 stays harmless; values near float64's limit may overflow to inf.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         share = np.where(count > 0, b.count / count, 0.0)
-        delta = b.mean - a.mean
+        delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo)
         m2 = a.m2 + b.m2 + delta * delta * a.count * share
+        step = delta * share
+        mean = a.mean + step
+        back = mean - a.mean
+        low = a.mean_lo + ((a.mean - (mean - back)) + (step - back))  # two-sum's error
+        high = mean + low
+        low = np.where(np.isfinite(high), low - (high - mean), 0.0)
+    first = a.count == 0  # nothing to merge with: b's mean as it is, both parts
     return Moments(
         count,
         a.total + b.total,
-        a.mean + delta * share,
+        np.where(first, b.mean, high),
+        np.where(first, b.mean_lo, low),
         m2,
         a.nan + b.nan,
         a.posinf + b.posinf,

@@ -74,8 +74,8 @@ def channel_statistics(
     x: np.ndarray, progress: Progress | None = None, after_block: Callable | None = None
 ) -> ChannelStatistics:
     """Per-channel count, sum, mean and m2 of ``x`` (N, C, ...) in float64, in one pass of the C
-    kernel (two passes per L1-sized chunk, Kahan sums, chunks merged by Chan's formula: about
-    one float64 ULP from exact). NaN and Inf propagate into their channel's statistics and are
+    kernel (compensated shifted sums per L1-sized chunk, chunks merged by Chan's formula: a few
+    float64 ULPs from exact). NaN and Inf propagate into their channel's statistics and are
     counted."""
     moments = kernels.moments(x, x.dtype.name, progress, after_block=after_block)
     return statistics_from_moments(moments, x.size // x.shape[1])

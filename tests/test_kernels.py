@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bninspect import kernels
@@ -35,6 +36,50 @@ def test_moments_match_numpy_for_every_dtype_and_block_size(dtype, x, block):
         # Compensated sums: within a few float64 ULPs of sum |x|, whatever the cancellation.
         assert abs(got.total[c] - exact_total) <= 4 * 2.0**-52 * magnitude
         np.testing.assert_allclose(got.m2[c], m2, rtol=1e-10, atol=1e-12 * count * mean**2)
+
+
+def hostile_channel(pattern: str, n: int, seed: int) -> np.ndarray:
+    """Values that defeat a poorly chosen shift in the one-pass sums: a big offset (the first
+    chunk's shift of 0 is far off), a trend (every chunk's mean moves past the last), one huge
+    spike, a constant, blocks of alternating level, and a mean near the spread."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(n)
+    return {
+        "offset": 1e4 + noise,
+        "trend": np.linspace(-50.0, 50.0, n) + noise,
+        "spike": np.where(np.arange(n) == n // 3, 1e7, noise),
+        "constant": np.full(n, 3.25),
+        "levels": np.where((np.arange(n) // 2048) % 2 == 0, 1e3, -1e3) + noise,
+        "mean-near-spread": 1.0 + noise,
+    }[pattern]
+
+
+@pytest.mark.parametrize(
+    "pattern", ["offset", "trend", "spike", "constant", "levels", "mean-near-spread"]
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", ["one long run", "many short runs"])
+@settings(max_examples=12, deadline=None)  # exact sums over thousands of values are slow
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 9000),
+    block=st.sampled_from([4096, 1 << 23]),
+)
+def test_moments_of_long_hostile_channels_match_exact_rationals(
+    pattern, dtype, layout, seed, n, block
+):
+    values = hostile_channel(pattern, n, seed).astype(dtype)
+    # (1, 1, n) streams chunks straight from the array; (n, 1, 1) gathers rows into a buffer.
+    # Small blocks make kernels.merge_moments join the kernel's results, large ones the kernel.
+    x = values.reshape(1, 1, n) if layout == "one long run" else values.reshape(n, 1, 1)
+    got = kernels.moments(x, dtype, block_bytes=block)
+    exact = [Fraction(float(v)) for v in values]
+    total = sum(exact)
+    mean = total / n
+    m2 = sum((v - mean) ** 2 for v in exact)
+    magnitude = float(np.abs(values.astype(np.float64)).sum())
+    assert abs(Fraction(got.total[0]) - total) <= Fraction(4 * 2.0**-52) * Fraction(magnitude)
+    assert abs(Fraction(got.m2[0]) - m2) <= Fraction(8 * 2.0**-52) * m2
 
 
 def test_regions_cover_the_array_exactly_once():
