@@ -107,17 +107,17 @@ def _emit(result: Any, as_json: bool) -> None:
 
 
 def _inspect(request: InspectRequest, as_json: bool, report, before=None):
-    """Prepare (every check, no torch), let ``before(prepared)`` check and load what else the
-    command needs (still no torch), run, save files; ``report(inspection, what_before_gave,
-    progress)`` builds the result, under the same progress bar."""
+    """Prepare (every check, with ``before(planned_input, settings)`` checking and loading
+    what else the command needs, all before torch loads), run, save files;
+    ``report(inspection, what_before_gave, progress)`` builds the result, under the same
+    progress bar."""
     # numpy and the kernels load here, not at start-up: --help and usage errors stay instant.
     from bninspect.inspection import prepare, run_inspection, save_outputs
 
-    prepared = prepare(request)
-    extra = before(prepared) if before is not None else None
+    prepared = prepare(request, before)
     with progress_bar(prepared.tensor.array.nbytes, as_json) as progress:
         inspection = run_inspection(prepared, progress)
-        result = report(inspection, extra, progress)
+        result = report(inspection, prepared.extra, progress)
     for message in save_outputs(request, inspection):
         print(message, file=sys.stderr)
     return result
@@ -198,15 +198,15 @@ def explain(
 
     wanted = parse_index(index)
 
-    def before(prepared):  # an element of the last step's batch, and their value for it
-        batch_shape = (prepared.settings.batch_size, *prepared.tensor.array.shape[1:])
+    def before(planned, settings):  # an element of the last step's batch, their value for it
+        batch_shape = (settings.batch_size, *planned.shape[1:])
         resolved = resolve_index(wanted, batch_shape)
         if against is None:
             return resolved, None
         from bninspect.their_output import load_output
 
-        whole = prepared.tensor.array.shape  # every step's output, stacked, as --save-output
-        return resolved, load_output(against, "--against", whole, prepared.tensor.info.dtype)
+        # every step's output, stacked, as --save-output writes it
+        return resolved, load_output(against, "--against", planned.shape, planned.dtype)
 
     def report(inspection, extra, _progress):
         resolved, theirs = extra
@@ -245,11 +245,10 @@ def check(
 
     checked = for_check(request, atol, rtol)
 
-    def before(prepared):
+    def before(planned, _settings):
         from bninspect.their_output import load_output
 
-        x = prepared.tensor
-        return load_output(output, "--output", x.array.shape, x.info.dtype)
+        return load_output(output, "--output", planned.shape, planned.dtype)
 
     def report(inspection, loaded, _progress):
         theirs, info = loaded

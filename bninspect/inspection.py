@@ -2,14 +2,16 @@
 module and the float64 reference under a convention. Both ``run`` and ``explain`` report from
 the resulting ``Inspection``.
 
-Everything that can fail on the user's input fails in ``prepare``, before torch is imported.
+Everything that can fail on the user's input fails in ``prepare``, before torch is imported:
+it checks the request from the input's description (a .npy header, --shape), and only then
+starts importing torch in the background while it reads or generates the values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,9 +35,10 @@ from bninspect.results import CUMULATIVE, Number, Settings, Undefined
 from bninspect.running import StepUpdate, initial_state, torch_momenta
 from bninspect.tensor_input import (
     InputTensor,
-    generate_input,
-    load_input,
+    PlannedInput,
     map_input,
+    plan_file,
+    plan_generated,
 )
 from bninspect.text import shape as shape_text
 
@@ -53,7 +56,9 @@ class Prepared:
     """A request whose input has been obtained and checked: nothing left to fail on.
     ``mapping`` is the memory map of a streamed file (--stats-only), else None. ``no_peer``
     says why PyTorch's module will not run (--stats-only, or a convention accepting what
-    PyTorch refuses), or is None."""
+    PyTorch refuses), or is None; else ``torch_runner`` is torch_batchnorm.run_batchnorm on its
+    way (imported in the background; its result raises BnInspectError if torch is missing).
+    ``extra`` is what prepare's ``also_check`` returned."""
 
     request: InspectRequest
     tensor: InputTensor
@@ -62,6 +67,8 @@ class Prepared:
     mapping: object | None = None
     convention: Convention = PYTORCH
     no_peer: str | None = None
+    torch_runner: Future | None = None
+    extra: object = None
 
 
 # Told a phase's name and size in bytes, returns the callback each finished block calls with
@@ -195,28 +202,34 @@ def _torch_momentum(convention: Convention, momentum: float | None) -> Number:
     return batch_weight(convention, momentum)
 
 
-def prepare(request: InspectRequest) -> Prepared:
-    """Check the outputs can be written, obtain the tensor, split it into batches and resolve
-    the layer's vectors; raises BnInspectError/OptionError on any problem. Does not import
-    torch."""
+def prepare(
+    request: InspectRequest,
+    also_check: Callable[[PlannedInput, Settings], object] | None = None,
+) -> Prepared:
+    """Check the outputs can be written, check the input from its description, split it into
+    batches and resolve the layer's vectors, and call ``also_check`` (a command's own checks,
+    e.g. loading the user's output), raising BnInspectError/OptionError on any problem; then,
+    with nothing left to fail on the user's side, start importing torch (if PyTorch will run)
+    and obtain the tensor meanwhile."""
     _check_outputs(request)
     convention = request.convention
     mapping = None
     if request.input_path is not None and request.stats_only:
-        tensor, mapping = map_input(request.input_path, request.dtype)
+        mapped, mapping = map_input(request.input_path, request.dtype)
+        planned = PlannedInput(mapped.array.shape, mapped.info.dtype, lambda: mapped)
     elif request.input_path is not None:
-        tensor = load_input(request.input_path, request.dtype)
+        planned = plan_file(request.input_path, request.dtype)
     unfed_notice = None
     if request.input_path is not None:
-        batch_size, steps = _batching(request, tensor.array.shape[0])
-        unfed_notice = _unfed_notice(tensor.array.shape[0], batch_size, steps)
+        batch_size, steps = _batching(request, planned.shape[0])
+        unfed_notice = _unfed_notice(planned.shape[0], batch_size, steps)
     else:
         shape, dtype = request.shape or DEFAULT_SHAPE, request.dtype or "float32"
         batch_size, steps = shape[0], request.steps or 1
         whole = (batch_size * steps, *shape[1:])
-        tensor = generate_input(whole, request.seed, dtype, request.offset, request.scale)
+        planned = plan_generated(whole, request.seed, dtype, request.offset, request.scale)
     eps, eps_notice = effective_eps(convention, request.eps)
-    batch_shape = (batch_size, *tensor.array.shape[1:])
+    batch_shape = (batch_size, *planned.shape[1:])
     if request.stats_only:
         no_peer = STATS_ONLY
     else:  # what only PyTorch refuses
@@ -225,13 +238,13 @@ def prepare(request: InspectRequest) -> Prepared:
         raise BnInspectError(
             f"--save-output writes PyTorch's output, but {no_peer}; drop --save-output"
         )
-    channels = tensor.array.shape[1]
+    channels = planned.shape[1]
     params = resolve_parameters(
-        request.vectors, channels, tensor.info.dtype, request.seed, request.affine
+        request.vectors, channels, planned.dtype, request.seed, request.affine
     )
     momentum = request.momentum
     settings = Settings(
-        module=MODULE_FOR_RANK[tensor.array.ndim],
+        module=MODULE_FOR_RANK[len(planned.shape)],
         mode=request.mode,
         eps=eps,
         momentum=Undefined(CUMULATIVE) if momentum is None else momentum,
@@ -246,7 +259,13 @@ def prepare(request: InspectRequest) -> Prepared:
         torch_momentum=_torch_momentum(convention, momentum),
         notices=tuple(filter(None, (unfed_notice, eps_notice))),
     )
-    return Prepared(request, tensor, settings, params, mapping, convention, no_peer)
+    extra = also_check(planned, settings) if also_check is not None else None
+    # Reading a large file takes about as long as importing torch (~1.4 s): do both at once.
+    torch_runner = _start_torch_import() if no_peer is None else None
+    tensor = planned.obtain()
+    return Prepared(
+        request, tensor, settings, params, mapping, convention, no_peer, torch_runner, extra
+    )
 
 
 def _release_region(prepared: Prepared, x: np.ndarray):
@@ -304,6 +323,14 @@ def _import_torch_runner():
     return run_batchnorm
 
 
+def _start_torch_import() -> Future:
+    """_import_torch_runner() on a background thread, as a future."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="import-torch")
+    runner = pool.submit(_import_torch_runner)
+    pool.shutdown(wait=False)  # the thread ends with the import; nothing else is queued
+    return runner
+
+
 def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) -> Inspection:
     """Feed the batches, one training step each (one pass in eval mode), through the float64
     reference under the convention and through PyTorch's module, keeping every step (only the
@@ -323,7 +350,9 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
     else:
         with ThreadPoolExecutor(1, thread_name_prefix="statistics") as pool:
             pending = pool.submit(_reference_steps, prepared, tell)
-            run_batchnorm = _import_torch_runner()  # ~1.4 s, overlapping the above
+            # Imported while the input loaded, if prepare started it.
+            runner = prepared.torch_runner
+            run_batchnorm = runner.result() if runner is not None else _import_torch_runner()
 
             # PyTorch's module gets the same weight for each batch as the convention gives it.
             momenta = torch_momenta(prepared.convention, _momentum_of(settings), steps)

@@ -4,6 +4,7 @@ and brought to a floating dtype PyTorch's batch norm runs in."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,13 @@ import numpy as np
 from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.memory import check_fits, run_bytes
-from bninspect.npy_files import map_array, read_array, read_header, sha256_of
+from bninspect.npy_files import (
+    map_array,
+    read_array,
+    read_header,
+    sha256_of,
+    sha256_of_mapping,
+)
 from bninspect.parsing import MAX_RANK, MIN_RANK, SHAPE_FORMS
 from bninspect.results import InputInfo, Undefined
 from bninspect.text import shape as shape_text
@@ -46,6 +53,36 @@ class InputTensor:
         return dataclasses.replace(self.info, sha256=self.pending_sha256.result())
 
 
+@dataclass(frozen=True)
+class PlannedInput:
+    """An input checked from its description alone (--shape and --dtype, or a .npy header):
+    its shape and dtype (a name in dtypes.FORMATS) are known, and ``obtain()`` generates or
+    reads the values, which is the slow part."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    obtain: Callable[[], InputTensor]
+
+
+def plan_generated(
+    shape: tuple[int, ...],
+    seed: int,
+    dtype: str = "float32",
+    offset: float = 0.0,
+    scale: float = 1.0,
+) -> PlannedInput:
+    """Check that a generated tensor fits in memory; obtain() generates it (generate_input)."""
+    form = float_format(dtype)
+    elements = int(np.prod(shape))
+    check_fits(
+        run_bytes(elements, form.numpy.itemsize, shape[1]) + elements * 4 * (dtype != "float32"),
+        f"--shape {','.join(map(str, shape))} in {dtype}",
+        "use a smaller --shape",
+    )
+    shape = tuple(shape)
+    return PlannedInput(shape, dtype, lambda: _generate(shape, seed, dtype, offset, scale))
+
+
 def generate_input(
     shape: tuple[int, ...],
     seed: int,
@@ -56,13 +93,13 @@ def generate_input(
     """``offset + scale * z`` in ``dtype``, z standard normal float32 from
     ``numpy.random.default_rng(seed)``. The same float32 draws serve every dtype, so changing
     --dtype changes only the precision, and float32 with offset 0 and scale 1 is z itself."""
+    return plan_generated(shape, seed, dtype, offset, scale).obtain()
+
+
+def _generate(
+    shape: tuple[int, ...], seed: int, dtype: str, offset: float, scale: float
+) -> InputTensor:
     form = float_format(dtype)
-    elements = int(np.prod(shape))
-    check_fits(
-        run_bytes(elements, form.numpy.itemsize, shape[1]) + elements * 4 * (dtype != "float32"),
-        f"--shape {','.join(map(str, shape))} in {dtype}",
-        "use a smaller --shape",
-    )
     z = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
     if dtype == "float32" and offset == 0.0 and scale == 1.0:
         array = z
@@ -159,6 +196,12 @@ def load_input(path: Path, dtype: str | None = None) -> InputTensor:
     """Load a .npy tensor (never unpickling), check its rank and dtype, and convert it to
     ``dtype`` if given, or integer/boolean data to float32, with a notice. The file's SHA-256 is
     computed in a background thread (see InputTensor.pending_sha256)."""
+    return plan_file(path, dtype).obtain()
+
+
+def plan_file(path: Path, dtype: str | None = None) -> PlannedInput:
+    """Check a .npy file's header (rank, dtype, that it fits in memory); obtain() loads it as
+    load_input does."""
     header = _checked_header(path)
     shape = header.shape
     target, notice = _conversion_for(header.dtype, dtype, path)
@@ -169,16 +212,35 @@ def load_input(path: Path, dtype: str | None = None) -> InputTensor:
         f"--input {path} ({shape_text(shape)} {header.dtype.name})",
         "inspect a slice of it saved as a smaller .npy, or use --stats-only",
     )
+    name = format_of(target).name
+    return PlannedInput(tuple(shape), name, lambda: _load(path, header, target, notice))
+
+
+def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTensor:
+    # A private (copy-on-write) map rather than np.load's copy: nothing is read until used,
+    # so the file's pages come in while PyTorch works instead of before, and torch takes the
+    # array as it is (nothing writes to it: the hash reads the same pages meanwhile). np.load
+    # for Fortran order, which needs its transposed view.
     hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-    pending = hasher.submit(sha256_of, path)
+    if header.fortran_order:
+        pending = hasher.submit(sha256_of, path)
+        array = read_array(path, "--input")
+    else:
+        array, mapping = map_array(path, header, private=True)
+        pending = hasher.submit(sha256_of_mapping, mapping)
     hasher.shutdown(wait=False)  # the thread finishes the hash; nothing else is queued
-    array = read_array(path, "--input")
     if notice is not None:
         notice += _rounding_note(array, target)
         with np.errstate(over="ignore"):  # values beyond a smaller dtype's range become inf
             array = array.astype(target)
     info = InputInfo(
-        "file", shape, format_of(target).name, None, str(path), None, (notice,) if notice else ()
+        "file",
+        tuple(array.shape),
+        format_of(target).name,
+        None,
+        str(path),
+        None,
+        (notice,) if notice else (),
     )
     return InputTensor(array, info, pending)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bninspect import kernels
 from bninspect.reference import channel_statistics
-from bninspect.tensor_input import map_input
+from bninspect.tensor_input import load_input, map_input
 
 from strategies import tensors
 
@@ -54,6 +54,21 @@ def test_the_mapped_file_is_never_modified(cli, tmp_path):
         tensor.array[0, 0, 0] = 1.0  # read-only mapping
     channel_statistics(tensor.array)
     assert path.read_bytes() == before and os.stat(path).st_mtime_ns == stamp
+
+
+def test_a_full_run_maps_the_file_privately_and_never_changes_it(cli, tmp_path):
+    path = tmp_path / "x.npy"
+    x = np.random.default_rng(4).standard_normal((3, 2, 1000)).astype(np.float32)
+    np.save(path, x)
+    before, stamp = path.read_bytes(), os.stat(path).st_mtime_ns
+    doc = cli.json("run", "--input", path, "--save-output", tmp_path / "y.npy")
+    assert doc["input"]["sha256"] == hashlib.sha256(before).hexdigest()
+    tensor = load_input(path)
+    np.testing.assert_array_equal(tensor.array, x)
+    assert tensor.finished_info().sha256 == hashlib.sha256(before).hexdigest()
+    tensor.array[0, 0, 0] = 123.0  # copy-on-write: this process's copy only
+    assert path.read_bytes() == before and os.stat(path).st_mtime_ns == stamp
+    assert load_input(path).array[0, 0, 0] == x[0, 0, 0]
 
 
 def test_stats_only_refusals(cli, tmp_path):
