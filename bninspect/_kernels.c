@@ -178,21 +178,24 @@ typedef struct {
     double d, dd;
 } Shifted;
 
-/* shifted sums over n values of type T, in W * NV lanes: each lane adds four values pairwise,
- * then Kahan-adds the pair sums, which keeps the error within a few ULPs at a quarter of
- * Kahan's cost per value. */
+/* shifted sums over n values of type T, in W * NV lanes: each lane adds eight values pairwise,
+ * then Kahan-adds their sum, which keeps the error within a few ULPs at an eighth of Kahan's
+ * cost per value (four measured 10% slower here). */
 #define DEFINE_SHIFTED_SUMS(NAME, T, LOAD)                                                      \
     static HOT Shifted NAME(const T *x, Py_ssize_t n, double shift) {                          \
         vd s[NV], sc[NV], q[NV], qc[NV], k = splat(shift);                                      \
         for (int j = 0; j < NV; j++) s[j] = sc[j] = q[j] = qc[j] = splat(0.0);                  \
         Py_ssize_t i = 0;                                                                       \
-        for (; i + 4 * STEP <= n; i += 4 * STEP)                                                \
+        for (; i + 8 * STEP <= n; i += 8 * STEP)                                                \
             for (int j = 0; j < NV; j++) {                                                      \
-                Py_ssize_t at = i + W * j;                                                      \
-                vd a = LOAD(x + at) - k, b = LOAD(x + at + STEP) - k;                           \
-                vd e = LOAD(x + at + 2 * STEP) - k, f = LOAD(x + at + 3 * STEP) - k;            \
-                kahan_add(&s[j], &sc[j], (a + b) + (e + f));                                    \
-                kahan_add(&q[j], &qc[j], (a * a + b * b) + (e * e + f * f));                    \
+                const T *p = x + i + W * j;                                                     \
+                vd a = LOAD(p) - k, b = LOAD(p + STEP) - k;                                     \
+                vd e = LOAD(p + 2 * STEP) - k, f = LOAD(p + 3 * STEP) - k;                      \
+                vd g = LOAD(p + 4 * STEP) - k, h = LOAD(p + 5 * STEP) - k;                      \
+                vd u = LOAD(p + 6 * STEP) - k, v = LOAD(p + 7 * STEP) - k;                      \
+                kahan_add(&s[j], &sc[j], ((a + b) + (e + f)) + ((g + h) + (u + v)));            \
+                kahan_add(&q[j], &qc[j], ((a * a + b * b) + (e * e + f * f)) +                  \
+                                             ((g * g + h * h) + (u * u + v * v)));              \
             }                                                                                   \
         for (; i + STEP <= n; i += STEP)                                                        \
             for (int j = 0; j < NV; j++) {                                                      \
