@@ -16,9 +16,17 @@ import numpy as np
 from bninspect import _kernels
 from bninspect.dtypes import bits_view, float_format
 
-# Input bytes per block: large enough that Python's per-call cost vanishes, small enough that
-# two threads share the work evenly and a progress bar moves.
+# Input bytes per block: large enough that Python's per-call cost (~0.2 ms of the main
+# thread's time, against ~0.8 ms of a worker's per 8 MiB) stays small, small enough that the
+# threads share the work evenly, a progress bar moves, and a streamed file's mapped pages stay
+# few. Inputs of a GiB or more take 32 MiB blocks (streaming ~3% faster here).
 BLOCK_BYTES = 8 << 20
+LARGE_BLOCK_BYTES = 32 << 20
+
+
+def block_bytes_for(nbytes: int) -> int:
+    """Bytes per block for an input of ``nbytes``: at least 32 blocks, within the two sizes."""
+    return min(LARGE_BLOCK_BYTES, max(BLOCK_BYTES, nbytes // 32))
 M_FIELDS, E_FIELDS = 8, 4  # per-channel outputs of _kernels.moments and output_errors
 
 Progress = Callable[[int], None]  # told the input bytes of each finished block
@@ -148,14 +156,16 @@ def moments(
     array: np.ndarray,
     dtype: str,
     progress: Progress | None = None,
-    block_bytes: int = BLOCK_BYTES,
+    block_bytes: int | None = None,
     after_block: Callable[[Region], None] | None = None,
 ) -> Moments:
     """Per-channel moments of an (N, C, ...) array of ``dtype`` (a name in dtypes.FORMATS).
     ``after_block`` is called with each finished region (the streaming reader releases its
-    pages there)."""
+    pages there). ``block_bytes`` defaults to block_bytes_for(array.nbytes)."""
     buffer, N, C, S = ncs(array)
     code, itemsize = float_format(dtype).kernel_code, array.dtype.itemsize
+    if block_bytes is None:
+        block_bytes = block_bytes_for(array.nbytes)
 
     def work(r: Region) -> np.ndarray:
         out = np.empty((r.c1 - r.c0, M_FIELDS))
