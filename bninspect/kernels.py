@@ -27,6 +27,8 @@ LARGE_BLOCK_BYTES = 32 << 20
 def block_bytes_for(nbytes: int) -> int:
     """Bytes per block for an input of ``nbytes``: at least 32 blocks, within the two sizes."""
     return min(LARGE_BLOCK_BYTES, max(BLOCK_BYTES, nbytes // 32))
+
+
 M_FIELDS, E_FIELDS = 8, 4  # per-channel outputs of _kernels.moments and output_errors
 
 Progress = Callable[[int], None]  # told the input bytes of each finished block
