@@ -139,9 +139,11 @@ static void two_sum(double a, double b, double *hi, double *lo) {
 }
 
 /* Merge a chunk of `count` values with mean shift + rel_mean and sum of squared deviations m2
- * (Chan et al.). The difference of the means is taken part by part: shift is the running mean
- * rounded, or 0, so shift - m->mean is exact, and the rounding of a large mean (an offset
- * channel) does not enter the delta^2 term, which would cost ~100 float64 ULPs at offset 1e4. */
+ * (Chan et al.). The difference of the means is taken part by part, so that the rounding of a
+ * large mean (an offset channel) does not enter the delta^2 term, which cost ~100 float64 ULPs
+ * at offset 1e4: shift is mostly the running mean rounded to float32, or 0, and then
+ * shift - m->mean is exact; after a second pass it is the chunk's mean, and the difference is
+ * rounded relative to delta itself. */
 static void moments_merge(Moments *m, double count, double shift, double rel_mean, double m2) {
     double total = m->count + count;
     if (m->count == 0) { /* the first chunk: its mean as it is, both parts */
@@ -243,7 +245,15 @@ static double shift_for(const Moments *m, int float32) {
  * the sum keeps its few ULPs of sum |x|)? */
 static int shift_is_good(Shifted t, Py_ssize_t n, double shift) {
     double offset = t.d * t.d / (double)n, mean = shift + t.d / (double)n;
-    return 2 * offset <= t.dd && (shift == 0 || fabs(shift) <= 2 * fabs(mean));
+    return isfinite(t.dd) && 2 * offset <= t.dd && (shift == 0 || fabs(shift) <= 2 * fabs(mean));
+}
+
+/* The mean of n finite values as a sum of x / n, which cannot overflow: a shift for values
+ * whose plain sum does. */
+static double scaled_mean(const double *buf, const float *from, Py_ssize_t n) {
+    double total = 0.0, scale = 1.0 / (double)n;
+    for (Py_ssize_t i = 0; i < n; i++) total += (from ? from[i] : buf[i]) * scale;
+    return total;
 }
 
 /* Fold one chunk into m: the n float32 values at `from`, or (from == NULL) the doubles in buf.
@@ -253,7 +263,7 @@ static int shift_is_good(Shifted t, Py_ssize_t n, double shift) {
 static void chunk_moments(double *buf, Py_ssize_t n, const float *from, Moments *m) {
     double shift = shift_for(m, from != NULL);
     Shifted t = shifted_sums(buf, from, n, shift);
-    if (!isfinite(t.dd)) { /* rare: count the non-finite values and drop them */
+    if (!isfinite(t.dd)) { /* rare: non-finite values (counted and dropped), or huge ones */
         Py_ssize_t kept = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
             double v = from ? from[i] : buf[i];
@@ -262,18 +272,22 @@ static void chunk_moments(double *buf, Py_ssize_t n, const float *from, Moments 
             else if (v == -INFINITY) m->ninf += 1;
             else buf[kept++] = v;
         }
-        n = kept, from = NULL;
-        if (n == 0) return;
-        shift = shift_for(m, 0);
-        t = shifted_sums(buf, NULL, n, shift);
+        if (kept == 0) return;
+        if (kept < n) {
+            n = kept, from = NULL;
+            shift = shift_for(m, 0);
+            t = shifted_sums(buf, NULL, n, shift);
+        }
     }
-    if (!shift_is_good(t, n, shift) && isfinite(t.dd)) {
-        shift += t.d / (double)n;
+    if (!shift_is_good(t, n, shift)) {
+        /* Around the chunk's own mean; where the sum overflows too (values near float64's
+         * limit), a mean of the values scaled by 1/n first. */
+        shift = isfinite(t.d) ? shift + t.d / (double)n : scaled_mean(buf, from, n);
         if (from) shift = (double)(float)shift;
         t = shifted_sums(buf, from, n, shift);
     }
     double count = (double)n, m2 = t.dd - t.d * t.d / count;
-    if (!isfinite(t.dd)) m2 = t.dd; /* finite values whose squares overflow */
+    if (!isfinite(t.dd)) m2 = INFINITY; /* the squared deviations themselves overflow */
     /* sum = count * shift + sum d, with the product's rounding error kept (fma is exact) */
     double product = count * shift;
     neumaier_add(m, product);

@@ -150,12 +150,13 @@ def run(
     Count, mean, biased and unbiased variance, eps, weight, bias, the running buffers after the
     pass, channel health, and how far PyTorch's output and buffers are from the reference.
     """
-    from bninspect.run_report import build_run_result
-
     if stats_only:
         request = for_stats_only(request)
 
     def report(inspection, _extra, progress):
+        # Report modules load only now (~0.25 s): errors in the checks stay quick.
+        from bninspect.run_report import build_run_result
+
         return build_run_result(inspection, progress, var_method)
 
     _emit(_inspect(request, json_output, report), json_output)
@@ -194,8 +195,6 @@ def explain(
     Ends with PyTorch's value: equal to the correctly rounded reference to the last bit, or the
     exact error; in train mode also the running-statistics update of the element's channel.
     """
-    from bninspect.derivation import derive_element
-
     wanted = parse_index(index)
 
     def before(planned, settings):  # an element of the last step's batch, their value for it
@@ -209,6 +208,8 @@ def explain(
         return resolved, load_output(against, "--against", planned.shape, planned.dtype)
 
     def report(inspection, extra, _progress):
+        from bninspect.derivation import derive_element  # late, as in run
+
         resolved, theirs = extra
         return derive_element(inspection, resolved, precision, theirs)
 
@@ -241,8 +242,6 @@ def check(
     pass, and which known mistake (unbiased variance, eps outside the root, wrong axes, ...)
     explains the output, if any.
     """
-    from bninspect.check_report import build_check_result, tolerance_for
-
     checked = for_check(request, atol, rtol)
 
     def before(planned, _settings):
@@ -251,6 +250,9 @@ def check(
         return load_output(output, "--output", planned.shape, planned.dtype)
 
     def report(inspection, loaded, _progress):
+        # Imported only now (~0.25 s): errors in the checks above stay quick.
+        from bninspect.check_report import build_check_result, tolerance_for
+
         theirs, info = loaded
         tolerance = tolerance_for(inspection.tensor.info.dtype, atol, rtol)
         return build_check_result(inspection, theirs, info, tolerance, top)

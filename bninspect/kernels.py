@@ -121,7 +121,8 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     means are carried as two parts: the difference of two close means is then exact, which
     keeps the rounding of a large mean out of m2."""
     count = a.count + b.count
-    # Empty channels: 0/0 stays harmless; values near float64's limit may overflow to inf.
+    # Values near float64's limit may overflow to inf; the sides' own parts stand where the
+    # other side is empty (inf * 0 would make NaN of a huge mean).
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         share = np.where(count > 0, b.count / count, 0.0)
         delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo)
@@ -132,13 +133,13 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
         low = a.mean_lo + ((a.mean - (mean - back)) + (step - back))  # two-sum's error
         high = mean + low
         low = np.where(np.isfinite(high), low - (high - mean), 0.0)
-    first = a.count == 0  # nothing to merge with: b's mean as it is, both parts
+    a_only, b_only = b.count == 0, a.count == 0
     return Moments(
         count,
         a.total + b.total,
-        np.where(first, b.mean, high),
-        np.where(first, b.mean_lo, low),
-        m2,
+        np.where(b_only, b.mean, np.where(a_only, a.mean, high)),
+        np.where(b_only, b.mean_lo, np.where(a_only, a.mean_lo, low)),
+        np.where(b_only, b.m2, np.where(a_only, a.m2, m2)),
         a.nan + b.nan,
         a.posinf + b.posinf,
         a.neginf + b.neginf,

@@ -82,6 +82,26 @@ def test_moments_of_long_hostile_channels_match_exact_rationals(
     assert abs(Fraction(got.m2[0]) - m2) <= Fraction(8 * 2.0**-52) * m2
 
 
+@pytest.mark.parametrize("n", [1000, 2048, 3000, 9000])
+def test_huge_float64_values_whose_squares_overflow_keep_their_variance(n):
+    # x^2 overflows beyond ~1e154, and the sum of squares of 2048 values beyond ~3e152; the
+    # squared deviations (~1e300 each) do not, so m2 is finite and must be right.
+    values = 1e153 + 1e150 * np.random.default_rng(n).standard_normal(n)
+    got = kernels.moments(values.reshape(1, 1, n), "float64")
+    exact = [Fraction(float(v)) for v in values]
+    mean = sum(exact) / n
+    m2 = sum((v - mean) ** 2 for v in exact)
+    assert abs(Fraction(got.m2[0]) - m2) <= Fraction(8 * 2.0**-52) * m2
+
+
+@pytest.mark.parametrize("block", [4096, 1 << 23])
+def test_a_huge_constant_channel_has_zero_variance(block):
+    # Merging with an empty side must not multiply inf by 0 (a NaN variance).
+    got = kernels.moments(np.full((40, 2, 3000), 1.5e300), "float64", block_bytes=block)
+    np.testing.assert_array_equal(got.m2, [0.0, 0.0])
+    np.testing.assert_array_equal(got.mean, [1.5e300, 1.5e300])
+
+
 def test_regions_cover_the_array_exactly_once():
     for shape, block in [((5, 3, 7), 8), ((1, 2, 10000), 400), ((3, 4, 1), 12), ((2, 1, 9), 4)]:
         N, C, S = shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 
@@ -11,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bninspect import kernels
+from bninspect.errors import BnInspectError
+from bninspect.npy_files import read_data, read_header
 from bninspect.reference import channel_statistics
 from bninspect.tensor_input import load_input, map_input
 
@@ -56,7 +59,7 @@ def test_the_mapped_file_is_never_modified(cli, tmp_path):
     assert path.read_bytes() == before and os.stat(path).st_mtime_ns == stamp
 
 
-def test_a_full_run_maps_the_file_privately_and_never_changes_it(cli, tmp_path):
+def test_a_full_run_reads_the_file_and_never_changes_it(cli, tmp_path):
     path = tmp_path / "x.npy"
     x = np.random.default_rng(4).standard_normal((3, 2, 1000)).astype(np.float32)
     np.save(path, x)
@@ -66,9 +69,19 @@ def test_a_full_run_maps_the_file_privately_and_never_changes_it(cli, tmp_path):
     tensor = load_input(path)
     np.testing.assert_array_equal(tensor.array, x)
     assert tensor.finished_info().sha256 == hashlib.sha256(before).hexdigest()
-    tensor.array[0, 0, 0] = 123.0  # copy-on-write: this process's copy only
+    tensor.array[0, 0, 0] = 123.0  # the array is this process's own copy
     assert path.read_bytes() == before and os.stat(path).st_mtime_ns == stamp
     assert load_input(path).array[0, 0, 0] == x[0, 0, 0]
+
+
+def test_a_file_that_shrinks_while_read_is_an_error_not_a_crash(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((4, 2, 100), dtype=np.float32))
+    header = read_header(path, "--input")
+    # As if the file lost its last values between the header check and the read.
+    longer = dataclasses.replace(header, shape=(5, 2, 100))
+    with pytest.raises(BnInspectError, match="while being read"):
+        read_data(path, longer, "--input")
 
 
 def test_stats_only_refusals(cli, tmp_path):
@@ -80,6 +93,11 @@ def test_stats_only_refusals(cli, tmp_path):
     assert cli.error("run", "--input", path, "--stats-only", "--dtype", "float16", code=2) == (
         f"--stats-only reads {path} as it is (float32); it cannot convert it (float32 input "
         "converted to float16 (--dtype)); drop --dtype, or drop --stats-only"
+    )
+    np.save(path, np.zeros((2, 2, 3), dtype=">f4"))
+    assert cli.error("run", "--input", path, "--stats-only", code=2).endswith(
+        "as it is (>f4); it cannot convert it (>f4 (byte-swapped) converted to native float32); "
+        "drop --stats-only (a full run converts it), or save it as native float32"
     )
     np.save(path, np.asfortranarray(np.zeros((2, 2, 3), dtype=np.float32)))
     assert "Fortran order" in cli.error("run", "--input", path, "--stats-only", code=1)
