@@ -127,7 +127,8 @@ static void moments_init(Moments *m) { memset(m, 0, sizeof *m); }
 
 static void neumaier_add(Moments *m, double x) {
     double t = m->sum + x; /* keep what the addition rounded away */
-    m->sum_c += fabs(m->sum) >= fabs(x) ? (m->sum - t) + x : (x - t) + m->sum;
+    if (isfinite(t))       /* past float64's range the sum is inf, not inf - inf = NaN */
+        m->sum_c += fabs(m->sum) >= fabs(x) ? (m->sum - t) + x : (x - t) + m->sum;
     m->sum = t;
 }
 
@@ -289,9 +290,9 @@ static void chunk_moments(double *buf, Py_ssize_t n, const float *from, Moments 
     double count = (double)n, m2 = t.dd - t.d * t.d / count;
     if (!isfinite(t.dd)) m2 = INFINITY; /* the squared deviations themselves overflow */
     /* sum = count * shift + sum d, with the product's rounding error kept (fma is exact) */
-    double product = count * shift;
+    double product = count * shift; /* inf where the sum overflows: then no error term */
     neumaier_add(m, product);
-    neumaier_add(m, fma(count, shift, -product) + t.d);
+    neumaier_add(m, (isfinite(product) ? fma(count, shift, -product) : 0.0) + t.d);
     moments_merge(m, count, shift, t.d / count, m2 > 0 ? m2 : 0.0);
 }
 

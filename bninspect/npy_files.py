@@ -91,40 +91,47 @@ def read_header(path: Path, what: str) -> NpyHeader:
 READ_BYTES = 64 << 20
 
 
-def read_data(path: Path, header: NpyHeader, what: str) -> np.ndarray:
-    """The array of a vetted C-order .npy file, read into memory in READ_BYTES reads (the
-    data is this process's own from then on: the file may change or vanish)."""
+@dataclass(frozen=True)
+class ReadFile:
+    """A .npy file as read_data read it: the header's bytes, the array, any bytes after it."""
+
+    head: bytes
+    array: np.ndarray
+    tail: bytes
+
+
+def read_data(path: Path, header: NpyHeader, what: str) -> ReadFile:
+    """A vetted C-order .npy file read into memory in one opening, the array in READ_BYTES
+    reads: from then on it is this process's own, whatever happens to the file."""
     array = np.empty(header.shape, header.dtype)
     view = memoryview(array.reshape(-1)).cast("B")
     try:
         with path.open("rb", buffering=0) as f:
-            f.seek(header.data_offset)
+            head = f.read(header.data_offset)
             done = 0
-            while done < len(view):
+            while done < len(view) and len(head) == header.data_offset:
                 got = f.readinto(view[done : done + READ_BYTES])
                 if not got:
-                    raise BnInspectError(
-                        f"{what} {path}: ended after {header.data_offset + done} bytes while "
-                        "being read (was it changed meanwhile?); run again on a complete file"
-                    )
+                    break
                 done += got
+            if len(head) < header.data_offset or done < len(view):
+                raise BnInspectError(
+                    f"{what} {path}: ended after {len(head) + done} bytes while being read "
+                    "(was it changed meanwhile?); run again on a complete file"
+                )
+            tail = b"".join(iter(lambda: f.read(1 << 20), b""))
     except OSError as exc:
         raise BnInspectError(f"{what} {path}: could not be read ({exc})") from None
-    return array
+    return ReadFile(head, array, tail)
 
 
-def sha256_of_read(path: Path, header: NpyHeader, array: np.ndarray) -> str:
-    """Hex SHA-256 of the file as read_data read it: its header and any bytes after the data
-    read from the file again, the data hashed where it now lies in memory."""
-    digest = hashlib.sha256()
-    data = memoryview(array.reshape(-1)).cast("B")
-    with path.open("rb") as f:
-        digest.update(f.read(header.data_offset))
-        for start in range(0, len(data), 1 << 20):
-            digest.update(data[start : start + (1 << 20)])
-        f.seek(header.data_offset + len(data))
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+def sha256_of_read(read: ReadFile) -> str:
+    """Hex SHA-256 of the file's bytes as read_data read them, hashed from memory."""
+    digest = hashlib.sha256(read.head)
+    data = memoryview(read.array.reshape(-1)).cast("B")
+    for start in range(0, len(data), 1 << 20):
+        digest.update(data[start : start + (1 << 20)])
+    digest.update(read.tail)
     return digest.hexdigest()
 
 

@@ -226,8 +226,9 @@ def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTens
         pending = hasher.submit(sha256_of, path)
         array = read_array(path, "--input")
     else:
-        array = read_data(path, header, "--input")
-        pending = hasher.submit(sha256_of_read, path, header, array)
+        read = read_data(path, header, "--input")
+        array = read.array
+        pending = hasher.submit(sha256_of_read, read)
     hasher.shutdown(wait=False)  # the thread finishes the hash; nothing else is queued
     if notice is not None:
         notice += _rounding_note(array, target)
@@ -258,8 +259,8 @@ def map_input(path: Path, dtype: str | None = None) -> tuple[InputTensor, object
     if notice is not None:
         fix = (
             "drop --dtype, or drop --stats-only"
-            if dtype is not None
-            else ("drop --stats-only (a full run converts it), or save it as native float32")
+            if dtype is not None and header.dtype.isnative
+            else "drop --stats-only (a full run converts it), or save it in native byte order"
         )
         raise OptionError(
             f"--stats-only reads {path} as it is ({_dtype_text(header.dtype)}); it cannot "

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bninspect import kernels
+from bninspect import kernels, tensor_input
 from bninspect.errors import BnInspectError
 from bninspect.npy_files import read_data, read_header
 from bninspect.reference import channel_statistics
@@ -84,6 +84,23 @@ def test_a_file_that_shrinks_while_read_is_an_error_not_a_crash(tmp_path):
         read_data(path, longer, "--input")
 
 
+def test_the_hash_is_of_the_bytes_read_even_if_the_file_then_goes(tmp_path, monkeypatch):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(60, dtype=np.float32).reshape(3, 2, 10))
+    with path.open("ab") as f:
+        f.write(b"trailing bytes")  # after the data, part of the file's hash
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    read_data = tensor_input.read_data
+
+    def read_then_delete(*args):
+        read = read_data(*args)
+        path.unlink()  # before the hashing thread gets to run
+        return read
+
+    monkeypatch.setattr(tensor_input, "read_data", read_then_delete)
+    assert load_input(path).finished_info().sha256 == expected
+
+
 def test_stats_only_refusals(cli, tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, np.zeros((2, 2, 3), dtype=np.float32))
@@ -97,7 +114,7 @@ def test_stats_only_refusals(cli, tmp_path):
     np.save(path, np.zeros((2, 2, 3), dtype=">f4"))
     assert cli.error("run", "--input", path, "--stats-only", code=2).endswith(
         "as it is (>f4); it cannot convert it (>f4 (byte-swapped) converted to native float32); "
-        "drop --stats-only (a full run converts it), or save it as native float32"
+        "drop --stats-only (a full run converts it), or save it in native byte order"
     )
     np.save(path, np.asfortranarray(np.zeros((2, 2, 3), dtype=np.float32)))
     assert "Fortran order" in cli.error("run", "--input", path, "--stats-only", code=1)
