@@ -339,63 +339,85 @@ static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, 
 
 /* ---- output errors ----------------------------------------------------------------------- */
 
-/* max(start, values[0..n)) for values that are never NaN, in W independent lanes so the loop
- * vectorizes without reassociating. */
-static inline double lane_max(const double *values, Py_ssize_t n, double start) {
-    double lanes[W];
-    for (int k = 0; k < W; k++) lanes[k] = start;
-    Py_ssize_t i = 0;
-    for (; i + W <= n; i += W)
-        for (int k = 0; k < W; k++) lanes[k] = values[i + k] > lanes[k] ? values[i + k] : lanes[k];
-    for (; i < n; i++) lanes[0] = values[i] > lanes[0] ? values[i] : lanes[0];
-    double best = lanes[0];
-    for (int k = 1; k < W; k++) best = lanes[k] > best ? lanes[k] : best;
-    return best;
+/* The errors of y against ref = (x - mean) / std * weight + bias, exactly as
+ * reference.normalize and agreement.elementwise_errors compute them: |y - ref|, that in ULPs
+ * of the dtype at ref, and |ref| (0 where not finite). Every result is >= 0 and never NaN, so
+ * its bits order as its value does: the loops below take their maxima as int64, which
+ * vectorizes (a double max with NaN rules does not). */
+static inline __attribute__((always_inline)) void element_errors(double x, double actual,
+                                                                const double *pr, int mant,
+                                                                int minexp, int64_t *e_bits,
+                                                                int64_t *ulp_bits,
+                                                                int64_t *ref_bits) {
+    const double mean = pr[0], std = pr[1], weight = pr[2], bias = pr[3];
+    double dev = x - mean, x_hat = dev / std;
+    x_hat = ((std == 0) & (dev == 0)) ? 0.0 : x_hat; /* the limit eps -> 0+ */
+    double ref = x_hat * weight + bias, e = fabs(actual - ref);
+    /* bitwise & and |, not && and ||: no branches, so the loop vectorizes */
+    int agree = ((actual != actual) & (ref != ref)) | ((actual == ref) & (fabs(actual) == INFINITY));
+    e = e != e ? INFINITY : e;
+    e = agree ? 0.0 : e;
+    uint64_t bits;
+    memcpy(&bits, &ref, 8);
+    int64_t lead = (int64_t)((bits >> 52) & 0x7ff) - 1023;
+    lead = lead < minexp ? minexp : (lead > 1023 ? 1023 : lead);
+    int64_t k = mant - lead, big = k > 1000;
+    /* e * 2**k exactly, in two steps where 2**k alone would overflow (float64's 2**1074) */
+    uint64_t first = (uint64_t)((big ? k - 1000 : k) + 1023) << 52;
+    uint64_t second = (uint64_t)((big ? 1000 : 0) + 1023) << 52;
+    double f1, f2, ulp;
+    memcpy(&f1, &first, 8);
+    memcpy(&f2, &second, 8);
+    ulp = (e * f1) * f2;
+    memcpy(e_bits, &e, 8);
+    memcpy(ulp_bits, &ulp, 8);
+    int64_t magnitude = (int64_t)(bits & 0x7fffffffffffffffULL);
+    *ref_bits = ((bits >> 52) & 0x7ff) == 0x7ff ? 0 : magnitude;
 }
 
-/* Errors of y against ref = (x - mean) / std * weight + bias over n widened values, exactly as
- * reference.normalize and agreement.elementwise_errors compute them, folded into o. Written as
- * plain element loops over small arrays, which the compiler vectorizes. */
-static HOT void errors_chunk(const double *xb, const double *yb, Py_ssize_t n, const double *pr,
-                             int mant, int minexp, double *o, Py_ssize_t base) {
-    double err[CHUNK / 2], ulp_err[CHUNK / 2], ref_abs[CHUNK / 2];
-    const double mean = pr[0], std = pr[1], weight = pr[2], bias = pr[3];
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double dev = xb[i] - mean, x_hat = dev / std;
-        x_hat = ((std == 0) & (dev == 0)) ? 0.0 : x_hat; /* the limit eps -> 0+ */
-        double ref = x_hat * weight + bias, actual = yb[i], e = fabs(actual - ref);
-        /* bitwise & and |, not && and ||: no branches, so the loop vectorizes */
-        int agree = ((actual != actual) & (ref != ref)) | ((actual == ref) & (fabs(actual) == INFINITY));
-        e = e != e ? INFINITY : e;
-        e = agree ? 0.0 : e;
-        uint64_t bits;
-        memcpy(&bits, &ref, 8);
-        int64_t lead = (int64_t)((bits >> 52) & 0x7ff) - 1023;
-        lead = lead < minexp ? minexp : (lead > 1023 ? 1023 : lead);
-        int64_t k = mant - lead, big = k > 1000;
-        /* e * 2**k exactly, in two steps where 2**k alone would overflow (float64's 2**1074) */
-        uint64_t first = (uint64_t)((big ? k - 1000 : k) + 1023) << 52;
-        uint64_t second = (uint64_t)((big ? 1000 : 0) + 1023) << 52;
-        double f1, f2;
-        memcpy(&f1, &first, 8);
-        memcpy(&f2, &second, 8);
-        err[i] = e;
-        ulp_err[i] = (e * f1) * f2;
-        ref_abs[i] = ((bits >> 52) & 0x7ff) == 0x7ff ? 0.0 : fabs(ref);
-    }
-    double best_abs = lane_max(err, n, o[E_MAX_ABS]), best_ref = lane_max(ref_abs, n, o[E_MAX_REF]);
-    double best_ulp = o[E_MAX_ULP], chunk_ulp = lane_max(ulp_err, n, best_ulp);
-    Py_ssize_t arg = -1;
-    if (chunk_ulp > best_ulp) { /* rare after the first chunks: find where */
-        for (Py_ssize_t i = 0; i < n && arg < 0; i++)
-            if (ulp_err[i] == chunk_ulp) arg = i;
-        o[E_ARGMAX] = (double)(base + arg);
-        best_ulp = chunk_ulp;
-    }
-    o[E_MAX_ABS] = best_abs;
-    o[E_MAX_ULP] = best_ulp;
-    o[E_MAX_REF] = best_ref;
+static inline int64_t bits_of(double d) {
+    int64_t b;
+    memcpy(&b, &d, 8);
+    return b;
 }
+
+static inline double double_of(int64_t b) {
+    double d;
+    memcpy(&d, &b, 8);
+    return d;
+}
+
+/* Fold n values of x and y (of type T) into o, the channel's maxima so far; `base` is the flat
+ * index of x[0]. The largest ULP error's index is looked for only when the maximum grows:
+ * rare after the first chunks. */
+#define DEFINE_ERRORS_CHUNK(NAME, T)                                                            \
+    static HOT void NAME(const T *x, const T *y, Py_ssize_t n, const double *pr, int mant,     \
+                         int minexp, double *o, Py_ssize_t base) {                             \
+        int64_t best_abs = bits_of(o[E_MAX_ABS]), best_ref = bits_of(o[E_MAX_REF]);           \
+        int64_t old_ulp = bits_of(o[E_MAX_ULP]), best_ulp = old_ulp;                          \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                   \
+            int64_t e, u, r;                                                                   \
+            element_errors((double)x[i], (double)y[i], pr, mant, minexp, &e, &u, &r);         \
+            best_abs = e > best_abs ? e : best_abs;                                            \
+            best_ulp = u > best_ulp ? u : best_ulp;                                            \
+            best_ref = r > best_ref ? r : best_ref;                                            \
+        }                                                                                      \
+        if (best_ulp > old_ulp)                                                                \
+            for (Py_ssize_t i = 0; i < n; i++) {                                               \
+                int64_t e, u, r;                                                               \
+                element_errors((double)x[i], (double)y[i], pr, mant, minexp, &e, &u, &r);     \
+                if (u == best_ulp) {                                                           \
+                    o[E_ARGMAX] = (double)(base + i);                                          \
+                    break;                                                                     \
+                }                                                                              \
+            }                                                                                  \
+        o[E_MAX_ABS] = double_of(best_abs);                                                    \
+        o[E_MAX_ULP] = double_of(best_ulp);                                                    \
+        o[E_MAX_REF] = double_of(best_ref);                                                    \
+    }
+
+DEFINE_ERRORS_CHUNK(errors_f32, float)
+DEFINE_ERRORS_CHUNK(errors_f64, double)
 
 static void errors_region(const void *x, const void *y, int code, Py_ssize_t C, Py_ssize_t S,
                           Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1,
@@ -404,15 +426,24 @@ static void errors_region(const void *x, const void *y, int code, Py_ssize_t C, 
     double xb[CHUNK / 2], yb[CHUNK / 2];
     for (Py_ssize_t c = c0; c < c1; c++) {
         double *o = out + (c - c0) * E_FIELDS;
+        const double *pr = params + 4 * c;
         o[E_MAX_ABS] = o[E_MAX_ULP] = o[E_MAX_REF] = 0.0;
         o[E_ARGMAX] = -1.0;
         for (Py_ssize_t n = n0; n < n1; n++)
             for (Py_ssize_t s = s0; s < s1; s += CHUNK / 2) {
                 Py_ssize_t piece = s1 - s < CHUNK / 2 ? s1 - s : CHUNK / 2;
                 Py_ssize_t at = (n * C + c) * S + s;
-                widen(x, code, at, piece, xb);
-                widen(y, code, at, piece, yb);
-                errors_chunk(xb, yb, piece, params + 4 * c, mant, minexp, o, at);
+                if (code == DT_F32) {
+                    errors_f32((const float *)x + at, (const float *)y + at, piece, pr, mant,
+                               minexp, o, at);
+                } else if (code == DT_F64) {
+                    errors_f64((const double *)x + at, (const double *)y + at, piece, pr, mant,
+                               minexp, o, at);
+                } else { /* float16, bfloat16: widened first */
+                    widen(x, code, at, piece, xb);
+                    widen(y, code, at, piece, yb);
+                    errors_f64(xb, yb, piece, pr, mant, minexp, o, at);
+                }
             }
     }
 }

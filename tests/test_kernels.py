@@ -170,3 +170,22 @@ def test_float64_subnormal_ulps_do_not_overflow():
     y = np.array([[[5e-324, 1e-310, 0.0]]])
     got = kernels.output_errors(x, y, "float64", np.zeros(1), np.ones(1), np.ones(1), np.zeros(1))
     assert got.max_ulp[0] == 1e-310 / 5e-324  # ULPs of 2**-1074 at a zero reference
+
+
+@given(
+    first=st.integers(0, 2 * 5000 - 1),
+    second=st.integers(0, 2 * 5000 - 1),
+    dtype=st.sampled_from(list(FORMATS)),
+)
+def test_the_first_of_equal_worst_errors_is_named_across_chunks(first, second, dtype):
+    # Channels of 10000 values span many of the kernel's 1024-value chunks; two elements get
+    # the same, largest error, and the first in memory order must be the one named.
+    form = FORMATS[dtype]
+    x = np.full((2, 1, 5000), 1.0, form.numpy)  # reference 1 everywhere (mean 0, std 1)
+    y = x.copy()
+    y.reshape(-1)[[first, second]] = 1.5
+    got = kernels.output_errors(x, y, dtype, np.zeros(1), np.ones(1), np.ones(1), np.zeros(1))
+    reference = np.ones(x.size)
+    _, ulp_error = elementwise_errors(y.reshape(-1), reference, dtype)
+    assert got.max_ulp[0] == ulp_error.max()
+    assert got.argmax_ulp[0] == min(first, second)
