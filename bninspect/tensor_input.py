@@ -15,12 +15,12 @@ from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.memory import check_fits, run_bytes
 from bninspect.npy_files import (
+    BackgroundSha256,
     map_array,
     read_array,
     read_data,
     read_header,
     sha256_of,
-    sha256_of_read,
 )
 from bninspect.parsing import MAX_RANK, MIN_RANK, SHAPE_FORMS
 from bninspect.results import InputInfo, Undefined
@@ -218,18 +218,18 @@ def plan_file(path: Path, dtype: str | None = None) -> PlannedInput:
 
 
 def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTensor:
-    # Read in large reads (3x faster than np.load here), then hashed from memory: the hash
-    # names exactly the bytes inspected, and nothing writes to them. np.load for Fortran
-    # order, which needs its transposed view.
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+    # Read in large reads (3x faster than np.load here), each hashed from memory as it lands:
+    # the hash names exactly the bytes inspected, and nothing writes to them. np.load for
+    # Fortran order, which needs its transposed view.
     if header.fortran_order:
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
         pending = hasher.submit(sha256_of, path)
+        hasher.shutdown(wait=False)  # the thread finishes the hash; nothing else is queued
         array = read_array(path, "--input")
     else:
-        read = read_data(path, header, "--input")
-        array = read.array
-        pending = hasher.submit(sha256_of_read, read)
-    hasher.shutdown(wait=False)  # the thread finishes the hash; nothing else is queued
+        digest = BackgroundSha256()
+        array = read_data(path, header, "--input", digest.feed).array
+        pending = digest.hexdigest()
     if notice is not None:
         notice += _rounding_note(array, target)
         with np.errstate(over="ignore"):  # values beyond a smaller dtype's range become inf
