@@ -106,17 +106,18 @@ def _emit(result: Any, as_json: bool) -> None:
     Console().print(render(result), crop=False)
 
 
-def _inspect(request: InspectRequest, as_json: bool, report, before=None):
+def _inspect(request: InspectRequest, as_json: bool, report, before=None, compare_only=False):
     """Prepare (every check, with ``before(planned_input, settings)`` checking and loading
     what else the command needs, all before torch loads), run, save files;
     ``report(inspection, what_before_gave, progress)`` builds the result, under the same
-    progress bar."""
+    progress bar. ``compare_only``: the report needs PyTorch's output only as its errors
+    (see inspection.run_inspection)."""
     # numpy and the kernels load here, not at start-up: --help and usage errors stay instant.
     from bninspect.inspection import prepare, run_inspection, save_outputs
 
     prepared = prepare(request, before)
     with progress_bar(prepared.tensor.array.nbytes, as_json) as progress:
-        inspection = run_inspection(prepared, progress)
+        inspection = run_inspection(prepared, progress, compare_only)
         result = report(inspection, prepared.extra, progress)
     for message in save_outputs(request, inspection):
         print(message, file=sys.stderr)
@@ -159,7 +160,7 @@ def run(
 
         return build_run_result(inspection, progress, var_method)
 
-    _emit(_inspect(request, json_output, report), json_output)
+    _emit(_inspect(request, json_output, report, compare_only=True), json_output)
 
 
 @app.command(short_help="Derive one output element step by step, with real numbers.")

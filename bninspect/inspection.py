@@ -21,7 +21,7 @@ import numpy as np
 from bninspect.conventions import PYTORCH, Convention, batch_weight, effective_eps
 from bninspect.dtypes import is_bfloat16
 from bninspect.errors import BnInspectError, OptionError
-from bninspect.kernels import Progress, Region
+from bninspect.kernels import OutputErrors, Progress, Region, joined_errors, output_errors
 from bninspect.npy_files import check_writable, release_pages, write_arrays
 from bninspect.parameters import LayerParameters, resolve_parameters
 from bninspect.reference import (
@@ -97,6 +97,9 @@ class Inspection:
     no_peer: str | None = None
     train_eval: bool = False  # compare train and eval outputs of the last batch (over steps)
     requested_eps: float | None = None  # eps as given, before a floor raised it (settings.eps)
+    # PyTorch's output against the reference, when it was compared group by group as PyTorch
+    # produced it (torch_run then holds no output); else None
+    output_errors: OutputErrors | None = None
 
 
 def _check_outputs(request: InspectRequest) -> None:
@@ -312,15 +315,15 @@ def _reference_steps(
 
 
 def _import_torch_runner():
-    """torch_batchnorm.run_batchnorm; a missing or broken torch is the user's to fix, not a bug."""
+    """The torch_batchnorm module; a missing or broken torch is the user's to fix, not a bug."""
     try:
-        from bninspect.torch_batchnorm import run_batchnorm
+        from bninspect import torch_batchnorm
     except ImportError as exc:
         raise BnInspectError(
             f"PyTorch could not be imported ({exc}); install it (pip install torch, see the "
             "README's set-up), or run --stats-only on an --input file for the statistics alone"
         ) from None
-    return run_batchnorm
+    return torch_batchnorm
 
 
 def _start_torch_import() -> Future:
@@ -331,11 +334,45 @@ def _start_torch_import() -> Future:
     return runner
 
 
-def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) -> Inspection:
+def _run_compared(
+    peer, x: np.ndarray, momentum: float | None, prepared: Prepared, forward, tell
+) -> tuple[TorchRun, OutputErrors]:
+    """PyTorch's module over ``x`` channel group by channel group (peer.run_by_channel_groups),
+    each group's output compared with the reference as it comes: the run, and the errors."""
+    settings, params, dtype = prepared.settings, prepared.params, prepared.tensor.info.dtype
+    parts: list[tuple[int, OutputErrors]] = []
+
+    def compare(c0: int, c1: int, x_group: np.ndarray, y_group: np.ndarray) -> None:
+        channels = slice(c0, c1)
+        vectors = (forward.mean, forward.std, params.weight, params.bias)
+        errors = output_errors(x_group, y_group, dtype, *(v[channels] for v in vectors), tell)
+        parts.append((c0, errors))
+
+    torch_run = peer.run_by_channel_groups(
+        x,
+        momentum,
+        settings.module,
+        params,
+        settings.eps,
+        settings.affine,
+        settings.mode == "train",
+        compare,
+    )
+    return torch_run, joined_errors(parts, x.shape)
+
+
+def run_inspection(
+    prepared: Prepared, progress: PhaseProgress | None = None, compare_only: bool = False
+) -> Inspection:
     """Feed the batches, one training step each (one pass in eval mode), through the float64
     reference under the convention and through PyTorch's module, keeping every step (only the
     reference when PyTorch cannot run). The reference runs on another thread while torch
-    imports and runs, and the file's hash finishes meanwhile."""
+    imports and runs, and the file's hash finishes meanwhile.
+
+    ``compare_only``: the caller needs PyTorch's output only as its errors against the
+    reference. Then, over one step where that gives the same bits, PyTorch runs channel group
+    by channel group and each group is compared as it comes (``Inspection.output_errors``):
+    the whole output is never in memory, which halves a large input's footprint."""
     settings, params, x = prepared.settings, prepared.params, prepared.tensor.array
     size, steps = settings.batch_size, settings.steps
     # The train/eval gap costs a whole extra pass (PyTorch's in eval mode, the reference's per
@@ -344,7 +381,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
     over_steps = request.steps is not None or request.batch_size is not None or steps > 1
     train_eval = over_steps and settings.mode == "train"
     tell = progress("statistics", x[: size * steps].nbytes) if progress else None
-    torch_run = None
+    torch_run, errors = None, None
     if prepared.no_peer is not None:
         stats, forward, history = _reference_steps(prepared, tell)
     else:
@@ -352,22 +389,29 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
             pending = pool.submit(_reference_steps, prepared, tell)
             # Imported while the input loaded, if prepare started it.
             runner = prepared.torch_runner
-            run_batchnorm = runner.result() if runner is not None else _import_torch_runner()
+            peer = runner.result() if runner is not None else _import_torch_runner()
 
             # PyTorch's module gets the same weight for each batch as the convention gives it.
             momenta = torch_momenta(prepared.convention, _momentum_of(settings), steps)
-            torch_run = run_batchnorm(
-                x[: size * steps],
-                size,
-                momenta,
-                settings.module,
-                params,
-                settings.eps,
-                settings.affine,
-                settings.mode == "train",
-                with_eval=train_eval,
-            )
-            stats, forward, history = pending.result()
+            fed = x[: size * steps]
+            one_pass = steps == 1 and not train_eval and request.save_output is None
+            if compare_only and one_pass and peer.groups_reproduce_whole(fed):
+                stats, forward, history = pending.result()  # groups compare as they come
+                tell = progress("comparing", fed.nbytes) if progress else None
+                torch_run, errors = _run_compared(peer, fed, momenta[0], prepared, forward, tell)
+            else:
+                torch_run = peer.run_batchnorm(
+                    fed,
+                    size,
+                    momenta,
+                    settings.module,
+                    params,
+                    settings.eps,
+                    settings.affine,
+                    settings.mode == "train",
+                    with_eval=train_eval,
+                )
+                stats, forward, history = pending.result()
     tensor = dataclasses.replace(
         prepared.tensor, info=prepared.tensor.finished_info(), pending_sha256=None
     )
@@ -385,6 +429,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
         prepared.no_peer,
         train_eval,
         prepared.request.eps,
+        errors,
     )
 
 

@@ -207,9 +207,11 @@ def output_errors(
     weight: np.ndarray,
     bias: np.ndarray,
     progress: Progress | None = None,
+    block_bytes: int = BLOCK_BYTES,
 ) -> OutputErrors:
     """Compare ``y`` with the reference (x - mean) / std * weight + bias (per-channel vectors,
-    shape (C,)), element by element, as agreement.elementwise_errors would."""
+    shape (C,)), element by element, as agreement.elementwise_errors would, in blocks of about
+    ``block_bytes`` of ``x``."""
     xb, N, C, S = ncs(x)
     yb = ncs(y)[0]
     form = float_format(dtype)
@@ -240,13 +242,32 @@ def output_errors(
     result = np.zeros((C, E_FIELDS))
     result[:, 3] = -1
     for r, out in _run_blocks(
-        work, list(regions(N, C, S, x.dtype.itemsize)), x.dtype.itemsize, S, progress
+        work, list(regions(N, C, S, x.dtype.itemsize, block_bytes)), x.dtype.itemsize, S, progress
     ):
         seen = result[r.c0 : r.c1]
         better = out[:, 1] > seen[:, 1]
         seen[better, 3] = out[better, 3]
         seen[:, :3] = np.maximum(seen[:, :3], out[:, :3])
     return OutputErrors(*(result[:, k].copy() for k in range(E_FIELDS)))
+
+
+def joined_errors(parts: list[tuple[int, OutputErrors]], shape: tuple[int, ...]) -> OutputErrors:
+    """The errors of a whole (N, C, ...) output from those of its channel groups, each given with
+    its first channel, in channel order: each group's argmax_ulp, a flat index into the group's
+    (N, c, S), becomes one into the whole (N, C, S)."""
+    C, S = shape[1], int(np.prod(shape[2:], dtype=np.int64))
+    fields: list[list[np.ndarray]] = [[] for _ in range(E_FIELDS)]
+    for c0, part in parts:
+        flat = part.argmax_ulp.astype(np.int64)
+        n, within = np.divmod(flat, len(part.max_abs) * S)
+        c, s = np.divmod(within, S)
+        whole = np.where(flat >= 0, (n * C + c0 + c) * S + s, -1).astype(np.float64)
+        for k, values in enumerate((part.max_abs, part.max_ulp, part.max_reference, whole)):
+            fields[k].append(values)
+    result = OutputErrors(*(np.concatenate(f) if f else np.zeros(0) for f in fields))
+    if len(result.max_abs) != C:
+        raise ValueError(f"channel groups cover {len(result.max_abs)} channels, not {C}")
+    return result
 
 
 def welford(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -68,6 +68,17 @@ def describe_peer(inspection: Inspection) -> str:
     """What PyTorch's module ran as, beside the reference, or why it did not run."""
     if inspection.torch_run is None:
         return f"none: {inspection.no_peer}"
+    groups = inspection.torch_run.channel_groups
+    text = _module_as_run(inspection)
+    if groups > 1:
+        text += (
+            f"; run over {groups} groups of channels in turn, which gives one call's bits "
+            "(PyTorch computes each channel alone) without holding the whole output"
+        )
+    return text
+
+
+def _module_as_run(inspection: Inspection) -> str:
     settings, convention = inspection.settings, inspection.convention
     module = f"torch.nn.{settings.module}"
     if convention is PYTORCH:
@@ -197,10 +208,11 @@ def build_run_result(
     )
     channels = x.shape[1]
     if torch_run is not None:
-        tell = progress("comparing", 2 * x.nbytes) if progress else None
-        errors = kernels.output_errors(
-            x, torch_run.output, dtype, forward.mean, forward.std, params.weight, params.bias, tell
-        )
+        errors = inspection.output_errors  # compared as PyTorch produced it, or now:
+        if errors is None:
+            tell = progress("comparing", x.nbytes) if progress else None
+            vectors = (forward.mean, forward.std, params.weight, params.bias)
+            errors = kernels.output_errors(x, torch_run.output, dtype, *vectors, tell)
         mean_abs, mean_ulp = elementwise_errors(torch_run.running_mean, forward.running_mean, dtype)
         var_abs, var_ulp = elementwise_errors(torch_run.running_var, forward.running_var, dtype)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):

@@ -6,11 +6,18 @@ needs it, after every check on the input has passed, so errors and ``--help`` st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+# OpenMP's threads spin for milliseconds after each of PyTorch's parallel loops. bninspect
+# compares each channel group's output on its own threads as soon as PyTorch returns it, and
+# the spinning took the cores from them (0.4 s of a 1 GiB run here); sleeping at once cost
+# PyTorch nothing measurable. A setting of the user's own wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402  (after the setting above, which OpenMP reads as torch loads it)
 
 from bninspect.dtypes import FORMATS
 from bninspect.errors import BnInspectError
@@ -66,6 +73,7 @@ class TorchRun:
     num_threads: int  # torch's intra-op threads, which split some reductions
     steps: tuple[TorchStep, ...] = ()
     eval_output: np.ndarray | None = None
+    channel_groups: int = 1  # modules run over channel groups in turn (run_by_channel_groups)
 
     @property
     def output(self) -> np.ndarray:
@@ -79,6 +87,41 @@ def _buffers(module: torch.nn.Module) -> TorchStep:
         to_numpy(module.running_var).copy(),
         int(module.num_batches_tracked),
     )
+
+
+def _fresh_module(
+    module_name: str,
+    params: LayerParameters,
+    channels: slice,
+    eps: float,
+    affine: bool,
+    dtype: torch.dtype,
+    train: bool,
+) -> torch.nn.Module:
+    """A new ``torch.nn.<module_name>`` for ``channels`` of the layer, holding their parameters
+    and running buffers rounded to ``dtype``."""
+    weight, bias = params.weight[channels], params.bias[channels]
+    module_class = getattr(torch.nn, module_name)
+    module = module_class(len(weight), eps=eps, affine=affine, dtype=dtype)
+
+    def as_tensor(values: np.ndarray) -> torch.Tensor:  # float64 values, rounded to dtype
+        return torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
+
+    with torch.no_grad():
+        if affine:
+            module.weight.copy_(as_tensor(weight))
+            module.bias.copy_(as_tensor(bias))
+        module.running_mean.copy_(as_tensor(params.running_mean[channels]))
+        module.running_var.copy_(as_tensor(params.running_var[channels]))
+    return module.train(train)
+
+
+def _details() -> dict:
+    return {
+        "version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "num_threads": torch.get_num_threads(),
+    }
 
 
 def run_batchnorm(
@@ -98,20 +141,9 @@ def run_batchnorm(
     and buffers, in train or eval mode, without autograd. ``with_eval`` (train mode) runs the
     last batch once more in eval mode: a whole extra forward pass, so only when asked for."""
     dtype = TORCH_DTYPES[x.dtype.name]
-    module_class = getattr(torch.nn, module_name)
-    module = module_class(x.shape[1], eps=eps, affine=affine, dtype=dtype)
-
-    def as_tensor(values: np.ndarray) -> torch.Tensor:  # float64 values, rounded to dtype
-        return torch.from_numpy(values).to(dtype)
-
+    module = _fresh_module(module_name, params, slice(None), eps, affine, dtype, train)
     outputs, steps, eval_output = [], [], None
     with torch.no_grad():
-        if affine:
-            module.weight.copy_(as_tensor(params.weight))
-            module.bias.copy_(as_tensor(params.bias))
-        module.running_mean.copy_(as_tensor(params.running_mean))
-        module.running_var.copy_(as_tensor(params.running_var))
-        module.train(train)
         try:
             for step, momentum in enumerate(momenta):
                 rows = slice(step * batch_size, (step + 1) * batch_size)
@@ -129,9 +161,80 @@ def run_batchnorm(
         running_mean=last.running_mean,
         running_var=last.running_var,
         num_batches_tracked=last.num_batches_tracked,
-        version=torch.__version__,
-        cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        num_threads=torch.get_num_threads(),
         steps=tuple(steps),
         eval_output=eval_output,
+        **_details(),
+    )
+
+
+# Channel groups of about this many input bytes: each group's input copy and output stay
+# small beside the input, and the comparison splits a group into two 8 MiB blocks, one per
+# core here.
+GROUP_BYTES = 16 << 20
+
+
+def channel_groups(shape: tuple[int, ...], itemsize: int, group_bytes: int = GROUP_BYTES):
+    """[(c0, c1), ...]: consecutive channel ranges of an (N, C, ...) array of ``itemsize``-byte
+    values, each of about ``group_bytes`` (at least one channel)."""
+    channels = shape[1]
+    channel_bytes = int(np.prod(shape, dtype=np.int64)) // max(channels, 1) * itemsize
+    per_group = max(1, group_bytes // max(channel_bytes, 1))
+    return [(c0, min(channels, c0 + per_group)) for c0 in range(0, channels, per_group)]
+
+
+def groups_reproduce_whole(x: np.ndarray) -> bool:
+    """Whether running the module channel group by channel group gives the bits of one module
+    over all of ``x``: PyTorch's CPU kernel computes each channel of a C-contiguous input with
+    more than one value per image alone, in the same order whatever the other channels are
+    (tests/test_channel_groups.py checks this). One value per image (rank 2) takes its
+    channels-last kernel, whose vector lanes span channels: not there."""
+    per_image = x.size // max(x.shape[0] * x.shape[1], 1) if x.ndim >= 3 else 0
+    return x.flags.c_contiguous and per_image > 1
+
+
+def run_by_channel_groups(
+    x: np.ndarray,
+    momentum: float | None,
+    module_name: str,
+    params: LayerParameters,
+    eps: float,
+    affine: bool,
+    train: bool,
+    on_group: Callable[[int, int, np.ndarray, np.ndarray], None],
+    group_bytes: int | None = None,
+) -> TorchRun:
+    """What run_batchnorm gives for one step over all of ``x`` (N, C, ...), where
+    groups_reproduce_whole(x), holding one channel group's output at a time instead of the
+    whole: a fresh module per group of about ``group_bytes`` (default GROUP_BYTES) of input,
+    each group's input and output (both (N, c1 - c0, ...), contiguous) passed to
+    ``on_group(c0, c1, input, output)`` and then dropped. The result has no step outputs; its
+    buffers are the groups' joined."""
+    dtype = TORCH_DTYPES[x.dtype.name]
+    groups = channel_groups(x.shape, x.dtype.itemsize, group_bytes or GROUP_BYTES)
+    running_mean, running_var = [], []
+    with torch.no_grad():
+        for c0, c1 in groups:
+            module = _fresh_module(module_name, params, slice(c0, c1), eps, affine, dtype, train)
+            module.momentum = momentum
+            group = to_torch(x[:, c0:c1]).contiguous()  # the kernel's contiguous path wants it
+            try:
+                output = module(group)
+            except (ValueError, RuntimeError) as exc:
+                raise BnInspectError(f"PyTorch refused this input: {exc}") from None
+            on_group(c0, c1, to_numpy(group), to_numpy(output))
+            del group, output  # before the next group's: one group at a time
+            buffers = _buffers(module)
+            running_mean.append(buffers.running_mean)
+            running_var.append(buffers.running_var)
+    last = TorchStep(
+        np.concatenate(running_mean), np.concatenate(running_var), buffers.num_batches_tracked
+    )
+    return TorchRun(
+        step_outputs=(),
+        running_mean=last.running_mean,
+        running_var=last.running_var,
+        num_batches_tracked=last.num_batches_tracked,
+        steps=(last,) if train else (),
+        channel_groups=len(groups),
+        **_details(),
     )

@@ -25,10 +25,12 @@ def inspect_array(
     no_peer: str | None = None,
     convention: Convention = PYTORCH,
     batch_size: int | None = None,
+    compare_only: bool = False,
 ):
     """Run PyTorch and the reference on ``x`` with per-channel vectors given as sequences
     (rounded to x's dtype, as the module stores them), under ``convention``, in consecutive
-    training steps of ``batch_size`` samples (default: one step over all of x)."""
+    training steps of ``batch_size`` samples (default: one step over all of x); ``compare_only``
+    as in run_inspection."""
     channels = x.shape[1]
 
     def vector(values, default):
@@ -57,4 +59,5 @@ def inspect_array(
     )
     request = InspectRequest(None, 0, None, eps, momentum, True, mode, {}, convention=convention)
     tensor = InputTensor(x, info)
-    return run_inspection(Prepared(request, tensor, settings, params, None, convention, no_peer))
+    prepared = Prepared(request, tensor, settings, params, None, convention, no_peer)
+    return run_inspection(prepared, compare_only=compare_only)

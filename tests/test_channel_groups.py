@@ -1,0 +1,174 @@
+"""PyTorch's module run channel group by channel group (what ``run`` does, to hold one group's
+output at a time) against one module over the whole tensor: the same bits, by PyTorch itself."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bninspect import torch_batchnorm
+from bninspect.dtypes import FORMATS, bits_view
+from bninspect.kernels import OutputErrors, joined_errors, output_errors
+from bninspect.parameters import LayerParameters
+from bninspect.run_report import build_run_result
+from bninspect.torch_batchnorm import (
+    channel_groups,
+    groups_reproduce_whole,
+    run_batchnorm,
+    run_by_channel_groups,
+)
+
+from helpers import inspect_array
+
+MODULES = {3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+
+
+@st.composite
+def grouped_cases(draw):
+    """(x, params, group_bytes): an input with more than one value per image, in any dtype, with
+    spatial sizes reaching PyTorch's vector loops (8 and 16 lanes), layer vectors of every
+    kind, and groups from one channel to all of them."""
+    rank = draw(st.integers(3, 5))
+    shape = [draw(st.integers(1, 4)), draw(st.integers(1, 9))]
+    shape += [draw(st.integers(1, 40)) for _ in range(rank - 2)]
+    if int(np.prod(shape[2:])) < 2:
+        shape[2] = 2
+    dtype = draw(st.sampled_from(list(FORMATS)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    offset = draw(st.sampled_from([0.0, 3.0, -100.0]))
+    x = (rng.standard_normal(shape) * draw(st.sampled_from([1e-3, 1.0, 50.0])) + offset).astype(
+        FORMATS[dtype].numpy
+    )
+    C = shape[1]
+
+    def vector(low, high):  # rounded to the dtype, as the module holds them
+        values = rng.uniform(low, high, C).astype(FORMATS[dtype].numpy)
+        return values.astype(np.float64)
+
+    params = LayerParameters(vector(-2, 2), vector(-1, 1), vector(-1, 1), vector(0.1, 3))
+    channel_bytes = x.nbytes // C
+    group_bytes = draw(st.integers(1, channel_bytes * C + 1))
+    return x, params, group_bytes
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and np.array_equal(bits_view(a), bits_view(b))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    case=grouped_cases(),
+    train=st.booleans(),
+    momentum=st.sampled_from([0.1, None, 1.0]),
+    affine=st.booleans(),
+)
+def test_channel_groups_give_the_whole_modules_bits(case, train, momentum, affine):
+    x, params, group_bytes = case
+    module = MODULES[x.ndim]
+    assert groups_reproduce_whole(x)
+    whole = run_batchnorm(x, x.shape[0], [momentum], module, params, 1e-5, affine, train)
+    seen: list[tuple[int, int]] = []
+
+    def check(c0, c1, x_group, y_group):
+        assert same_bits(x_group, x[:, c0:c1])
+        assert same_bits(y_group, whole.output[:, c0:c1]), (c0, c1)
+        seen.append((c0, c1))
+
+    grouped = run_by_channel_groups(
+        x, momentum, module, params, 1e-5, affine, train, check, group_bytes
+    )
+    assert seen == channel_groups(x.shape, x.dtype.itemsize, group_bytes)
+    assert seen[0][0] == 0 and seen[-1][1] == x.shape[1]
+    assert all(a[1] == b[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert same_bits(grouped.running_mean, whole.running_mean)
+    assert same_bits(grouped.running_var, whole.running_var)
+    assert grouped.num_batches_tracked == whole.num_batches_tracked
+    assert len(grouped.steps) == len(whole.steps)
+    for a, b in zip(grouped.steps, whole.steps, strict=True):
+        assert same_bits(a.running_mean, b.running_mean)
+        assert same_bits(a.running_var, b.running_var)
+    assert grouped.step_outputs == ()
+
+
+def test_channel_groups_split_by_bytes():
+    # 64 x 256 x 128 x 128 float32: 4 MiB per channel, 16 MiB groups of 4 channels
+    groups = channel_groups((64, 256, 128, 128), 4)
+    assert len(groups) == 64 and groups[0] == (0, 4) and groups[-1] == (252, 256)
+    assert channel_groups((2, 3, 5), 8, 1) == [(0, 1), (1, 2), (2, 3)]  # at least one channel
+    assert channel_groups((2, 3, 5), 8, 10**9) == [(0, 3)]
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.zeros((4, 3), np.float32),  # one value per image: PyTorch's channels-last kernel
+        np.zeros((4, 3, 1, 1), np.float32),
+        np.zeros((2, 3, 4, 5), np.float32).transpose(0, 1, 3, 2),  # not C-contiguous
+    ],
+)
+def test_groups_are_not_used_where_they_could_change_bits(x):
+    assert not groups_reproduce_whole(x)
+
+
+def test_joined_errors_equal_the_whole_tensors():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 7, 5, 6)).astype(np.float32)
+    mean, std = rng.standard_normal(7), rng.uniform(0.5, 2, 7)
+    weight, bias = rng.uniform(-2, 2, 7), rng.uniform(-1, 1, 7)
+    vectors = (mean, std, weight, bias)
+    per_channel = [v[None, :, None, None] for v in vectors]
+    y = ((x - per_channel[0]) / per_channel[1] * per_channel[2] + per_channel[3]).astype(np.float32)
+    y[2, 5, 4, 1] += 1.0  # correctly rounded but here: the worst element of channel 5
+    whole = output_errors(x, y, "float32", *vectors)
+    parts = []
+    for c0, c1 in [(0, 2), (2, 3), (3, 7)]:
+        group = [np.ascontiguousarray(a[:, c0:c1]) for a in (x, y)]
+        parts.append((c0, output_errors(*group, "float32", *(v[c0:c1] for v in vectors))))
+    joined = joined_errors(parts, x.shape)
+    for field in dataclasses.fields(OutputErrors):
+        np.testing.assert_array_equal(getattr(joined, field.name), getattr(whole, field.name))
+    assert np.unravel_index(int(joined.argmax_ulp[5]), x.shape) == (2, 5, 4, 1)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_compared_by_groups_reports_what_the_whole_output_does(mode, monkeypatch):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 6, 9, 7)) * 3 + 20).astype(np.float32)
+    weight, bias = rng.uniform(-2, 2, 6), rng.uniform(-1, 1, 6)
+    whole = inspect_array(x, weight=weight, bias=bias, mode=mode)
+    monkeypatch.setattr(torch_batchnorm, "GROUP_BYTES", x.nbytes // 6 * 2)  # 3 groups
+    grouped = inspect_array(x, weight=weight, bias=bias, mode=mode, compare_only=True)
+    assert whole.output_errors is None and grouped.output_errors is not None
+    assert grouped.torch_run.step_outputs == ()
+    whole_result, grouped_result = build_run_result(whole), build_run_result(grouped)
+    assert grouped_result.peer == (
+        "torch.nn.BatchNorm2d itself; run over 3 groups of channels in turn, which gives one "
+        "call's bits (PyTorch computes each channel alone) without holding the whole output"
+    )
+    assert dataclasses.replace(grouped_result, peer=whole_result.peer) == whole_result
+
+
+def test_steps_keep_the_whole_output():
+    x = np.random.default_rng(1).standard_normal((4, 3, 5)).astype(np.float32)
+    inspection = inspect_array(x, batch_size=2, compare_only=True)  # train/eval gap needs it
+    assert inspection.output_errors is None and inspection.torch_run.output.shape == (2, 3, 5)
+
+
+def test_run_reports_the_same_by_groups_as_whole(cli, tmp_path, monkeypatch):
+    # --save-output needs PyTorch's whole output, so it runs one module: the JSON of the two
+    # runs may differ only in how the peer ran.
+    path = tmp_path / "x.npy"
+    x = np.random.default_rng(5).standard_normal((3, 5, 6, 7)).astype(np.float32) * 4 - 9
+    np.save(path, x)
+    monkeypatch.setattr(torch_batchnorm, "GROUP_BYTES", x.nbytes // 5)  # one channel each
+    common = ("run", "--input", path, "--weight", "random", "--bias", "random", "--json")
+    grouped = cli.json(*common)
+    whole = cli.json(*common, "--save-output", tmp_path / "y.npy")
+    assert "over 5 groups of channels" in grouped.pop("peer")
+    assert "groups" not in whole.pop("peer")
+    assert grouped == whole
+    assert np.load(path).tobytes() == x.tobytes()  # the input untouched
