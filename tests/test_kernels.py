@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bninspect import kernels
+from bninspect import _kernels, kernels
 from bninspect.agreement import elementwise_errors
 from bninspect.dtypes import FORMATS
 from bninspect.reference import channel_statistics, channel_values, normalize
@@ -189,3 +190,26 @@ def test_the_first_of_equal_worst_errors_is_named_across_chunks(first, second, d
     _, ulp_error = elementwise_errors(y.reshape(-1), reference, dtype)
     assert got.max_ulp[0] == ulp_error.max()
     assert got.argmax_ulp[0] == min(first, second)
+
+
+@pytest.mark.skipif(not _kernels.use_wide(True), reason="this CPU has no AVX-512")
+@given(
+    dtype=st.sampled_from(list(FORMATS)),
+    size=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    offset=st.sampled_from([0.0, 1.0, -300.0, 1e4]),
+)
+def test_the_8_lane_sums_give_the_4_lane_bits(dtype, size, seed, offset):
+    # Lengths around the 8-, 64- and 2048-value steps, offsets that take the shifted and the
+    # second-pass paths: the AVX-512 build must not make the reference depend on the CPU.
+    x = np.random.default_rng(seed).standard_normal((2, 3, size)) * 2 + offset
+    x = x.astype(FORMATS[dtype].numpy)
+    try:
+        wide = kernels.moments(x, dtype)
+        _kernels.use_wide(False)
+        narrow = kernels.moments(x, dtype)
+    finally:
+        _kernels.use_wide(True)
+    for field in dataclasses.fields(kernels.Moments):
+        a, b = getattr(wide, field.name), getattr(narrow, field.name)
+        assert a.tobytes() == b.tobytes(), field.name
