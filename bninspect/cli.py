@@ -111,13 +111,13 @@ def _inspect(request: InspectRequest, as_json: bool, report, before=None, compar
     what else the command needs, all before torch loads), run, save files;
     ``report(inspection, what_before_gave, progress)`` builds the result, under the same
     progress bar. ``compare_only``: the report needs PyTorch's output only as its errors
-    (see inspection.run_inspection)."""
+    (see inspection.prepare)."""
     # numpy and the kernels load here, not at start-up: --help and usage errors stay instant.
     from bninspect.inspection import prepare, run_inspection, save_outputs
 
-    prepared = prepare(request, before)
+    prepared = prepare(request, before, compare_only)
     with progress_bar(prepared.tensor.array.nbytes, as_json) as progress:
-        inspection = run_inspection(prepared, progress, compare_only)
+        inspection = run_inspection(prepared, progress)
         result = report(inspection, prepared.extra, progress)
     for message in save_outputs(request, inspection):
         print(message, file=sys.stderr)

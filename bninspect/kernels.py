@@ -207,11 +207,9 @@ def output_errors(
     weight: np.ndarray,
     bias: np.ndarray,
     progress: Progress | None = None,
-    block_bytes: int = BLOCK_BYTES,
 ) -> OutputErrors:
     """Compare ``y`` with the reference (x - mean) / std * weight + bias (per-channel vectors,
-    shape (C,)), element by element, as agreement.elementwise_errors would, in blocks of about
-    ``block_bytes`` of ``x``."""
+    shape (C,)), element by element, as agreement.elementwise_errors would."""
     xb, N, C, S = ncs(x)
     yb = ncs(y)[0]
     form = float_format(dtype)
@@ -242,7 +240,7 @@ def output_errors(
     result = np.zeros((C, E_FIELDS))
     result[:, 3] = -1
     for r, out in _run_blocks(
-        work, list(regions(N, C, S, x.dtype.itemsize, block_bytes)), x.dtype.itemsize, S, progress
+        work, list(regions(N, C, S, x.dtype.itemsize)), x.dtype.itemsize, S, progress
     ):
         seen = result[r.c0 : r.c1]
         better = out[:, 1] > seen[:, 1]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 
+from bninspect.channel_groups import group_bytes_held
 from bninspect.errors import BnInspectError
 
 
@@ -29,10 +31,13 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def run_bytes(element_count: int, itemsize: int, channels: int) -> int:
-    """Peak memory of one run: the input, PyTorch's output of the same size, and one float64
-    copy of a channel (explain's derivation); the reference kernels work in L1-sized buffers."""
-    return 2 * element_count * itemsize + 8 * (element_count // channels)
+def run_bytes(shape: tuple[int, ...], itemsize: int, by_groups: bool = False) -> int:
+    """Peak memory of one run: the input, PyTorch's output of the same size (or one channel
+    group's input copy and output, ``by_groups``), and one float64 copy of a channel (explain's
+    derivation); the reference kernels work in L1-sized buffers."""
+    elements = math.prod(shape)
+    output = group_bytes_held(shape, itemsize) if by_groups else elements * itemsize
+    return elements * itemsize + output + 8 * (elements // shape[1])
 
 
 def check_fits(need: int, what: str, advice: str) -> None:

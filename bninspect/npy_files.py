@@ -93,19 +93,10 @@ def read_header(path: Path, what: str) -> NpyHeader:
 READ_BYTES = 64 << 20
 
 
-@dataclass(frozen=True)
-class ReadFile:
-    """A .npy file as read_data read it: the header's bytes, the array, any bytes after it."""
-
-    head: bytes
-    array: np.ndarray
-    tail: bytes
-
-
 def read_data(
     path: Path, header: NpyHeader, what: str, on_bytes: Callable[[memoryview], object] | None = None
-) -> ReadFile:
-    """A vetted C-order .npy file read into memory in one opening, the array in READ_BYTES
+) -> np.ndarray:
+    """The array of a vetted C-order .npy file, read into memory in one opening in READ_BYTES
     reads: from then on it is this process's own, whatever happens to the file.
     ``on_bytes`` is given every byte read, in file order, as soon as it is in memory (and
     never written again)."""
@@ -132,7 +123,7 @@ def read_data(
             tell(memoryview(tail))
     except OSError as exc:
         raise BnInspectError(f"{what} {path}: could not be read ({exc})") from None
-    return ReadFile(head, array, tail)
+    return array
 
 
 class BackgroundSha256:

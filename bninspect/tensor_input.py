@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bninspect.channel_groups import groups_reproduce_whole
 from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.memory import check_fits, run_bytes
@@ -58,11 +59,13 @@ class InputTensor:
 class PlannedInput:
     """An input checked from its description alone (--shape and --dtype, or a .npy header):
     its shape and dtype (a name in dtypes.FORMATS) are known, and ``obtain()`` generates or
-    reads the values, which is the slow part."""
+    reads the values, which is the slow part. ``by_groups``: its shape and layout let PyTorch
+    run over channel groups, and the fit check counted on it."""
 
     shape: tuple[int, ...]
     dtype: str
     obtain: Callable[[], InputTensor]
+    by_groups: bool = False  # PyTorch may run over channel groups (channel_groups.py)
 
 
 def plan_generated(
@@ -71,17 +74,24 @@ def plan_generated(
     dtype: str = "float32",
     offset: float = 0.0,
     scale: float = 1.0,
+    may_group: bool = False,
 ) -> PlannedInput:
-    """Check that a generated tensor fits in memory; obtain() generates it (generate_input)."""
+    """Check that a generated tensor fits in memory (holding one channel group of PyTorch's
+    output at a time where ``may_group`` and the shape allows); obtain() generates it
+    (generate_input)."""
     form = float_format(dtype)
     elements = int(np.prod(shape))
+    by_groups = may_group and groups_reproduce_whole(tuple(shape), True)
     check_fits(
-        run_bytes(elements, form.numpy.itemsize, shape[1]) + elements * 4 * (dtype != "float32"),
+        run_bytes(tuple(shape), form.numpy.itemsize, by_groups)
+        + elements * 4 * (dtype != "float32"),
         f"--shape {','.join(map(str, shape))} in {dtype}",
         "use a smaller --shape",
     )
     shape = tuple(shape)
-    return PlannedInput(shape, dtype, lambda: _generate(shape, seed, dtype, offset, scale))
+    return PlannedInput(
+        shape, dtype, lambda: _generate(shape, seed, dtype, offset, scale), by_groups
+    )
 
 
 def generate_input(
@@ -200,21 +210,23 @@ def load_input(path: Path, dtype: str | None = None) -> InputTensor:
     return plan_file(path, dtype).obtain()
 
 
-def plan_file(path: Path, dtype: str | None = None) -> PlannedInput:
-    """Check a .npy file's header (rank, dtype, that it fits in memory); obtain() loads it as
-    load_input does."""
+def plan_file(path: Path, dtype: str | None = None, may_group: bool = False) -> PlannedInput:
+    """Check a .npy file's header (rank, dtype, that it fits in memory, holding one channel
+    group of PyTorch's output at a time where ``may_group`` and its shape and layout allow);
+    obtain() loads it as load_input does."""
     header = _checked_header(path)
     shape = header.shape
     target, notice = _conversion_for(header.dtype, dtype, path)
     elements = int(np.prod(shape))
     conversion_copy = elements * target.itemsize if target != header.dtype else 0
+    by_groups = may_group and groups_reproduce_whole(tuple(shape), not header.fortran_order)
     check_fits(
-        run_bytes(elements, header.dtype.itemsize, shape[1]) + conversion_copy,
+        run_bytes(tuple(shape), header.dtype.itemsize, by_groups) + conversion_copy,
         f"--input {path} ({shape_text(shape)} {header.dtype.name})",
         "inspect a slice of it saved as a smaller .npy, or use --stats-only",
     )
     name = format_of(target).name
-    return PlannedInput(tuple(shape), name, lambda: _load(path, header, target, notice))
+    return PlannedInput(tuple(shape), name, lambda: _load(path, header, target, notice), by_groups)
 
 
 def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTensor:
@@ -228,7 +240,7 @@ def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTens
         array = read_array(path, "--input")
     else:
         digest = BackgroundSha256()
-        array = read_data(path, header, "--input", digest.feed).array
+        array = read_data(path, header, "--input", digest.feed)
         pending = digest.hexdigest()
     if notice is not None:
         notice += _rounding_note(array, target)

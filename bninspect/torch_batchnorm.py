@@ -6,19 +6,13 @@ needs it, after every check on the input has passed, so errors and ``--help`` st
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-# OpenMP's threads spin for milliseconds after each of PyTorch's parallel loops. bninspect
-# compares each channel group's output on its own threads as soon as PyTorch returns it, and
-# the spinning took the cores from them (0.4 s of a 1 GiB run here); sleeping at once cost
-# PyTorch nothing measurable. A setting of the user's own wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402  (after the setting above, which OpenMP reads as torch loads it)
-
+from bninspect.channel_groups import channel_groups
 from bninspect.dtypes import FORMATS
 from bninspect.errors import BnInspectError
 from bninspect.parameters import LayerParameters
@@ -60,7 +54,8 @@ class TorchStep:
 @dataclass(frozen=True)
 class TorchRun:
     """What the module produced. ``step_outputs``: every step's output, each the shape and dtype
-    of its batch, as torch returned it (no copy); ``output`` is the last. The running buffers
+    of its batch, as torch returned it (no copy), or none from run_by_channel_groups, which
+    keeps none; ``output`` is the last. The running buffers
     after the last step, and after each step in ``steps`` (train mode). ``eval_output``: the
     last batch through the same module in eval mode after the steps, when asked for."""
 
@@ -78,6 +73,8 @@ class TorchRun:
     @property
     def output(self) -> np.ndarray:
         """The last step's output, shape (batch_size, C, ...)."""
+        if not self.step_outputs:
+            raise ValueError("PyTorch ran over channel groups: its output was not kept")
         return self.step_outputs[-1]
 
 
@@ -167,31 +164,6 @@ def run_batchnorm(
     )
 
 
-# Channel groups of about this many input bytes: each group's input copy and output stay
-# small beside the input, and the comparison splits a group into two 8 MiB blocks, one per
-# core here.
-GROUP_BYTES = 16 << 20
-
-
-def channel_groups(shape: tuple[int, ...], itemsize: int, group_bytes: int = GROUP_BYTES):
-    """[(c0, c1), ...]: consecutive channel ranges of an (N, C, ...) array of ``itemsize``-byte
-    values, each of about ``group_bytes`` (at least one channel)."""
-    channels = shape[1]
-    channel_bytes = int(np.prod(shape, dtype=np.int64)) // max(channels, 1) * itemsize
-    per_group = max(1, group_bytes // max(channel_bytes, 1))
-    return [(c0, min(channels, c0 + per_group)) for c0 in range(0, channels, per_group)]
-
-
-def groups_reproduce_whole(x: np.ndarray) -> bool:
-    """Whether running the module channel group by channel group gives the bits of one module
-    over all of ``x``: PyTorch's CPU kernel computes each channel of a C-contiguous input with
-    more than one value per image alone, in the same order whatever the other channels are
-    (tests/test_channel_groups.py checks this). One value per image (rank 2) takes its
-    channels-last kernel, whose vector lanes span channels: not there."""
-    per_image = x.size // max(x.shape[0] * x.shape[1], 1) if x.ndim >= 3 else 0
-    return x.flags.c_contiguous and per_image > 1
-
-
 def run_by_channel_groups(
     x: np.ndarray,
     momentum: float | None,
@@ -204,13 +176,13 @@ def run_by_channel_groups(
     group_bytes: int | None = None,
 ) -> TorchRun:
     """What run_batchnorm gives for one step over all of ``x`` (N, C, ...), where
-    groups_reproduce_whole(x), holding one channel group's output at a time instead of the
-    whole: a fresh module per group of about ``group_bytes`` (default GROUP_BYTES) of input,
+    channel_groups.groups_reproduce_whole holds for it, holding one channel group's output at a
+    time instead of the whole: a fresh module per group of about ``group_bytes`` of input,
     each group's input and output (both (N, c1 - c0, ...), contiguous) passed to
     ``on_group(c0, c1, input, output)`` and then dropped. The result has no step outputs; its
     buffers are the groups' joined."""
     dtype = TORCH_DTYPES[x.dtype.name]
-    groups = channel_groups(x.shape, x.dtype.itemsize, group_bytes or GROUP_BYTES)
+    groups = channel_groups(x.shape, x.dtype.itemsize, group_bytes)
     running_mean, running_var = [], []
     with torch.no_grad():
         for c0, c1 in groups:

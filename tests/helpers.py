@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from bninspect.channel_groups import groups_reproduce_whole
 from bninspect.conventions import PYTORCH, Convention
 from bninspect.inspection import MODULE_FOR_RANK, Prepared, run_inspection
 from bninspect.parameters import LayerParameters
@@ -30,7 +33,7 @@ def inspect_array(
     """Run PyTorch and the reference on ``x`` with per-channel vectors given as sequences
     (rounded to x's dtype, as the module stores them), under ``convention``, in consecutive
     training steps of ``batch_size`` samples (default: one step over all of x); ``compare_only``
-    as in run_inspection."""
+    as in inspection.prepare."""
     channels = x.shape[1]
 
     def vector(values, default):
@@ -59,5 +62,12 @@ def inspect_array(
     )
     request = InspectRequest(None, 0, None, eps, momentum, True, mode, {}, convention=convention)
     tensor = InputTensor(x, info)
+    # As prepare decides: one pass (no batch size given), a shape and layout that allow it.
+    by_groups = (
+        compare_only
+        and settings.steps == 1
+        and batch_size == x.shape[0]
+        and groups_reproduce_whole(x.shape, x.flags.c_contiguous)
+    )
     prepared = Prepared(request, tensor, settings, params, None, convention, no_peer)
-    return run_inspection(prepared, compare_only=compare_only)
+    return run_inspection(dataclasses.replace(prepared, by_groups=by_groups and no_peer is None))

@@ -43,13 +43,16 @@ def test_malformed_shape(cli, command, shape, message):
 
 
 def test_shape_too_large_for_memory(cli, tmp_path):
-    message = cli.error(
-        "run", "--shape", "100000,3,1000,1000", "--save-input", tmp_path / "x.npy", code=1
-    )
+    saving = ("--save-input", tmp_path / "x.npy", "--save-output", tmp_path / "y.npy")
+    message = cli.error("run", "--shape", "100000,3,1000,1000", *saving, code=1)
     # input and PyTorch's output 2 * 3e11 * 4 bytes, plus a float64 copy of one channel of
     # 1e11 values: 3.2e12 bytes = 2.9 TiB
     assert message.startswith("--shape 100000,3,1000,1000 in float32 needs about 2.9 TiB but only ")
     assert message.endswith(" is available; use a smaller --shape")
+    # Without --save-output PyTorch's output is held one channel group at a time, here one
+    # channel (4e11 bytes) and its input copy: 1.2e12 + 8e11 + 8e11 bytes = 2.5 TiB
+    message = cli.error("run", "--shape", "100000,3,1000,1000", code=1)
+    assert message.startswith("--shape 100000,3,1000,1000 in float32 needs about 2.5 TiB but only ")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,17 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bninspect import torch_batchnorm
+from bninspect import channel_groups as groups_module
+from bninspect import memory
+from bninspect.channel_groups import channel_groups, group_bytes_held, groups_reproduce_whole
 from bninspect.dtypes import FORMATS, bits_view
 from bninspect.kernels import OutputErrors, joined_errors, output_errors
+from bninspect.memory import run_bytes
 from bninspect.parameters import LayerParameters
 from bninspect.run_report import build_run_result
-from bninspect.torch_batchnorm import (
-    channel_groups,
-    groups_reproduce_whole,
-    run_batchnorm,
-    run_by_channel_groups,
-)
+from bninspect.torch_batchnorm import run_batchnorm, run_by_channel_groups
 
 from helpers import inspect_array
 
@@ -69,7 +67,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 def test_channel_groups_give_the_whole_modules_bits(case, train, momentum, affine):
     x, params, group_bytes = case
     module = MODULES[x.ndim]
-    assert groups_reproduce_whole(x)
+    assert groups_reproduce_whole(x.shape, x.flags.c_contiguous)
     whole = run_batchnorm(x, x.shape[0], [momentum], module, params, 1e-5, affine, train)
     seen: list[tuple[int, int]] = []
 
@@ -110,8 +108,8 @@ def test_channel_groups_split_by_bytes():
         np.zeros((2, 3, 4, 5), np.float32).transpose(0, 1, 3, 2),  # not C-contiguous
     ],
 )
-def test_groups_are_not_used_where_they_could_change_bits(x):
-    assert not groups_reproduce_whole(x)
+def test_no_groups_for_one_value_per_image_or_another_layout(x):
+    assert not groups_reproduce_whole(x.shape, x.flags.c_contiguous)
 
 
 def test_joined_errors_equal_the_whole_tensors():
@@ -122,7 +120,7 @@ def test_joined_errors_equal_the_whole_tensors():
     vectors = (mean, std, weight, bias)
     per_channel = [v[None, :, None, None] for v in vectors]
     y = ((x - per_channel[0]) / per_channel[1] * per_channel[2] + per_channel[3]).astype(np.float32)
-    y[2, 5, 4, 1] += 1.0  # correctly rounded but here: the worst element of channel 5
+    y[2, 5, 4, 1] += 1.0  # every other element correctly rounded: this is channel 5's worst
     whole = output_errors(x, y, "float32", *vectors)
     parts = []
     for c0, c1 in [(0, 2), (2, 3), (3, 7)]:
@@ -140,7 +138,7 @@ def test_compared_by_groups_reports_what_the_whole_output_does(mode, monkeypatch
     x = (rng.standard_normal((4, 6, 9, 7)) * 3 + 20).astype(np.float32)
     weight, bias = rng.uniform(-2, 2, 6), rng.uniform(-1, 1, 6)
     whole = inspect_array(x, weight=weight, bias=bias, mode=mode)
-    monkeypatch.setattr(torch_batchnorm, "GROUP_BYTES", x.nbytes // 6 * 2)  # 3 groups
+    monkeypatch.setattr(groups_module, "GROUP_BYTES", x.nbytes // 6 * 2)  # 3 groups
     grouped = inspect_array(x, weight=weight, bias=bias, mode=mode, compare_only=True)
     assert whole.output_errors is None and grouped.output_errors is not None
     assert grouped.torch_run.step_outputs == ()
@@ -163,8 +161,10 @@ def test_run_reports_the_same_by_groups_as_whole(cli, tmp_path, monkeypatch):
     # runs may differ only in how the peer ran.
     path = tmp_path / "x.npy"
     x = np.random.default_rng(5).standard_normal((3, 5, 6, 7)).astype(np.float32) * 4 - 9
+    x[1, 2, 3, 4] = np.nan  # a NaN channel and a constant one, reported alike both ways
+    x[:, 3] = 2.5
     np.save(path, x)
-    monkeypatch.setattr(torch_batchnorm, "GROUP_BYTES", x.nbytes // 5)  # one channel each
+    monkeypatch.setattr(groups_module, "GROUP_BYTES", x.nbytes // 5)  # one channel each
     common = ("run", "--input", path, "--weight", "random", "--bias", "random", "--json")
     grouped = cli.json(*common)
     whole = cli.json(*common, "--save-output", tmp_path / "y.npy")
@@ -172,3 +172,23 @@ def test_run_reports_the_same_by_groups_as_whole(cli, tmp_path, monkeypatch):
     assert "groups" not in whole.pop("peer")
     assert grouped == whole
     assert np.load(path).tobytes() == x.tobytes()  # the input untouched
+
+
+def test_a_run_by_groups_is_planned_with_one_groups_memory():
+    shape = (64, 256, 128, 128)  # 1 GiB of float32, 16 MiB groups
+    assert run_bytes(shape, 4) == 2 * 2**30 + 8 * 64 * 128 * 128
+    assert group_bytes_held(shape, 4) == 2 * 16 * 2**20
+    assert run_bytes(shape, 4, by_groups=True) == 2**30 + 32 * 2**20 + 8 * 64 * 128 * 128
+
+
+def test_run_fits_where_only_one_group_of_output_fits(cli, tmp_path, monkeypatch):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((2, 8, 64, 64), np.float32))  # 256 KiB, 32 KiB a channel
+    monkeypatch.setattr(groups_module, "GROUP_BYTES", 32 << 10)
+    # 384 KiB by groups (input, a group's copy and output, a float64 channel), 576 KiB whole
+    monkeypatch.setattr(memory, "available_bytes", lambda: 400 << 10)
+    assert "over 8 groups" in cli.json("run", "--input", path)["peer"]
+    message = cli.error("explain", "--input", path, "--index", "0,0,0,0", code=1)
+    assert message.startswith(f"--input {path} (2x8x64x64 float32) needs about")
+    message = cli.error("run", "--input", path, "--save-output", tmp_path / "y.npy", code=1)
+    assert "needs about" in message

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bninspect import kernels, tensor_input
+from bninspect import kernels, npy_files, tensor_input
 from bninspect.errors import BnInspectError
 from bninspect.npy_files import read_data, read_header
 from bninspect.reference import channel_statistics
@@ -94,7 +94,7 @@ def test_the_hash_is_of_the_bytes_read_even_if_the_file_then_goes(tmp_path, monk
 
     def read_then_delete(*args):
         read = read_data(*args)
-        path.unlink()  # before the hashing thread gets to run
+        path.unlink()  # the hash, taken as the bytes were read, must not need the file
         return read
 
     monkeypatch.setattr(tensor_input, "read_data", read_then_delete)
@@ -125,3 +125,14 @@ def test_stats_only_accepts_what_only_pytorch_refuses(cli, tmp_path):
     np.save(path, np.arange(3, dtype=np.float32).reshape(1, 3))
     doc = cli.json("run", "--input", path, "--stats-only")  # one value per channel, train mode
     assert [c["mean"] for c in doc["channels"]] == [0.0, 1.0, 2.0]
+
+
+def test_the_hash_of_a_file_read_in_many_reads(tmp_path, monkeypatch):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(2).standard_normal((3, 4, 1000)).astype(np.float32))
+    with path.open("ab") as f:
+        f.write(b"tail")
+    monkeypatch.setattr(npy_files, "READ_BYTES", 4096)  # 12 reads of the data, one uneven
+    tensor = load_input(path)
+    assert tensor.finished_info().sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert tensor.array.tobytes() == np.load(path).tobytes()
