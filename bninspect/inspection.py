@@ -232,15 +232,18 @@ def prepare(
     (channel_groups.py), PyTorch will run over channel groups, each compared as it comes: the
     whole output is never held (1.4x a large input's size in memory instead of 2.2x), and the
     fit check counts on that."""
+    _quiet_openmp()  # on the main thread, before any other starts
     _check_outputs(request)
     convention = request.convention
     mapping = None
     may_group = compare_only and _one_plain_pass(request)
+    over_steps = request.steps is not None or request.batch_size is not None
+    eval_pass = over_steps and request.mode == "train"  # the train/eval gap's extra output
     if request.input_path is not None and request.stats_only:
         mapped, mapping = map_input(request.input_path, request.dtype)
         planned = PlannedInput(mapped.array.shape, mapped.info.dtype, lambda: mapped)
     elif request.input_path is not None:
-        planned = plan_file(request.input_path, request.dtype, may_group)
+        planned = plan_file(request.input_path, request.dtype, may_group, eval_pass)
     unfed_notice = None
     if request.input_path is not None:
         batch_size, steps = _batching(request, planned.shape[0])
@@ -250,7 +253,7 @@ def prepare(
         batch_size, steps = shape[0], request.steps or 1
         whole = (batch_size * steps, *shape[1:])
         planned = plan_generated(
-            whole, request.seed, dtype, request.offset, request.scale, may_group
+            whole, request.seed, dtype, request.offset, request.scale, may_group, eval_pass
         )
     eps, eps_notice = effective_eps(convention, request.eps)
     batch_shape = (batch_size, *planned.shape[1:])
@@ -351,7 +354,8 @@ def _quiet_openmp() -> None:
     """Make OpenMP's threads sleep as soon as PyTorch's parallel loops end, unless the user set
     otherwise: they spin for milliseconds by default and took the cores from the comparison of
     each channel group (0.4 s of a 1 GiB run here), and sleeping at once cost PyTorch nothing
-    measurable. OpenMP reads this when torch loads it; set here, before any thread starts."""
+    measurable. OpenMP reads this when torch loads it (also where check imports torch itself);
+    set on the main thread before any other starts."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -369,7 +373,6 @@ def _import_torch_runner():
 
 def _start_torch_import() -> Future:
     """_import_torch_runner() on a background thread, as a future."""
-    _quiet_openmp()
     pool = ThreadPoolExecutor(1, thread_name_prefix="import-torch")
     runner = pool.submit(_import_torch_runner)
     pool.shutdown(wait=False)  # the thread ends with the import; nothing else is queued

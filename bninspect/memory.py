@@ -31,12 +31,16 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def run_bytes(shape: tuple[int, ...], itemsize: int, by_groups: bool = False) -> int:
+def run_bytes(
+    shape: tuple[int, ...], itemsize: int, by_groups: bool = False, eval_pass: bool = False
+) -> int:
     """Peak memory of one run: the input, PyTorch's output of the same size (or one channel
-    group's input copy and output, ``by_groups``), and one float64 copy of a channel (explain's
-    derivation); the reference kernels work in L1-sized buffers."""
+    group's input copy and output, ``by_groups``), the eval pass's output where the train/eval
+    gap is measured (counted as large as the input, an upper bound), and one float64 copy of a
+    channel (explain's derivation); the reference kernels work in L1-sized buffers."""
     elements = math.prod(shape)
     output = group_bytes_held(shape, itemsize) if by_groups else elements * itemsize
+    output += elements * itemsize if eval_pass else 0
     return elements * itemsize + output + 8 * (elements // shape[1])
 
 

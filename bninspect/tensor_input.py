@@ -75,15 +75,16 @@ def plan_generated(
     offset: float = 0.0,
     scale: float = 1.0,
     may_group: bool = False,
+    eval_pass: bool = False,
 ) -> PlannedInput:
     """Check that a generated tensor fits in memory (holding one channel group of PyTorch's
-    output at a time where ``may_group`` and the shape allows); obtain() generates it
-    (generate_input)."""
+    output at a time where ``may_group`` and the shape allows, and an eval pass's output too
+    where ``eval_pass``: see memory.run_bytes); obtain() generates it (generate_input)."""
     form = float_format(dtype)
     elements = int(np.prod(shape))
     by_groups = may_group and groups_reproduce_whole(tuple(shape), True)
     check_fits(
-        run_bytes(tuple(shape), form.numpy.itemsize, by_groups)
+        run_bytes(tuple(shape), form.numpy.itemsize, by_groups, eval_pass)
         + elements * 4 * (dtype != "float32"),
         f"--shape {','.join(map(str, shape))} in {dtype}",
         "use a smaller --shape",
@@ -210,18 +211,24 @@ def load_input(path: Path, dtype: str | None = None) -> InputTensor:
     return plan_file(path, dtype).obtain()
 
 
-def plan_file(path: Path, dtype: str | None = None, may_group: bool = False) -> PlannedInput:
+def plan_file(
+    path: Path, dtype: str | None = None, may_group: bool = False, eval_pass: bool = False
+) -> PlannedInput:
     """Check a .npy file's header (rank, dtype, that it fits in memory, holding one channel
-    group of PyTorch's output at a time where ``may_group`` and its shape and layout allow);
-    obtain() loads it as load_input does."""
+    group of PyTorch's output at a time where ``may_group`` and its shape and layout allow, and
+    an eval pass's output too where ``eval_pass``: see memory.run_bytes); obtain() loads it as
+    load_input does."""
     header = _checked_header(path)
     shape = header.shape
     target, notice = _conversion_for(header.dtype, dtype, path)
     elements = int(np.prod(shape))
-    conversion_copy = elements * target.itemsize if target != header.dtype else 0
     by_groups = may_group and groups_reproduce_whole(tuple(shape), not header.fortran_order)
+    # A converted input is the file's array and its copy at first, then the copy alone beside
+    # PyTorch's output in the new dtype.
+    converted = target != header.dtype
+    converting = elements * (header.dtype.itemsize + target.itemsize) if converted else 0
     check_fits(
-        run_bytes(tuple(shape), header.dtype.itemsize, by_groups) + conversion_copy,
+        max(run_bytes(tuple(shape), target.itemsize, by_groups, eval_pass), converting),
         f"--input {path} ({shape_text(shape)} {header.dtype.name})",
         "inspect a slice of it saved as a smaller .npy, or use --stats-only",
     )

@@ -192,3 +192,21 @@ def test_run_fits_where_only_one_group_of_output_fits(cli, tmp_path, monkeypatch
     assert message.startswith(f"--input {path} (2x8x64x64 float32) needs about")
     message = cli.error("run", "--input", path, "--save-output", tmp_path / "y.npy", code=1)
     assert "needs about" in message
+
+
+def test_the_fit_check_counts_the_eval_pass_and_the_converted_dtype(cli, tmp_path, monkeypatch):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((2, 8, 64, 64), np.float32))  # 256 KiB
+    # --steps in train mode keeps every step's output and one more from the eval pass:
+    # 256 KiB in, 512 out, 64 for a float64 channel = 832 KiB; in eval mode 576 KiB.
+    monkeypatch.setattr(memory, "available_bytes", lambda: 700 << 10)
+    assert cli.json("run", "--input", path, "--steps", "1", "--mode", "eval")["channels"]
+    assert "needs about 832.0 KiB" in cli.error("run", "--input", path, "--steps", "1", code=1)
+    # float16 read as float64: 128 KiB of file, then 512 KiB in and 512 out, 64 for a channel
+    half = tmp_path / "half.npy"
+    np.save(half, np.zeros((2, 8, 64, 64), np.float16))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000 << 10)
+    message = cli.error(
+        "explain", "--input", half, "--dtype", "float64", "--index", "0,0,0,0", code=1
+    )
+    assert "needs about 1.1 MiB" in message
