@@ -55,9 +55,9 @@ class TorchStep:
 class TorchRun:
     """What the module produced. ``step_outputs``: every step's output, each the shape and dtype
     of its batch, as torch returned it (no copy), or none from run_by_channel_groups, which
-    keeps none; ``output`` is the last. The running buffers
-    after the last step, and after each step in ``steps`` (train mode). ``eval_output``: the
-    last batch through the same module in eval mode after the steps, when asked for."""
+    keeps none; ``output`` is the last. The running buffers after the last step, and after
+    each step in ``steps`` (train mode). ``eval_output``: the last batch through the same
+    module in eval mode after the steps, when asked for."""
 
     step_outputs: tuple[np.ndarray, ...]
     running_mean: np.ndarray
