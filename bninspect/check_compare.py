@@ -18,9 +18,12 @@ from bninspect.check_results import (
 )
 from bninspect.dtypes import float_format
 from bninspect.inspection import Inspection
+from bninspect.memory import CHECK_CHUNK_ELEMENTS
 from bninspect.reference import forward_output
 from bninspect.results import Number, Undefined
 
+# Elements per chunk of a whole-tensor pass: its float64 temporaries are 32 MiB each.
+CHUNK_ELEMENTS = CHECK_CHUNK_ELEMENTS
 # An error within this many ULPs at the channel's scale is rounding, not a mistake.
 ROUNDING_ULPS = 4.0
 # The least-squares line explains the error when what is left is below this share of it.
@@ -37,7 +40,8 @@ def scaled_errors(
     out = np.empty(channels)
     with np.errstate(invalid="ignore", over="ignore"):
         for c in range(channels):
-            t, y = theirs[:, c].reshape(-1), candidate[:, c].reshape(-1)
+            t = np.asarray(theirs[:, c], dtype=np.float64).reshape(-1)
+            y = candidate[:, c].reshape(-1)
             both_nan = np.isnan(t) & np.isnan(y)
             same_inf = np.isinf(t) & (t == y)
             error = np.where(both_nan | same_inf, 0.0, np.abs(t - y))
@@ -65,11 +69,11 @@ def _number(value: float) -> Number:
     return float(value)
 
 
-def element(
-    index: int, shape, theirs, reference, torch_out, abs_error, rel_error, ulp_error
-) -> ElementError:
-    """The flat ``index`` as an ElementError."""
+def element(index: int, shape, theirs, reference, torch_out, abs_error, dtype: str) -> ElementError:
+    """The flat ``index`` as an ElementError (its relative and ULP errors as
+    relative_error and ulp_error give them)."""
     at = tuple(int(i) for i in np.unravel_index(index, shape))
+    e, r = abs_error[at], reference[at]
     torch_value: Number = (
         float(torch_out[at]) if torch_out is not None else Undefined("PyTorch's module did not run")
     )
@@ -78,27 +82,93 @@ def element(
         float(theirs[at]),
         float(reference[at]),
         torch_value,
-        float(abs_error.flat[index]),
-        float(rel_error.flat[index]),
-        float(ulp_error.flat[index]),
+        float(e),
+        float(relative_error(e, r)),
+        float(ulp_error(e, r, dtype)),
     )
 
 
-def errors(theirs: np.ndarray, reference: np.ndarray, dtype: str):
-    """Absolute, relative and ULP errors, element by element (agreement's semantics: NaN with
-    NaN and equal infinities agree)."""
-    abs_error, ulp_error = elementwise_errors(theirs, reference, dtype)
+def channel_chunks(shape: tuple[int, ...]) -> list[slice]:
+    """Slices of axis 1 holding about CHUNK_ELEMENTS elements each (at least one channel):
+    passes over the whole tensor go chunk by chunk, so their float64 temporaries stay small
+    beside the arrays check must hold."""
+    per_channel = max(1, math.prod(shape) // max(1, shape[1]))
+    step = max(1, CHUNK_ELEMENTS // per_channel)
+    return [slice(c, min(c + step, shape[1])) for c in range(0, shape[1], step)]
+
+
+def absolute_errors(theirs: np.ndarray, reference: np.ndarray, dtype: str) -> np.ndarray:
+    """|theirs - reference| element by element, float64 (agreement's semantics: NaN with NaN
+    and equal infinities agree, other non-finite pairs are inf)."""
+    out = np.empty(theirs.shape)
+    for s in channel_chunks(theirs.shape):
+        out[:, s] = elementwise_errors(theirs[:, s], reference[:, s], dtype)[0]
+    return out
+
+
+def relative_error(abs_error: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """|error| / |reference|: 0 where the error is 0, inf where it is undefined otherwise."""
     with np.errstate(divide="ignore", invalid="ignore"):
         rel_error = np.where(abs_error == 0, 0.0, abs_error / np.abs(reference))
-    rel_error = np.where(np.isnan(rel_error), np.inf, rel_error)
-    return abs_error, rel_error, ulp_error
+    return np.where(np.isnan(rel_error), np.inf, rel_error)
+
+
+def ulp_error(abs_error: np.ndarray, reference: np.ndarray, dtype: str) -> np.ndarray:
+    """|error| in ULPs of ``dtype`` at the reference value."""
+    with np.errstate(over="ignore"):  # float64's ULP at 0 is 2**-1074: big ratios become inf
+        return abs_error / ulp(reference, dtype)
+
+
+def largest_errors(abs_error: np.ndarray, reference: np.ndarray, dtype: str) -> dict[str, int]:
+    """The flat index of the largest absolute, relative and ULP error, as np.argmax over the
+    whole arrays gives it (the first of equals; a NaN ULP error counts as largest), found chunk
+    by chunk without holding the relative and ULP errors of every element."""
+    candidates: dict[str, list[tuple[int, float]]] = {"abs": [], "rel": [], "ulp": []}
+    for s in channel_chunks(abs_error.shape):
+        e, r = abs_error[:, s], reference[:, s]
+        for name, values in (
+            ("abs", e),
+            ("rel", relative_error(e, r)),
+            ("ulp", ulp_error(e, r, dtype)),
+        ):
+            at = np.unravel_index(int(np.argmax(values)), values.shape)
+            whole = (at[0], at[1] + s.start, *at[2:])
+            flat = int(np.ravel_multi_index(whole, abs_error.shape))
+            candidates[name].append((flat, float(values[at])))
+    found = {}
+    for name, pairs in candidates.items():
+        pairs.sort()  # by flat index: argmax over them is the first of the largest
+        found[name] = pairs[int(np.argmax([value for _, value in pairs]))][0]
+    return found
+
+
+def worst_indices(abs_error: np.ndarray, top: int) -> np.ndarray:
+    """The flat indices of the ``top`` largest errors, largest first, equals in index order (as
+    a stable argsort of -abs_error gives them), without sorting every element."""
+    flat = abs_error.reshape(-1)
+    if top >= flat.size:
+        return np.argsort(-flat, kind="stable")
+    kth = np.partition(flat, flat.size - top)[flat.size - top]  # the top-th largest
+    above = np.flatnonzero(flat > kth)  # fewer than top
+    ties, wanted = [], top - above.size
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        if wanted <= 0:
+            break
+        equal = np.flatnonzero(flat[start : start + CHUNK_ELEMENTS] == kth)[:wanted] + start
+        ties.append(equal)
+        wanted -= equal.size
+    chosen = np.sort(np.concatenate([above, *ties]))
+    return chosen[np.argsort(-flat[chosen], kind="stable")]
 
 
 def mismatched(abs_error: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> np.ndarray:
     """Where |error| > atol + rtol * |reference| (an infinite error always)."""
-    with np.errstate(invalid="ignore"):
-        bound = tolerance.atol + tolerance.rtol * np.abs(reference)
-    return ~(abs_error <= np.where(np.isnan(bound), np.inf, bound))
+    out = np.empty(abs_error.shape, dtype=bool)
+    for s in channel_chunks(abs_error.shape):
+        with np.errstate(invalid="ignore"):
+            bound = tolerance.atol + tolerance.rtol * np.abs(reference[:, s])
+        out[:, s] = ~(abs_error[:, s] <= np.where(np.isnan(bound), np.inf, bound))
+    return out
 
 
 def _pattern(theirs: np.ndarray, reference: np.ndarray, unit: float) -> tuple[str, Number, Number]:
@@ -167,28 +237,23 @@ def channel_checks(
 
 def histogram(abs_error: np.ndarray) -> tuple[HistogramBin, ...]:
     """How many elements have |error| 0, in each decade from 1e-12 to 10, below and above."""
-    e = abs_error[np.isfinite(abs_error)]
-    bins = [HistogramBin(0.0, 0.0, int((e == 0).sum()))]
-    nonzero = e[e > 0]
-    bins.append(
-        HistogramBin(
-            0.0, 10.0 ** HISTOGRAM_DECADES[0], int((nonzero < 10.0 ** HISTOGRAM_DECADES[0]).sum())
+    edges = [10.0**d for d in HISTOGRAM_DECADES] + [10.0 ** (HISTOGRAM_DECADES[-1] + 1)]
+    # counts: exact 0, (0, 1e-12), one per decade [edges[i], edges[i + 1]), [10, inf]
+    counts = np.zeros(len(edges) + 2, dtype=np.int64)
+    for s in channel_chunks(abs_error.shape):
+        e = abs_error[:, s].reshape(-1)
+        finite = e[np.isfinite(e)]
+        nonzero = finite[finite > 0]
+        counts[0] += finite.size - nonzero.size
+        counts[1:] += np.bincount(
+            np.searchsorted(edges, nonzero, side="right"), minlength=len(edges) + 1
         )
+        counts[-1] += e.size - finite.size
+    bounds = [(0.0, 0.0), (0.0, edges[0])]
+    bounds += [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)] + [(edges[-1], math.inf)]
+    return tuple(
+        HistogramBin(low, high, int(n)) for (low, high), n in zip(bounds, counts, strict=True)
     )
-    for d in HISTOGRAM_DECADES:
-        lower, upper = 10.0**d, 10.0 ** (d + 1)
-        bins.append(HistogramBin(lower, upper, int(((nonzero >= lower) & (nonzero < upper)).sum())))
-    bins.append(
-        HistogramBin(
-            10.0 ** (HISTOGRAM_DECADES[-1] + 1),
-            math.inf,
-            int(
-                (nonzero >= 10.0 ** (HISTOGRAM_DECADES[-1] + 1)).sum()
-                + (~np.isfinite(abs_error)).sum()
-            ),
-        )
-    )
-    return tuple(bins)
 
 
 def _compared_in(their_dtype: str, dtype: str) -> str:
@@ -203,19 +268,36 @@ def _compared_in(their_dtype: str, dtype: str) -> str:
     return their_dtype if widths[their_dtype] > widths[dtype] else dtype
 
 
-def _needed(theirs, expected, in_dtype: str, tolerance: Tolerance):
+def _needed(theirs, expected, in_dtype: str, tolerance: Tolerance, expected_dtype=None):
     """What assert_close(actual=theirs, expected) computed in ``in_dtype`` needs: the smallest
     atol with rtol kept and the smallest rtol with atol kept (None: no rtol helps), whether NaN
     meets NaN (equal_nan needed), or None where a NaN or infinity meets another value.
+    ``expected_dtype``: round expected to that numpy dtype first (chunk by chunk).
 
     torch.isclose evaluates |a - e| <= atol + |rtol * e| in the compared dtype, atol and rtol
     rounded to it: each of those roundings moves a side by at most u (the unit roundoff), so
     asking |a - e| (1 + 4u) <= atol (1 - 2u) + rtol |e| (1 - 2u) in float64 is safe."""
+    atol, rtol, any_nan = 0.0, 0.0, False
+    for s in channel_chunks(theirs.shape):
+        e = np.asarray(expected[:, s])
+        with np.errstate(over="ignore"):
+            e = e.astype(expected_dtype) if expected_dtype is not None else e
+        need = _needed_of(theirs[:, s], e, in_dtype, tolerance)
+        if need is None:
+            return None
+        atol = max(atol, need[0])
+        rtol = None if rtol is None or need[1] is None else max(rtol, need[1])
+        any_nan = any_nan or need[2]
+    return atol, rtol, any_nan
+
+
+def _needed_of(theirs, expected, in_dtype: str, tolerance: Tolerance):
+    """_needed on one chunk."""
     form = float_format(in_dtype)
     u = 2.0 ** -(form.mantissa_bits + 1)
     with np.errstate(over="ignore", invalid="ignore"):
         a = theirs.astype(form.numpy).astype(np.float64)
-        e = np.asarray(expected).astype(form.numpy).astype(np.float64)
+        e = expected.astype(form.numpy).astype(np.float64)
         both_nan = np.isnan(a) & np.isnan(e)
         agree = both_nan | (a == e)
         error = np.where(agree, 0.0, np.abs(a - e))
@@ -239,6 +321,7 @@ def suggested_tolerance(
     theirs: np.ndarray,
     their_dtype: str,
     reference: np.ndarray,
+    abs_error: np.ndarray,
     torch_out: np.ndarray | None,
     dtype: str,
     tolerance: Tolerance,
@@ -248,18 +331,22 @@ def suggested_tolerance(
     ``torch.testing.assert_close(torch.from_numpy(mine), expected, ...)`` passes, with expected
     PyTorch's output (``torch_name``) and also the float64 reference rounded to ``dtype``, and
     under which check itself passes (the float64 reference): rounded up to 3 digits, with the
-    line to paste. Undefined where a NaN or an infinite error can never match."""
-    if not np.all(np.isfinite(elementwise_errors(theirs, reference, dtype)[0])):
+    line to paste. Undefined where a NaN or an infinite error can never match. ``abs_error``:
+    absolute_errors(theirs, reference, dtype)."""
+    if not np.all(np.isfinite(abs_error)):
         return Undefined(
             "an element is NaN or infinite where the other is not: no tolerance makes it match"
         )
     compared_in = _compared_in(their_dtype, dtype)
-    with np.errstate(over="ignore"):
-        rounded = reference.astype(float_format(dtype).numpy)
-    expecteds = [(f"the float64 reference rounded to {dtype}", rounded)]
+    expecteds = [
+        (f"the float64 reference rounded to {dtype}", reference, float_format(dtype).numpy)
+    ]
     if torch_out is not None:
-        expecteds.insert(0, (f"PyTorch's output, {torch_name}", torch_out))
-    found = [(what, _needed(theirs, e, compared_in, tolerance)) for what, e in expecteds]
+        expecteds.insert(0, (f"PyTorch's output, {torch_name}", torch_out, None))
+    found = [
+        (what, _needed(theirs, e, compared_in, tolerance, rounded_to))
+        for what, e, rounded_to in expecteds
+    ]
     passable = [(what, need) for what, need in found if need is not None]
     if not passable:
         return Undefined(

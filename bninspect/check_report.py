@@ -6,14 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from bninspect.check_compare import (
+    absolute_errors,
     channel_checks,
     element,
-    errors,
     histogram,
+    largest_errors,
     mismatched,
     reference_output,
     scaled_errors,
     suggested_tolerance,
+    worst_indices,
 )
 from bninspect.check_results import CheckResult, OutputInfo, Tolerance
 from bninspect.diagnosis import diagnose
@@ -48,22 +50,23 @@ def build_check_result(
     reference = reference_output(inspection)
     torch_run = inspection.torch_run
     torch_out = torch_run.output if torch_run is not None else None
-    abs_error, rel_error, ulp_error = errors(theirs, reference, dtype)
+    abs_error = absolute_errors(theirs, reference, dtype)
     mismatch = mismatched(abs_error, reference, tolerance)
     stated = scaled_errors(theirs, reference, weight, dtype)
     diagnosis, best = diagnose(inspection, theirs, stated)
     shape = theirs.shape
 
     def at(flat: int):
-        return element(flat, shape, theirs, reference, torch_out, abs_error, rel_error, ulp_error)
+        return element(flat, shape, theirs, reference, torch_out, abs_error, dtype)
 
-    order = np.argsort(-abs_error, axis=None, kind="stable")[:top]
+    order = worst_indices(abs_error, top)
+    found = largest_errors(abs_error, reference, dtype) if abs_error.size else {}
     largest = {
-        name: (at(int(np.argmax(values))) if values.size else Undefined("no elements"))
-        for name, values in (("abs", abs_error), ("rel", rel_error), ("ulp", ulp_error))
+        name: at(found[name]) if found else Undefined("no elements")
+        for name in ("abs", "rel", "ulp")
     }
     torch_error = (
-        float(scaled_errors(torch_out.astype(np.float64), reference, weight, dtype).max())
+        float(scaled_errors(torch_out, reference, weight, dtype).max())
         if torch_out is not None
         else Undefined(f"PyTorch was not run: {inspection.no_peer}")
     )
@@ -89,6 +92,7 @@ def build_check_result(
             theirs,
             output.dtype,
             reference,
+            abs_error,
             torch_out,
             dtype,
             tolerance,

@@ -246,8 +246,9 @@ def check(
     checked = for_check(request, atol, rtol)
 
     def before(planned, _settings):
-        from bninspect.their_output import load_output
+        from bninspect.their_output import check_memory, load_output
 
+        check_memory(planned.shape, planned.dtype, request.input_path)
         return load_output(output, "--output", planned.shape, planned.dtype)
 
     def report(inspection, loaded, _progress):

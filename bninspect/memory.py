@@ -44,6 +44,26 @@ def run_bytes(
     return elements * itemsize + output + 8 * (elements // shape[1])
 
 
+# check's whole-tensor passes go this many elements at a time (check_compare.channel_chunks).
+CHECK_CHUNK_ELEMENTS = 1 << 22
+# Per element, check holds their output, the reference and the absolute error in float64 and
+# a mismatch flag, beside the input and PyTorch's output; the diagnosis adds one mistake's
+# float64 output and its work at a time (measured at about 4 float64s per element, so 5 leave
+# a margin: tests/test_check_memory.py).
+CHECK_FLOAT64_PER_ELEMENT = 3 + 5
+# A chunk's float64 temporaries, per element of the chunk (measured at about 6).
+CHECK_CHUNK_FLOAT64 = 8
+
+
+def check_bytes(
+    shape: tuple[int, ...], itemsize: int, chunk_elements: int = CHECK_CHUNK_ELEMENTS
+) -> int:
+    """Peak memory of ``check`` on an input of ``shape`` and ``itemsize``-byte elements."""
+    elements = math.prod(shape)
+    per_element = 2 * itemsize + 8 * CHECK_FLOAT64_PER_ELEMENT + 1
+    return elements * per_element + 8 * CHECK_CHUNK_FLOAT64 * min(elements, chunk_elements)
+
+
 def check_fits(need: int, what: str, advice: str) -> None:
     """Raise a one-line error if ``need`` bytes exceed the memory available now."""
     have = available_bytes()

@@ -10,6 +10,7 @@ import numpy as np
 
 from bninspect.check_results import OutputInfo
 from bninspect.errors import BnInspectError
+from bninspect.memory import check_bytes, check_fits
 from bninspect.npy_files import read_array, read_header, sha256_of
 from bninspect.tensor_input import refuse_non_numeric
 from bninspect.text import shape as shape_text
@@ -33,6 +34,20 @@ def transposition_hint(theirs: tuple[int, ...], ours: tuple[int, ...]) -> str:
     return (
         f"; it looks like the input transposed by {order}{what}: "
         f"numpy.transpose(y, {back}) brings it back"
+    )
+
+
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def check_memory(shape: tuple[int, ...], dtype: str, input_path: Path | None) -> None:
+    """Refuse, before any work, a ``check`` whose arrays (memory.check_bytes) will not fit."""
+    what = f"--input {input_path}" if input_path is not None else f"--shape {shape_text(shape)}"
+    check_fits(
+        check_bytes(tuple(shape), ITEMSIZE[dtype]),
+        f"check on {what} ({shape_text(shape)} {dtype})",
+        "check a slice: save the first samples of the input and of your output (x[:n]) as "
+        "smaller .npy files and check those",
     )
 
 

@@ -72,9 +72,14 @@ def normalized(x, mean, var, eps, weight, bias, eps_outside=False) -> np.ndarray
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         denominator = np.sqrt(shaped(var)) + eps if eps_outside else np.sqrt(shaped(var) + eps)
-        return np.subtract(x, shaped(mean), dtype=np.float64) / denominator * shaped(
-            weight
-        ) + shaped(bias)
+        # In place: the same operations in the same order, without a temporary per step.
+        y = np.subtract(x, shaped(mean), dtype=np.float64)
+        if y.shape != np.broadcast_shapes(y.shape, denominator.shape):
+            return y / denominator * shaped(weight) + shaped(bias)
+        y /= denominator
+        y *= shaped(weight)
+        y += shaped(bias)
+        return y
 
 
 def _layer(inspection: Inspection):
