@@ -91,7 +91,11 @@ def test_check_peak_memory_is_within_its_estimate(cli, tmp_path, monkeypatch, ch
     shape = (4, 16, 64, 64)
     x = (np.random.default_rng(0).standard_normal(shape) * 2 + 1).astype(np.float32)
     mine = torch.nn.functional.batch_norm(
-        torch.from_numpy(x), None, None, training=True, eps=1e-3  # a mistake to diagnose
+        torch.from_numpy(x),
+        None,
+        None,
+        training=True,
+        eps=1e-3,  # a mistake to diagnose
     ).numpy()
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "mine.npy", mine)
