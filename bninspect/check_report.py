@@ -20,9 +20,10 @@ from bninspect.check_compare import (
 from bninspect.check_results import CheckResult, OutputInfo, Tolerance
 from bninspect.diagnosis import diagnose
 from bninspect.dtypes import float_format
-from bninspect.inspection import Inspection
+from bninspect.inspection import Inspection, PhaseProgress
 from bninspect.results import Undefined
 from bninspect.run_report import describe_peer
+from bninspect.variants import CATALOGUE
 
 
 def tolerance_for(dtype: str, atol: float | None, rtol: float | None) -> Tolerance:
@@ -43,9 +44,15 @@ def tolerance_for(dtype: str, atol: float | None, rtol: float | None) -> Toleran
 
 
 def build_check_result(
-    inspection: Inspection, theirs: np.ndarray, output: OutputInfo, tolerance: Tolerance, top: int
+    inspection: Inspection,
+    theirs: np.ndarray,
+    output: OutputInfo,
+    tolerance: Tolerance,
+    top: int,
+    progress: PhaseProgress | None = None,
 ) -> CheckResult:
-    """The whole ``check`` report for their output (float64, the batch's shape)."""
+    """The whole ``check`` report for their output (float64, the batch's shape), with a
+    progress phase for the diagnosis (which tries every catalogued mistake) if ``progress``."""
     dtype, weight = inspection.tensor.info.dtype, inspection.params.weight
     reference = reference_output(inspection)
     torch_run = inspection.torch_run
@@ -53,7 +60,10 @@ def build_check_result(
     abs_error = absolute_errors(theirs, reference, dtype)
     mismatch = mismatched(abs_error, reference, tolerance)
     stated = scaled_errors(theirs, reference, weight, dtype)
-    diagnosis, best = diagnose(inspection, theirs, stated)
+    tell = None
+    if progress is not None:
+        tell = progress("diagnosis", len(CATALOGUE) * inspection.batch.nbytes)
+    diagnosis, best = diagnose(inspection, theirs, stated, tell)
     shape = theirs.shape
 
     def at(flat: int):

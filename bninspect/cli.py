@@ -116,7 +116,7 @@ def _inspect(request: InspectRequest, as_json: bool, report, before=None, compar
     from bninspect.inspection import prepare, run_inspection, save_outputs
 
     prepared = prepare(request, before, compare_only)
-    with progress_bar(prepared.tensor.array.nbytes, as_json) as progress:
+    with progress_bar(as_json) as progress:
         inspection = run_inspection(prepared, progress)
         result = report(inspection, prepared.extra, progress)
     for message in save_outputs(request, inspection):
@@ -251,13 +251,13 @@ def check(
         check_memory(planned.shape, planned.dtype, request.input_path)
         return load_output(output, "--output", planned.shape, planned.dtype)
 
-    def report(inspection, loaded, _progress):
+    def report(inspection, loaded, progress):
         # Imported only now (~0.25 s): errors in the checks above stay quick.
         from bninspect.check_report import build_check_result, tolerance_for
 
         theirs, info = loaded
         tolerance = tolerance_for(inspection.tensor.info.dtype, atol, rtol)
-        return build_check_result(inspection, theirs, info, tolerance, top)
+        return build_check_result(inspection, theirs, info, tolerance, top, progress)
 
     result = _inspect(checked, json_output, report, before)
     _emit(result, json_output)

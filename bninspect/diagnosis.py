@@ -14,16 +14,17 @@ import numpy as np
 from bninspect.check_compare import ROUNDING_ULPS, scaled_errors
 from bninspect.check_results import Diagnosis, Hypothesis
 from bninspect.inspection import Inspection
+from bninspect.kernels import Progress
 from bninspect.results import Number, Undefined
 from bninspect.variants import CATALOGUE, Outcome
 
 
 def diagnose(
-    inspection: Inspection, theirs: np.ndarray, stated: np.ndarray
+    inspection: Inspection, theirs: np.ndarray, stated: np.ndarray, tell: Progress | None = None
 ) -> tuple[Diagnosis, list[str | Undefined]]:
     """Every applicable mistake with its remaining error, best first, and per channel the best
     explaining one. ``stated`` is the per-channel error under the stated settings (scaled ULPs of
-    the input dtype)."""
+    the input dtype). ``tell`` is called with the input's bytes after each mistake is tried."""
     dtype, weight = inspection.tensor.info.dtype, inspection.params.weight
     channels = theirs.shape[1]
     stated_max = float(np.max(stated)) if stated.size else 0.0
@@ -32,6 +33,8 @@ def diagnose(
     plausible = {}
     for variant in CATALOGUE:
         outcome = variant.compute(inspection, theirs)
+        if tell is not None:
+            tell(inspection.batch.nbytes)
         if outcome is None:
             continue
         if not isinstance(outcome, Outcome):
