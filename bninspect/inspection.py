@@ -104,6 +104,9 @@ class Inspection:
     # PyTorch's output against the reference, when it was compared group by group as PyTorch
     # produced it (torch_run then holds no output); else None
     output_errors: OutputErrors | None = None
+    # Drops the pages of a finished Region of ``batch`` when the input is memory-mapped
+    # (--stats-only), so a later pass over it keeps memory bounded too; else None
+    release_region: Callable[[Region], None] | None = None
 
 
 def _check_outputs(request: InspectRequest) -> None:
@@ -473,6 +476,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
         train_eval,
         prepared.request.eps,
         errors,
+        _release_region(prepared, batch),
     )
 
 

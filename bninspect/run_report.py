@@ -291,7 +291,7 @@ def build_run_result(
             if flag in raised
         },
         variance_methods=(
-            compare_variance_methods(x, stats)
+            compare_variance_methods(x, stats, inspection.release_region)
             if var_method
             else Undefined(f"{NOT_ASKED}: add --var-method")
         ),

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from bninspect import kernels, variance_methods
+from bninspect.kernels import Region
 from bninspect.reference import channel_statistics
 from bninspect.variance_methods import compare_variance_methods
 
@@ -46,3 +51,31 @@ def test_cli_table_and_json(cli):
     table = cli("run", "--var-method").stdout
     assert "Variance in float32 three ways" in table
     assert "naive E[x^2]-E[x]^2" in table  # a literal label, not swallowed as rich markup
+
+
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=2, max_size=4).map(tuple),
+    group=st.integers(1, 64),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_channel_grouping_gives_the_whole_array_methods(shape, group, dtype, seed):
+    """Copying channels in groups, row by row, gives each method's value computed on the
+    whole array, and every row of every group is handed back for release."""
+    x = (np.random.default_rng(seed).standard_normal(shape) * 3 + 50).astype(dtype)
+    working = np.float64 if dtype == np.float64 else np.float32
+    released: list[Region] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(variance_methods, "GROUP_ELEMENTS", group)
+        methods = compare_variance_methods(x, channel_statistics(x), released.append)
+    welford = kernels.welford(x, np.dtype(dtype).name)  # the kernel over the whole array
+    for m in methods:
+        values = x[:, m.channel].reshape(-1).astype(working)
+        mean = values.sum(dtype=working) / working(values.size)
+        two_pass = ((values - mean) ** 2).sum(dtype=working) / working(values.size)
+        assert m.two_pass == float(two_pass)
+        assert m.welford == float(welford[m.channel, 1])
+    N, C = shape[0], shape[1]
+    S = x.size // (N * C)
+    groups = -(-C // max(1, group // (N * S)))
+    assert released == [Region(n, n + 1, 0, C, 0, S) for _ in range(groups) for n in range(N)]
