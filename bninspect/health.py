@@ -31,7 +31,7 @@ LEGEND = {
     "sqrt(var + eps) from 0",
     "eps": f"eps / (var + eps) > {EPS_SHARE_LIMIT:g}: eps, not the data, sets the output scale",
     "cancel": "|mean| / std above 2**(mantissa bits / 3) (float32: 203): x * alpha + beta "
-    "cancels, losing about log2(|mean| / std) bits of the output",
+    "cancels, losing about log2(|mean| / std) bits of the output",  # legend() names the dtype
     "fp16-overflow": f"sum of squares > {FLOAT16_MAX:g}: a float16 accumulation of the "
     "variance would overflow",
 }
@@ -43,9 +43,19 @@ EVAL_CONSTANT = (
 )
 
 
-def legend(mode: str) -> dict[str, str]:
-    """Each flag's meaning for a layer in ``mode`` ("train" or "eval")."""
-    return LEGEND if mode == "train" else {**LEGEND, "constant": EVAL_CONSTANT}
+def cancel_meaning(dtype: str) -> str:
+    """The "cancel" flag's meaning, with ``dtype``'s limit."""
+    return (
+        f"|mean| / std above 2**(mantissa bits / 3) ({dtype}: "
+        f"{cancellation_limit(dtype):.3g}): x * alpha + beta cancels, losing about "
+        "log2(|mean| / std) bits of the output"
+    )
+
+
+def legend(mode: str, dtype: str = "float32") -> dict[str, str]:
+    """Each flag's meaning for a layer in ``mode`` ("train" or "eval") on ``dtype`` input."""
+    meanings = {**LEGEND, "cancel": cancel_meaning(dtype)}
+    return meanings if mode == "train" else {**meanings, "constant": EVAL_CONSTANT}
 
 
 @dataclass(frozen=True)

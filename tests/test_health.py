@@ -120,3 +120,15 @@ def test_constant_legend_in_eval_mode_does_not_promise_the_bias(cli, tmp_path):
     assert "not the bias" in doc["flag_legend"]["constant"]
     explained = cli.json("explain", "--input", path, "--mode", "eval", "--index", "0,1,0")
     assert explained["y_reference"] == pytest.approx(2 / np.sqrt(1 + 1e-5), rel=1e-12)
+
+
+def test_the_cancel_legend_gives_the_limit_of_the_input_dtype(cli, tmp_path):
+    """Found by review: the legend said float32's 203 on a float16 run, whose limit is 10.1
+    (2**(10 / 3))."""
+    path = tmp_path / "x.npy"
+    x = np.array([[[-1.0, 1.0]], [[-1.0, 1.0]]], dtype=np.float16) + np.float16(20)  # 20 / 1
+    np.save(path, x.reshape(2, 1, 2))
+    doc = cli.json("run", "--input", path)
+    assert doc["channels"][0]["flags"] == ["cancel"]
+    assert "(float16: 10.1)" in doc["flag_legend"]["cancel"]
+    assert "203" not in doc["flag_legend"]["cancel"]
