@@ -123,8 +123,28 @@ def _generate(
                 block = z[n : n + rows].astype(np.float64) * scale + offset
                 array[n : n + rows] = block.astype(form.numpy)
         del z
-    info = InputInfo("generated", tuple(shape), dtype, seed, None, None, (), offset, scale)
+    notices = _generated_notices(array, dtype, offset, scale)
+    info = InputInfo("generated", tuple(shape), dtype, seed, None, None, notices, offset, scale)
     return InputTensor(array, info)
+
+
+def _generated_notices(array: np.ndarray, dtype: str, offset: float, scale: float) -> tuple:
+    """What --offset and --scale did that the user may not expect: values beyond the dtype's
+    range (infinite), or a scale too small to move any value off one number."""
+    notices = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        infinite = int(np.count_nonzero(np.isinf(array)))
+    if infinite:
+        notices.append(
+            f"--offset {offset:g} --scale {scale:g} go beyond {dtype}'s range: {infinite} of "
+            f"{array.size} generated values are infinite"
+        )
+    elif scale != 0 and array.size > 1 and bool(np.all(array == array.flat[0])):
+        notices.append(
+            f"--scale {scale:g} is below {dtype}'s spacing at --offset {offset:g}: every "
+            f"generated value is {float(array.flat[0]):g}, so each channel is constant"
+        )
+    return tuple(notices)
 
 
 def refuse_non_numeric(option: str, dtype: np.dtype, path: Path) -> None:

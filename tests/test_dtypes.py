@@ -95,3 +95,23 @@ def test_table_is_one_table(name):
     form = FORMATS[name]
     assert form.eps == 2.0**-form.mantissa_bits
     assert np.finfo(np.float32 if name == "bfloat16" else form.numpy).minexp == form.min_exponent
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (("--offset", "1e39"), "go beyond float32's range: 12 of 12 generated values are infinite"),
+        (("--offset", "7e4", "--dtype", "float16"), "go beyond float16's range: 12 of 12"),
+        (("--scale", "1e-50"), "below float32's spacing at --offset 0: every generated value is 0"),
+        (("--offset", "1e4", "--scale", "1e-9"), "every generated value is 10000"),
+    ],
+)
+def test_offset_and_scale_that_defeat_the_dtype_say_so(cli, options, words):
+    """Found by review: these gave all-inf or constant tensors without a word."""
+    doc = cli.json("run", "--shape", "2,2,3", *options)
+    assert any(words in notice for notice in doc["input"]["notices"]), doc["input"]["notices"]
+
+
+def test_ordinary_offsets_and_scales_give_no_notice(cli):
+    doc = cli.json("run", "--shape", "2,2,3", "--offset", "1e4", "--scale", "1e-2")
+    assert doc["input"]["notices"] == []
