@@ -287,7 +287,7 @@ def build_run_result(
         max_ulp_error=_largest([r.max_ulp_error for r in reports]),
         flag_legend={
             flag: meaning
-            for flag, meaning in legend(inspection.settings.mode, inspection.tensor.info.dtype).items()
+            for flag, meaning in legend(inspection.settings.mode, dtype).items()
             if flag in raised
         },
         variance_methods=(
