@@ -189,6 +189,18 @@ def step_records(inspection: Inspection) -> tuple[StepRecord, ...]:
     return tuple(records)
 
 
+VAR_METHOD_HINT = "; add --var-method to see what it does to the naive one-pass variance"
+
+
+def _flag_legend(mode: str, dtype: str, raised: set[str], var_method: bool) -> dict[str, str]:
+    """The meanings of the flags raised; where cancellation is, a pointer to --var-method,
+    which shows the classic trap on these very channels."""
+    meanings = {flag: meaning for flag, meaning in legend(mode, dtype).items() if flag in raised}
+    if "cancel" in meanings and not var_method:
+        meanings["cancel"] += VAR_METHOD_HINT
+    return meanings
+
+
 def build_run_result(
     inspection: Inspection, progress: PhaseProgress | None = None, var_method: bool = False
 ) -> RunResult:
@@ -285,11 +297,7 @@ def build_run_result(
         max_scaled_error=_largest([r.max_scaled_error for r in reports]),
         max_abs_error=_largest([r.max_abs_error for r in reports]),
         max_ulp_error=_largest([r.max_ulp_error for r in reports]),
-        flag_legend={
-            flag: meaning
-            for flag, meaning in legend(inspection.settings.mode, dtype).items()
-            if flag in raised
-        },
+        flag_legend=_flag_legend(inspection.settings.mode, dtype, raised, var_method),
         variance_methods=(
             compare_variance_methods(x, stats, inspection.release_region)
             if var_method

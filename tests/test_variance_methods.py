@@ -79,3 +79,16 @@ def test_any_channel_grouping_gives_the_whole_array_methods(shape, group, dtype,
     S = x.size // (N * C)
     groups = -(-C // max(1, group // (N * S)))
     assert released == [Region(n, n + 1, 0, C, 0, S) for _ in range(groups) for n in range(N)]
+
+
+def test_the_cancel_legend_points_to_var_method_until_it_is_given(cli):
+    """The issue's command, without --var-method, must lead to the naive variance's failure."""
+    args = ("run", "--shape", "4,2,64", "--offset", "1e4")
+    legend = cli.json(*args)["flag_legend"]["cancel"]
+    assert legend.endswith("add --var-method to see what it does to the naive one-pass variance")
+    doc = cli.json(*args, "--var-method")
+    assert "--var-method" not in doc["flag_legend"]["cancel"]
+    assert any(
+        m["naive_rel_error"] is None or abs(m["naive_rel_error"]) > 0.5
+        for m in doc["variance_methods"]
+    )
