@@ -15,7 +15,7 @@ from bninspect.agreement import channel_scale, ulp
 from bninspect.inspection import Inspection
 from bninspect.reference import channel_values, normalize
 from bninspect.results import PrecisionReport, PrecisionStep
-from bninspect.torch_cpu_emulation import claim, emulate_channel, emulate_output
+from bninspect.torch_cpu_emulation import claim, emulate_channel, emulate_output, how_steps
 
 _FMA_CAPABLE = ("AVX2", "AVX512", "AVX512_BF16", "AVX512_VNNI", "AMX", "ZVECTOR", "SVE256")
 
@@ -62,62 +62,60 @@ def precision_report(inspection: Inspection, index: tuple[int, ...]) -> Precisio
     mean_exact = Fraction(float(forward.mean[c]))
     var_exact = Fraction(float(forward.var[c]))
     mean_t = Fraction(emulated.mean)
+    how = how_steps(dtype, emulated.path, fma)
     rows = []  # (name, how, PyTorch's value, exact value, y with PyTorch's values so far)
     if train:
         n = values.size
-        var_sum_exact = Fraction(float(stats.m2[c])) + n * (mean_exact - mean_t) ** 2
+        # about the mean PyTorch's deviations are taken from (float32 for float16/bfloat16)
+        centre = Fraction(emulated.centre)
+        var_sum_exact = Fraction(float(stats.m2[c])) + n * (mean_exact - centre) ** 2
         var_sum_t, var_t = Fraction(emulated.var_sum), Fraction(emulated.var)
         rows += [
             (
                 "mean",
-                "sum of x in float64, / N, rounded to the dtype",
+                how["mean"],
                 emulated.mean,
                 mean_exact,
                 (X - mean_t) * W / _sqrt(var_exact + E) + B,
             ),
             (
                 "var_sum",
-                "sum of (x - mean)^2, each term in the dtype, summed in float64, "
-                "rounded to the dtype",
+                how["var_sum"],
                 emulated.var_sum,
                 var_sum_exact,
                 (X - mean_t) * W / _sqrt(var_sum_t / n + E) + B,
             ),
             (
                 "var",
-                "var_sum / N in the dtype",
+                how["var"],
                 emulated.var,
                 var_exact,
                 (X - mean_t) * W / _sqrt(var_t + E) + B,
             ),
         ]
-        invstd_how = "1 / sqrt(var + eps) in float64, rounded to the dtype"
-    else:
-        invstd_how = "1 / sqrt(running_var + eps) in the dtype"
     invstd_exact = 1 / _sqrt(var_exact + E)
     invstd_t, alpha_t, beta_t = (
         Fraction(v) for v in (emulated.invstd, emulated.alpha, emulated.beta)
     )
-    one_rounding = "with one rounding (FMA)" if fma else "rounded twice (no FMA on this CPU)"
     rows += [
-        ("invstd", invstd_how, emulated.invstd, invstd_exact, (X - mean_t) * W * invstd_t + B),
+        ("invstd", how["invstd"], emulated.invstd, invstd_exact, (X - mean_t) * W * invstd_t + B),
         (
             "alpha",
-            "weight * invstd in the dtype",
+            how["alpha"],
             emulated.alpha,
             W * invstd_exact,
             (X - mean_t) * alpha_t + B,
         ),
         (
             "beta",
-            f"bias - mean * alpha, {one_rounding}",
+            how["beta"],
             emulated.beta,
             B - mean_exact * W * invstd_exact,
             X * alpha_t + beta_t,
         ),
         (
             "y",
-            f"x * alpha + beta, {one_rounding}",
+            how["y"],
             y_emulated,
             y_exact,
             Fraction(y_emulated),

@@ -7,11 +7,28 @@ import itertools
 from fractions import Fraction
 
 import numpy as np
-from hypothesis import given
+import pytest
+import torch
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bninspect.derivation import derive_element
-from bninspect.torch_cpu_emulation import CONTIGUOUS, EVAL, PER_THREAD, TESTED, round_to
+from bninspect.dtypes import FORMATS
+from bninspect.precision import _FMA_CAPABLE
+from bninspect.torch_batchnorm import to_torch
+from bninspect.torch_cpu_emulation import (
+    CONTIGUOUS,
+    EVAL,
+    HALF_CONTIGUOUS,
+    HALF_PER_THREAD,
+    HALF_SMALL_BATCH,
+    HALF_TESTED,
+    PER_THREAD,
+    TESTED,
+    emulate_channel,
+    emulate_output,
+    round_to,
+)
 
 from helpers import inspect_array
 from strategies import shapes
@@ -169,3 +186,178 @@ def test_eval_mode_division_by_zero_has_no_precision_report(cli):
 def test_huge_values_do_not_warn(cli):
     doc = cli.json("run", "--scale", "1e300", "--dtype", "float64")
     assert doc["channels"][0]["mean"] is not None
+
+
+@st.composite
+def half_shapes(draw):
+    """Rank 2 to 5, with images below, at and past the kernel's 16-value blocks (rank 3 up to
+    40 values), and N on both sides of the thread count for one value per image (up to 100
+    rows, enough for fused and unfused squares to part)."""
+    rank = draw(st.integers(2, 5))
+    if rank == 2:
+        return (draw(st.integers(2, 100)), draw(st.integers(1, 3)))
+    spatial = {3: [(1, 40)], 4: [(1, 6), (1, 20)], 5: [(1, 4)] * 3}[rank]
+    shape = [draw(st.integers(1, 8)), draw(st.integers(1, 3))]
+    shape += [draw(st.integers(*bounds)) for bounds in spatial]
+    if int(np.prod(shape)) // shape[1] < 2:
+        shape[0] = 2
+    return tuple(shape)
+
+
+@st.composite
+def half_cases(draw):
+    """A float16/bfloat16 input (offset up to 1000, spread 0.01 to 30) with unit or random
+    weight, bias and running statistics, in train or eval mode."""
+    dtype = draw(st.sampled_from(["float16", "bfloat16"]))
+    shape = draw(half_shapes())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    offset = draw(st.sampled_from([0.0, 3.0, 100.0, 1000.0]))
+    x = rng.standard_normal(shape) * draw(st.sampled_from([0.01, 1.0, 30.0])) + offset
+    channels = shape[1]
+    case = dict(x=x.astype(FORMATS[dtype].numpy), mode=draw(st.sampled_from(["train", "eval"])))
+    if draw(st.booleans()):
+        case.update(
+            weight=rng.uniform(-2, 2, channels),
+            bias=rng.uniform(-1, 1, channels),
+            running_mean=rng.normal(offset, 1, channels),
+            running_var=rng.random(channels) + 0.1,
+        )
+    return case
+
+
+def emulated_outputs(inspection) -> np.ndarray:
+    """The emulation's y for every element of the inspection's batch, shape (N, C, ...)."""
+    x, params, run = inspection.batch, inspection.params, inspection.torch_run
+    dtype, train = x.dtype.name, inspection.settings.mode == "train"
+    fma = run.cpu_capability in _FMA_CAPABLE
+    image_size = x.size // (x.shape[0] * x.shape[1])
+    y = np.empty(x.shape, np.float64)
+    for c in range(x.shape[1]):
+        values = x[:, c].reshape(-1)
+        channel = emulate_channel(
+            values,
+            dtype,
+            params.weight[c],
+            params.bias[c],
+            inspection.settings.eps,
+            train,
+            inspection.forward.before.running_mean[c],
+            inspection.forward.before.running_var[c],
+            image_size,
+            run.num_threads,
+            fma,
+        )
+        outputs = [emulate_output(v, channel, dtype, fma) for v in values.tolist()]
+        y[:, c] = np.reshape(outputs, y[:, c].shape)
+    return y
+
+
+@settings(max_examples=40)
+@given(case=half_cases())
+def test_float16_and_bfloat16_bit_exact_element_by_element(case):
+    """The claim for float16/bfloat16: every element bit for bit, on every path."""
+    inspection = inspect_array(**case)
+    torch_y = inspection.torch_run.output.astype(np.float64)
+    emulated = emulated_outputs(inspection)
+    differ = np.argwhere(emulated != torch_y)
+    assert differ.size == 0, (
+        f"{len(differ)} of {torch_y.size} elements differ, first at {tuple(differ[0])}: "
+        f"emulated {emulated[tuple(differ[0])]!r}, PyTorch {torch_y[tuple(differ[0])]!r}"
+    )
+    # and explain --precision reports it so, for one element per channel
+    for c in range(case["x"].shape[1]):
+        index = (case["x"].shape[0] - 1, c) + (0,) * (case["x"].ndim - 2)
+        report = derive_element(inspection, index, precision=True).precision
+        assert report.bit_exact and report.claim == HALF_TESTED, report
+        assert report.path in (HALF_CONTIGUOUS, HALF_PER_THREAD, HALF_SMALL_BATCH, EVAL)
+
+
+def _is_in(value: float, dtype: str) -> bool:
+    return float(np.asarray(value).astype(FORMATS[dtype].numpy)) == value
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_steps_show_values_of_the_types_they_name(cli, dtype):
+    """Found by review: bfloat16's mean showed as 100.01401 (a float32) beside "rounded to the
+    dtype", and y was 8 ULP off PyTorch's -0.4921875 as the mean PyTorch uses is 100.0."""
+    args = ("explain", "--shape", "64,3,16,16", "--dtype", dtype, "--offset", "100")
+    doc = cli.json(*args, "--index", "1,2,0,3", "--precision")
+    precision = doc["precision"]
+    assert precision["bit_exact"] is True and precision["claim"] == HALF_TESTED
+    steps = {s["name"]: s for s in precision["steps"]}
+    assert steps["mean"]["torch_value"] == 100.0 and f"rounded to {dtype}" in steps["mean"]["how"]
+    stats = "bfloat16" if dtype == "bfloat16" else "float32"  # float16 keeps them in float32
+    assert _is_in(steps["var_sum"]["torch_value"], stats) and stats in steps["var_sum"]["how"]
+    assert _is_in(steps["var"]["torch_value"], stats) and stats in steps["var"]["how"]
+    assert _is_in(steps["invstd"]["torch_value"], dtype) and dtype in steps["invstd"]["how"]
+    for name in ("alpha", "beta"):
+        assert _is_in(steps[name]["torch_value"], "float32") and "float32" in steps[name]["how"]
+    assert _is_in(steps["y"]["torch_value"], dtype)
+    if dtype == "bfloat16":
+        assert precision["y_torch"] == precision["y_emulated"] == -0.4921875
+
+
+def _torch_float32_statistics(x: np.ndarray):
+    """PyTorch's float32 mean and var_sum per channel for float16/bfloat16 ``x``, seen through
+    float32 parameters: the same reduction loops, but save_mean is then the float32 mean, and
+    with momentum 1 running_var is var_sum / (N - 1) in float32."""
+    channels = x.shape[1]
+    running_var = torch.ones(channels)
+    _, mean, _ = torch.ops.aten.native_batch_norm(
+        to_torch(x), torch.ones(channels), torch.zeros(channels), torch.zeros(channels),
+        running_var, True, 1.0, 1e-5,
+    )  # fmt: skip
+    return mean.numpy(), running_var.numpy()
+
+
+# 60 rows of float16 at spread 30: fused and unfused squares part in most channels
+_ROWS = np.random.default_rng(0).standard_normal((60, 3)) * 30 + 3
+
+
+@settings(max_examples=40)
+@given(case=half_cases())
+@example(case=dict(x=_ROWS.astype(np.float16), mode="train"))
+def test_half_sums_in_float32_match_pytorch_before_rounding(case):
+    """The lane order and the fused squares, which rounding to the dtype mostly hides: the
+    float32 mean (both dtypes' contiguous path, float16's all paths) and float16's float32
+    var_sum, against PyTorch's own float32 values."""
+    x = case["x"]
+    mean, running_var = _torch_float32_statistics(x)
+    threads = torch.get_num_threads()
+    fma = torch.backends.cpu.get_cpu_capability() in _FMA_CAPABLE
+    image_size, n = x.size // (x.shape[0] * x.shape[1]), x.size // x.shape[1]
+    for c in range(x.shape[1]):
+        channel = emulate_channel(
+            x[:, c].reshape(-1), x.dtype.name, 1, 0, 1e-5, True, 0, 1, image_size, threads, fma
+        )
+        if x.dtype.name == "float16" or channel.path == HALF_CONTIGUOUS:
+            assert channel.centre == mean[c], (c, channel)
+        if x.dtype.name == "float16" and n > 1:
+            unbiased = np.float32(channel.var_sum) / np.float32(n - 1)
+            assert unbiased == running_var[c], (c, channel)
+
+
+def test_bfloat16_divides_by_n_rounded_to_bfloat16():
+    """N = 514 is 512 in bfloat16, and var = var_sum / 512: PyTorch's invstd shows it."""
+    x = (np.random.default_rng(3).standard_normal((257, 8, 2)) * 3 + 1).astype(
+        FORMATS["bfloat16"].numpy
+    )
+    ones = torch.ones(8, dtype=torch.bfloat16)
+    _, _, invstd = torch.ops.aten.native_batch_norm(
+        to_torch(x), ones, ones * 0, ones * 0, ones, True, 0.1, 1e-5
+    )
+    for c in range(8):
+        channel = emulate_channel(
+            x[:, c].reshape(-1), "bfloat16", 1, 0, 1e-5, True, 0, 1, 2, 2, True
+        )
+        assert channel.invstd == invstd[c].item()
+
+
+def test_float16_beta_rounds_the_product_first():
+    """bias - mean * alpha is never fused in the float16/bfloat16 kernels; for float16 the
+    product is inexact (11 bits times 22), and fusing it would move all 32 outputs here."""
+    x = np.full((2, 1, 4, 4), 100.0, dtype=np.float16)
+    inspection = inspect_array(x, weight=[-0.23706055], bias=[0.4645996])
+    explained = derive_element(inspection, (0, 0, 0, 0), precision=True)
+    assert explained.precision.bit_exact and explained.y_torch == 0.465087890625
+    assert np.all(emulated_outputs(inspection) == inspection.torch_run.output)
