@@ -29,7 +29,8 @@ def block_bytes_for(nbytes: int) -> int:
     return min(LARGE_BLOCK_BYTES, max(BLOCK_BYTES, nbytes // 32))
 
 
-M_FIELDS, E_FIELDS = 8, 4  # per-channel outputs of _kernels.moments and output_errors
+M_FIELDS, E_FIELDS = 10, 4  # per-channel outputs of _kernels.moments and output_errors
+U = 2.0**-53  # float64's unit roundoff
 
 Progress = Callable[[int], None]  # told the input bytes of each finished block
 
@@ -104,16 +105,26 @@ def _run_blocks(
 @dataclass(frozen=True)
 class Moments:
     """Per-channel statistics of the finite values, float64 arrays of shape (C,), and counts of
-    the values left out."""
+    the values left out. The sum is total + total_lo, within total_err of the exact sum of the
+    finite values (a bound, from the kernel's arithmetic: see _kernels.c, "The sums' accuracy")."""
 
     count: np.ndarray  # finite values
-    total: np.ndarray  # their sum
+    total: np.ndarray  # their sum, rounded
     mean: np.ndarray
     mean_lo: np.ndarray  # what the mean's rounding left out: mean + mean_lo is the mean
     m2: np.ndarray  # sum of squared deviations from the mean
     nan: np.ndarray
     posinf: np.ndarray
     neginf: np.ndarray
+    total_lo: np.ndarray  # what the sum's rounding left out
+    total_err: np.ndarray  # bound on |total + total_lo - exact sum|
+
+
+def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a + b = hi + lo exactly, hi the rounded sum (Knuth's two-sum), elementwise."""
+    hi = a + b
+    back = hi - a
+    return hi, (a - (hi - back)) + (b - back)
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
@@ -133,16 +144,39 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
         low = a.mean_lo + ((a.mean - (mean - back)) + (step - back))  # two-sum's error
         high = mean + low
         low = np.where(np.isfinite(high), low - (high - mean), 0.0)
+        total, total_lo, total_err = _merged_sums(a, b)
     a_only, b_only = b.count == 0, a.count == 0
+
+    def pick(both: np.ndarray, of_a: np.ndarray, of_b: np.ndarray) -> np.ndarray:
+        return np.where(b_only, of_b, np.where(a_only, of_a, both))
+
     return Moments(
         count,
-        a.total + b.total,
+        pick(total, a.total, b.total),
         np.where(b_only, b.mean, np.where(a_only, a.mean, high)),
         np.where(b_only, b.mean_lo, np.where(a_only, a.mean_lo, low)),
         np.where(b_only, b.m2, np.where(a_only, a.m2, m2)),
         a.nan + b.nan,
         a.posinf + b.posinf,
         a.neginf + b.neginf,
+        pick(total_lo, a.total_lo, b.total_lo),
+        pick(total_err, a.total_err, b.total_err),
+    )
+
+
+def _merged_sums(a: Moments, b: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sum of two sums held as two parts each, and its error bound: the high parts added
+    error-free, the small rest plainly, which rounds by at most 2.02u of its magnitude. Where
+    the sum leaves float64's range it is the plain (infinite or NaN) sum, of unbounded error."""
+    high, rest = two_sum(a.total, b.total)
+    small = rest + a.total_lo + b.total_lo
+    rounding = 2.02 * U * (abs(rest) + abs(a.total_lo) + abs(b.total_lo))
+    total, total_lo = two_sum(high, small)
+    finite = np.isfinite(high) & np.isfinite(total)
+    return (
+        np.where(finite, total, a.total + b.total),
+        np.where(finite, total_lo, 0.0),
+        np.where(finite, a.total_err + b.total_err + rounding, np.inf),
     )
 
 
