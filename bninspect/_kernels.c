@@ -49,7 +49,8 @@ static const Py_ssize_t ITEMSIZE[] = {4, 8, 2, 2};
 #define UNROLLED _Pragma("GCC unroll 2")
 
 /* Outputs of moments(), per channel, in this order. */
-enum { M_COUNT, M_SUM, M_MEAN, M_MEAN_LO, M_M2, M_NAN, M_PINF, M_NINF, M_SUM_LO, M_SUM_ERR, M_FIELDS };
+enum { M_COUNT, M_SUM, M_MEAN, M_MEAN_LO, M_M2, M_NAN, M_PINF, M_NINF, M_SUM_LO, M_SUM_ERR, M_M2_LO,
+       M_FIELDS };
 /* Outputs of output_errors(), per channel. */
 enum { E_MAX_ABS, E_MAX_ULP, E_MAX_REF, E_ARGMAX, E_FIELDS };
 
@@ -826,7 +827,9 @@ static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, 
         o[M_SUM_ERR] = finite ? error_bound(&m) : INFINITY;
         o[M_MEAN] = m.mean;
         o[M_MEAN_LO] = m.mean_lo;
-        o[M_M2] = isfinite(m.m2) ? m.m2 + m.m2_c : m.m2;
+        two_sum(m.m2, m.m2_c, &hi, &lo);
+        o[M_M2] = isfinite(hi) ? hi : m.m2;
+        o[M_M2_LO] = isfinite(hi) ? lo : 0.0;
         o[M_NAN] = m.nan;
         o[M_PINF] = m.pinf;
         o[M_NINF] = m.ninf;
@@ -1093,7 +1096,8 @@ static PyMethodDef methods[] = {
     {"moments", py_moments, METH_VARARGS,
      "moments(x, dtype_code, N, C, S, n0, n1, c0, c1, s0, s1, out): per channel of the region, "
      "write (count, sum, mean, mean_lo, m2) of its finite values, its NaN, +inf, -inf counts, "
-     "and the rest of the sum and a bound on its error (sum + sum_lo within it) into out."},
+     "the rest of the sum and a bound on its error (sum + sum_lo within it), and the rest of m2 "
+     "into out."},
     {"output_errors", py_output_errors, METH_VARARGS,
      "output_errors(x, y, dtype_code, N, C, S, n0, n1, c0, c1, s0, s1, params, mant, minexp, out): per "
      "channel, (max abs error, max ULP error, max |reference|, flat index of the max ULP error) "

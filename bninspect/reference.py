@@ -15,7 +15,7 @@ import numpy as np
 
 from bninspect import kernels
 from bninspect.conventions import PYTORCH, Convention
-from bninspect.kernels import Moments, Progress, Region, U
+from bninspect.kernels import Moments, Progress, Region, U, two_product
 from bninspect.running import RunningState, StepUpdate, advance, variance_of
 
 
@@ -68,23 +68,8 @@ def statistics_from_moments(moments: Moments, count: int) -> ChannelStatistics:
         np.where(posinf > 0, np.inf, np.where(neginf > 0, -np.inf, moments.total)),
     )
     mean = np.where(nan + posinf + neginf > 0, total / count, rounded_mean(moments, count))
-    m2 = np.where(nan + posinf + neginf > 0, np.nan, moments.m2)
+    m2 = np.where(nan + posinf + neginf > 0, np.nan, moments.m2 + moments.m2_lo)
     return ChannelStatistics(count, total, mean, m2, nan, posinf, neginf)
-
-
-def _two_product(a: np.ndarray, b: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """a * b = p + e exactly (Dekker's product of Veltkamp's halves), elementwise, for
-    magnitudes well inside float64's range (no overflow, and no underflow of e)."""
-    p = a * b
-
-    def split(v):
-        c = 134217729.0 * v  # 2**27 + 1
-        high = c - (c - v)
-        return high, v - high
-
-    ah, al = split(a)
-    bh, bl = split(np.asarray(b, dtype=np.float64))
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
 def rounded_mean(moments: Moments, count: int) -> np.ndarray:
@@ -93,7 +78,7 @@ def rounded_mean(moments: Moments, count: int) -> np.ndarray:
     (Dekker's product; q * count is within a ULP of total), so the correction is right."""
     with np.errstate(all="ignore"):
         q = moments.total / count
-        p, e = _two_product(q, float(count))
+        p, e = two_product(q, float(count))
         remainder = ((moments.total - p) - e) + moments.total_lo
         refined = q + remainder / count
         usable = np.isfinite(refined) & (np.abs(q) < 2.0**990) & (np.abs(q) > 2.0**-960)
@@ -133,9 +118,10 @@ def exact_sum_needed(moments: Moments) -> np.ndarray:
 EXACT_READ = 1 << 16
 
 
-def channel_pieces(x: np.ndarray, channel: int, values: int = EXACT_READ) -> Iterator[Region]:
+def channel_pieces(x: np.ndarray, channel: int, values: int | None = None) -> Iterator[Region]:
     """Regions of (N, C, S) covering one channel in memory order, each at most ``values``
-    long (or one row of it)."""
+    (default EXACT_READ) long."""
+    values = values or EXACT_READ
     N, S = x.shape[0], x.size // max(x.shape[0] * x.shape[1], 1)
     if S <= values:
         rows = max(1, values // max(S, 1))
@@ -168,7 +154,7 @@ def exact_sum_of_squares(v: np.ndarray) -> Fraction:
     nonzero = magnitude[magnitude > 0]
     if nonzero.size and (nonzero.max() > 2.0**460 or nonzero.min() < 2.0**-460):
         return sum((Fraction(float(a)) ** 2 for a in v), Fraction(0))
-    square, error = _two_product(v, v)
+    square, error = two_product(v, v)
     return exact_sum(square.tolist() + error.tolist())
 
 
