@@ -16,6 +16,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -46,7 +49,8 @@ static const Py_ssize_t ITEMSIZE[] = {4, 8, 2, 2};
 #define UNROLLED _Pragma("GCC unroll 2")
 
 /* Outputs of moments(), per channel, in this order. */
-enum { M_COUNT, M_SUM, M_MEAN, M_MEAN_LO, M_M2, M_NAN, M_PINF, M_NINF, M_FIELDS };
+enum { M_COUNT, M_SUM, M_MEAN, M_MEAN_LO, M_M2, M_NAN, M_PINF, M_NINF, M_SUM_LO, M_SUM_ERR, M_M2_LO,
+       M_FIELDS };
 /* Outputs of output_errors(), per channel. */
 enum { E_MAX_ABS, E_MAX_ULP, E_MAX_REF, E_ARGMAX, E_FIELDS };
 
@@ -119,20 +123,51 @@ static inline double hsum(vd v) {
 
 /* ---- moments ----------------------------------------------------------------------------- */
 
+/* The sums' accuracy (README, "What is computed"). Each chunk is summed around a shift, and the
+ * kernel returns with the channel's sum a bound on its error, from how each chunk was summed:
+ *  - shift 0 (the mean within half a standard deviation of 0: the values cancel, and a ULP of
+ *    the sum can be far below one of sum |x|): float16 chunks are exact (every value is a
+ *    multiple of 2**-24 and every partial sum of 2048 of them below 2**29). float32 and bfloat16
+ *    chunks are summed as any other, and are exact when every value is a multiple of 2**g with
+ *    sum |x| < 2**(53 + g), checked from the least nonzero magnitude (found alongside the sums;
+ *    it fails on ~0.5% of standard normal float32 chunks). float64 chunks, and those that fail
+ *    the check, are summed error-free (a two-sum in every addition) with the errors summed
+ *    plainly: within (n / 64 + 27)**2 u**2 sum |x|.
+ *  - any other shift: the plain sums are within 6.2 u sum |x - shift|: the subtraction (u), the
+ *    tree of eight (3u) and Kahan's sum of the trees (2u), the lanes joined error-free; with the
+ *    mean beyond half a standard deviation that is at most ~17.5 u of the sum itself.
+ * sum |d| <= sqrt(n sum d^2) bounds the unknown sum of magnitudes. The chunks' sums are joined
+ * by Neumaier's method, whose own rounding is bounded from the sizes of its terms. */
+#define U 0x1p-53 /* float64's unit roundoff */
+
 typedef struct {
     double count, mean, mean_lo, m2; /* Chan's running (n, mean, M2) of the finite values; the
                                         mean as mean + mean_lo, so that merging keeps it exact */
+    double m2_c;                     /* what m2's additions rounded away */
     double sum, sum_c;               /* their Neumaier-compensated sum */
+    double plain_n, plain_dd;        /* values and sum d^2 of the chunks summed plainly */
+    double two_n, two_dd;            /* the same of the chunks summed error-free */
+    double sizes, adds;              /* what sum_c took in: its terms are at most U * sizes */
+    double unbounded;                /* a chunk's sums overflowed: no bound */
     double nan, pinf, ninf;
 } Moments;
 
 static void moments_init(Moments *m) { memset(m, 0, sizeof *m); }
 
 static void neumaier_add(Moments *m, double x) {
-    double t = m->sum + x; /* keep what the addition rounded away */
+    double t = m->sum + x; /* keep what the addition rounded away: at most U |t| */
     if (isfinite(t))       /* past float64's range the sum is inf, not inf - inf = NaN */
         m->sum_c += fabs(m->sum) >= fabs(x) ? (m->sum - t) + x : (x - t) + m->sum;
     m->sum = t;
+    m->sizes += fabs(t);
+    m->adds += 1;
+}
+
+/* Add x, at most U * size in magnitude, straight into the compensation. */
+static void add_small(Moments *m, double x, double size) {
+    m->sum_c += x;
+    m->sizes += size;
+    m->adds += 1;
 }
 
 /* a + b = *hi + *lo exactly, *hi the rounded sum (Knuth's two-sum). */
@@ -156,8 +191,11 @@ static void moments_merge(Moments *m, double count, double shift, double rel_mea
         m->count = total;
         return;
     }
-    double delta = (shift - m->mean) + (rel_mean - m->mean_lo);
-    m->m2 += m2 + delta * delta * (m->count * count / total);
+    double delta = (shift - m->mean) + (rel_mean - m->mean_lo), sum, rest;
+    two_sum(m->m2, m2, &sum, &rest); /* error-free: m2 over many chunks stays within ~2 ULPs */
+    m->m2_c += rest;
+    two_sum(sum, delta * delta * (m->count * count / total), &m->m2, &rest);
+    m->m2_c += rest;
     double hi, lo;
     two_sum(m->mean, delta * (count / total), &hi, &lo);
     two_sum(hi, lo + m->mean_lo, &m->mean, &m->mean_lo);
@@ -171,6 +209,13 @@ static inline void kahan_add(vd *s, vd *c, vd x) {
     *s = t;
 }
 
+/* Two-sum in every lane: a + b = *s + *e exactly. */
+static inline void two_sum_v(vd a, vd b, vd *s, vd *e) {
+    vd t = a + b, back = t - a;
+    *e = (a - (t - back)) + (b - back);
+    *s = t;
+}
+
 /* W values at p widened to double. Written as a lane loop, which GCC turns into one
  * vcvtps2pd; __builtin_convertvector is split into halves and spilled to the stack for AVX2. */
 static inline vd load_f32(const float *p) {
@@ -179,33 +224,105 @@ static inline vd load_f32(const float *p) {
     return v;
 }
 
-/* Compensated sums of d = x - shift and of d * d over one chunk. */
+/* Whether a chunk's sums are exact is decided from its least nonzero magnitude (see
+ * grid_exponent): its float32 values' bits, shifted left once to drop the sign, are compared
+ * as unsigned integers, alongside the sums (a separate pass cost 20% here: the sums wait on
+ * their Kahan chains, and these comparisons fill the gaps). A zero makes the least 0; then a
+ * second pass looks past zeros. */
+typedef uint32_t bits32 __attribute__((may_alias));
+typedef uint64_t bits64 __attribute__((may_alias));
+typedef uint32_t vu8 __attribute__((vector_size(32)));
+
+static inline vu8 least_of(vu8 fewest, const char *p) {
+    vu8 v;
+    memcpy(&v, p, sizeof v);
+    v <<= 1;
+    vu8 below = (vu8)(v < fewest);
+    return (v & below) | (fewest & ~below);
+}
+
+/* The least of `fewest`'s lanes and of the n float32 values at p, their bits shifted left. */
+static inline uint32_t least_after(vu8 fewest, const float *p, Py_ssize_t n) {
+    uint32_t least = UINT32_MAX;
+    for (int l = 0; l < 8; l++) least = fewest[l] < least ? fewest[l] : least;
+    const bits32 *b = (const bits32 *)p;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = b[i] << 1;
+        least = v < least ? v : least;
+    }
+    return least;
+}
+
+/* Sums over one chunk: of d = x - shift, as d + d_lo (d rounded, d_lo what it left out), and
+ * of d * d, as dd + dd_lo. */
 typedef struct {
-    double d, dd;
+    double d, d_lo, dd, dd_lo;
 } Shifted;
+
+typedef double vd2 __attribute__((vector_size(16)));
+
+/* The eight lane sums s0 + c0, s1 + c1 (c the lanes' small corrections) and the scalar tail's
+ * ts + tc joined into one sum *hi + *lo: lane l with lane l + 4, then l with l + 2, then the
+ * last two and the tail, each addition error-free (two-sum), the corrections added plainly.
+ * A tree of vector two-sums: 8 scalar ones in a row cost 3% here. */
+static inline void join_lanes(vd s0, vd c0, vd s1, vd c1, double ts, double tc, double *hi,
+                              double *lo) {
+    vd h, e;
+    two_sum_v(s0, s1, &h, &e);
+    vd c = (c0 + c1) + e;
+    vd2 ha, hb, ca, cb;
+    memcpy(&ha, &h, sizeof ha), memcpy(&hb, (char *)&h + sizeof ha, sizeof hb);
+    memcpy(&ca, &c, sizeof ca), memcpy(&cb, (char *)&c + sizeof ca, sizeof cb);
+    vd2 h2 = ha + hb, back = h2 - ha;
+    vd2 c2 = (ca + cb) + ((ha - (h2 - back)) + (hb - back));
+    double sum, rest, sum2, rest2;
+    two_sum(h2[0], h2[1], &sum, &rest);
+    rest += c2[0] + c2[1];
+    two_sum(sum, ts, &sum2, &rest2);
+    rest += rest2 + tc;
+    two_sum(sum2, rest, hi, lo);
+    if (!isfinite(*hi)) *lo = 0.0;
+}
+
+/* The chunk's sums from the lanes of d (s, c) and of d * d (q, qc). */
+static inline Shifted joined(vd s0, vd c0, vd s1, vd c1, double ts, double tc, vd q0, vd qc0,
+                             vd q1, vd qc1, double tq, double tqc) {
+    Shifted t;
+    join_lanes(s0, c0, s1, c1, ts, tc, &t.d, &t.d_lo);
+    join_lanes(q0, qc0, q1, qc1, tq, tqc, &t.dd, &t.dd_lo);
+    return t;
+}
 
 /* shifted sums over n values of type T, in W * NV lanes: each lane adds eight values pairwise,
  * then Kahan-adds their sum, which keeps the error within a few ULPs at an eighth of Kahan's
- * cost per value (four measured 10% slower here). */
-#define DEFINE_SHIFTED_SUMS(NAME, T, LOAD)                                                      \
-    static HOT Shifted NAME(const T *x, Py_ssize_t n, double shift) {                          \
+ * cost per value (four measured 10% slower here). SUB is "- k", or empty where the shift is 0
+ * (the same results: x - 0 is x). The lanes are joined in lane order, error-free. */
+#define DEFINE_SHIFTED_SUMS(NAME, T, LOAD, SUB, CERTIFY)                                        \
+    static HOT Shifted NAME(const T *x, Py_ssize_t n, double shift, uint32_t *least) {         \
         vd s[NV], sc[NV], q[NV], qc[NV], k = splat(shift);                                      \
+        vu8 fewest = ~(vu8){0};                                                                 \
+        (void)k, (void)least;                                                                   \
         for (int j = 0; j < NV; j++) s[j] = sc[j] = q[j] = qc[j] = splat(0.0);                  \
         Py_ssize_t i = 0;                                                                       \
-        for (; i + 8 * STEP <= n; i += 8 * STEP)                                                \
+        for (; i + 8 * STEP <= n; i += 8 * STEP) {                                              \
+            if (CERTIFY)                                                                        \
+                for (int b = 0; b < 8 * STEP * (int)sizeof(T); b += (int)sizeof(vu8))          \
+                    fewest = least_of(fewest, (const char *)(x + i) + b);                       \
             UNROLLED for (int j = 0; j < NV; j++) {                                             \
                 const T *p = x + i + W * j;                                                     \
-                vd a = LOAD(p) - k, b = LOAD(p + STEP) - k;                                     \
-                vd e = LOAD(p + 2 * STEP) - k, f = LOAD(p + 3 * STEP) - k;                      \
-                vd g = LOAD(p + 4 * STEP) - k, h = LOAD(p + 5 * STEP) - k;                      \
-                vd u = LOAD(p + 6 * STEP) - k, v = LOAD(p + 7 * STEP) - k;                      \
+                vd a = LOAD(p) SUB, b = LOAD(p + STEP) SUB;                                     \
+                vd e = LOAD(p + 2 * STEP) SUB, f = LOAD(p + 3 * STEP) SUB;                      \
+                vd g = LOAD(p + 4 * STEP) SUB, h = LOAD(p + 5 * STEP) SUB;                      \
+                vd u = LOAD(p + 6 * STEP) SUB, v = LOAD(p + 7 * STEP) SUB;                      \
                 kahan_add(&s[j], &sc[j], ((a + b) + (e + f)) + ((g + h) + (u + v)));            \
                 kahan_add(&q[j], &qc[j], ((a * a + b * b) + (e * e + f * f)) +                  \
                                              ((g * g + h * h) + (u * u + v * v)));              \
             }                                                                                   \
+        }                                                                                       \
+        if (CERTIFY) *least = least_after(fewest, (const float *)(const void *)(x + i), n - i);  \
         for (; i + STEP <= n; i += STEP)                                                        \
             UNROLLED for (int j = 0; j < NV; j++) {                                             \
-                vd a = LOAD(x + i + W * j) - k;                                                 \
+                vd a = LOAD(x + i + W * j) SUB;                                                 \
                 kahan_add(&s[j], &sc[j], a);                                                    \
                 kahan_add(&q[j], &qc[j], a * a);                                                \
             }                                                                                   \
@@ -219,20 +336,64 @@ typedef struct {
             tqc = (t - tq) - y;                                                                 \
             tq = t;                                                                             \
         }                                                                                       \
-        vd ds = splat(0.0), dq = splat(0.0);                                                    \
-        for (int j = 0; j < NV; j++) {                                                          \
-            ds += s[j] - sc[j];                                                                 \
-            dq += q[j] - qc[j];                                                                 \
-        }                                                                                       \
-        return (Shifted){hsum(ds) + (ts - tsc), hsum(dq) + (tq - tqc)};                         \
+        return joined(s[0], -sc[0], s[1], -sc[1], ts, -tsc, q[0], -qc[0], q[1], -qc[1], tq,      \
+                      -tqc);                                                                    \
     }
 
-DEFINE_SHIFTED_SUMS(shifted_f32, float, load_f32)
-DEFINE_SHIFTED_SUMS(shifted_f64, double, load_d)
+DEFINE_SHIFTED_SUMS(shifted_f32, float, load_f32, -k, 0)
+DEFINE_SHIFTED_SUMS(plain_f32, float, load_f32, , 1)
+DEFINE_SHIFTED_SUMS(shifted_f64, double, load_d, -k, 0)
+DEFINE_SHIFTED_SUMS(plain_f64, double, load_d, , 0)
+
+/* The sums of n doubles (no shift) with every addition of the values error-free (two-sum):
+ * the same tree of eight and the same squares as above, the additions' errors summed plainly
+ * beside each lane's sum. About twice the arithmetic: only where the shift is 0, for float64
+ * values and for chunks of others whose sums were not exact. */
+static HOT Shifted compensated_f64(const double *x, Py_ssize_t n) {
+    vd s[NV], sc[NV], q[NV], qc[NV];
+    for (int j = 0; j < NV; j++) s[j] = sc[j] = q[j] = qc[j] = splat(0.0);
+    Py_ssize_t i = 0;
+    for (; i + 8 * STEP <= n; i += 8 * STEP)
+        UNROLLED for (int j = 0; j < NV; j++) {
+            const double *p = x + i + W * j;
+            vd a = load_d(p), b = load_d(p + STEP), e = load_d(p + 2 * STEP);
+            vd f = load_d(p + 3 * STEP), g = load_d(p + 4 * STEP), h = load_d(p + 5 * STEP);
+            vd u = load_d(p + 6 * STEP), v = load_d(p + 7 * STEP);
+            vd s1, s2, s3, s4, t1, t2, r, r1, r2, r3, r4, r5, r6, r7, r8;
+            two_sum_v(a, b, &s1, &r1);
+            two_sum_v(e, f, &s2, &r2);
+            two_sum_v(g, h, &s3, &r3);
+            two_sum_v(u, v, &s4, &r4);
+            two_sum_v(s1, s2, &t1, &r5);
+            two_sum_v(s3, s4, &t2, &r6);
+            two_sum_v(t1, t2, &r, &r7);
+            two_sum_v(s[j], r, &s[j], &r8);
+            sc[j] += ((r1 + r2) + (r3 + r4)) + ((r5 + r6) + (r7 + r8));
+            kahan_add(&q[j], &qc[j], ((a * a + b * b) + (e * e + f * f)) +
+                                         ((g * g + h * h) + (u * u + v * v)));
+        }
+    for (; i + STEP <= n; i += STEP)
+        UNROLLED for (int j = 0; j < NV; j++) {
+            vd a = load_d(x + i + W * j), r1;
+            two_sum_v(s[j], a, &s[j], &r1);
+            sc[j] += r1;
+            kahan_add(&q[j], &qc[j], a * a);
+        }
+    double ts = 0.0, tsc = 0.0, tq = 0.0, tqc = 0.0;
+    for (; i < n; i++) {
+        double a = x[i], lo;
+        two_sum(ts, a, &ts, &lo);
+        tsc += lo;
+        double y = a * a - tqc, t = tq + y;
+        tqc = (t - tq) - y;
+        tq = t;
+    }
+    return joined(s[0], sc[0], s[1], sc[1], ts, tsc, q[0], -qc[0], q[1], -qc[1], tq, -tqc);
+}
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 /* The same sums with AVX-512's 8 lanes in one register instead of two registers of 4: lane l
- * holds what lane l % 4 of vector l / 4 holds above, and the lanes are added in the same order
+ * holds what lane l % 4 of vector l / 4 holds above, and the lanes are joined in the same order
  * at the end, so the results are the same bits on every CPU (tests/test_kernels.py checks).
  * 1.2x faster here (13.1 against 10.7 GB/s on two cores); 8 lanes on AVX2 were slower. */
 #define HAVE_WIDE 1
@@ -257,21 +418,45 @@ WIDE static inline void kahan8(vd8 *s, vd8 *c, vd8 x) {
     *s = t;
 }
 
-#define DEFINE_WIDE_SHIFTED_SUMS(NAME, T, LOAD)                                                 \
-    WIDE static Shifted NAME(const T *x, Py_ssize_t n, double shift) {                         \
+/* The low and high four lanes. */
+WIDE static inline void halves(vd8 v, vd *low, vd *high) {
+    memcpy(low, &v, sizeof *low);
+    memcpy(high, (char *)&v + sizeof *low, sizeof *high);
+}
+
+WIDE static inline void two_sum8(vd8 a, vd8 b, vd8 *s, vd8 *e) {
+    vd8 t = a + b, back = t - a;
+    *e = (a - (t - back)) + (b - back);
+    *s = t;
+}
+
+#define DEFINE_WIDE_SHIFTED_SUMS(NAME, T, LOAD, SUB, CERTIFY)                                   \
+    WIDE static Shifted NAME(const T *x, Py_ssize_t n, double shift, uint32_t *least) {        \
         vd8 zero = {0}, s = zero, sc = zero, q = zero, qc = zero, k = shift - zero;             \
+        __m512i fewest = _mm512_set1_epi32(-1);                                                 \
+        (void)k, (void)least;                                                                   \
         Py_ssize_t i = 0;                                                                       \
         for (; i + 64 <= n; i += 64) {                                                          \
             const T *p = x + i;                                                                 \
-            vd8 a = LOAD(p) - k, b = LOAD(p + 8) - k, e = LOAD(p + 16) - k;                     \
-            vd8 f = LOAD(p + 24) - k, g = LOAD(p + 32) - k, h = LOAD(p + 40) - k;               \
-            vd8 u = LOAD(p + 48) - k, v = LOAD(p + 56) - k;                                     \
+            if (CERTIFY)                                                                        \
+                for (int b = 0; b < 64 * (int)sizeof(T); b += 64)                               \
+                    fewest = _mm512_min_epu32(                                                  \
+                        fewest,                                                                 \
+                        _mm512_slli_epi32(_mm512_loadu_si512((const char *)p + b), 1));         \
+            vd8 a = LOAD(p) SUB, b = LOAD(p + 8) SUB, e = LOAD(p + 16) SUB;                     \
+            vd8 f = LOAD(p + 24) SUB, g = LOAD(p + 32) SUB, h = LOAD(p + 40) SUB;               \
+            vd8 u = LOAD(p + 48) SUB, v = LOAD(p + 56) SUB;                                     \
             kahan8(&s, &sc, ((a + b) + (e + f)) + ((g + h) + (u + v)));                         \
             kahan8(&q, &qc, ((a * a + b * b) + (e * e + f * f)) +                               \
                                 ((g * g + h * h) + (u * u + v * v)));                           \
         }                                                                                       \
+        if (CERTIFY) {                                                                          \
+            uint32_t head = (uint32_t)_mm512_reduce_min_epu32(fewest);                          \
+            uint32_t rest = least_after(~(vu8){0}, (const float *)(const void *)(x + i), n - i); \
+            *least = head < rest ? head : rest;                                                 \
+        }                                                                                       \
         for (; i + 8 <= n; i += 8) {                                                            \
-            vd8 a = LOAD(x + i) - k;                                                            \
+            vd8 a = LOAD(x + i) SUB;                                                            \
             kahan8(&s, &sc, a);                                                                 \
             kahan8(&q, &qc, a * a);                                                             \
         }                                                                                       \
@@ -285,35 +470,245 @@ WIDE static inline void kahan8(vd8 *s, vd8 *c, vd8 x) {
             tqc = (t - tq) - y;                                                                 \
             tq = t;                                                                             \
         }                                                                                       \
-        double ds = 0.0, dq = 0.0;                                                              \
-        for (int l = 0; l < 4; l++) { /* as ds += s[j] - sc[j] over j, then hsum(ds) */         \
-            ds += (0.0 + (s[l] - sc[l])) + (s[l + 4] - sc[l + 4]);                              \
-            dq += (0.0 + (q[l] - qc[l])) + (q[l + 4] - qc[l + 4]);                              \
-        }                                                                                       \
-        return (Shifted){ds + (ts - tsc), dq + (tq - tqc)};                                     \
+        vd s0, s1, c0, c1, q0, q1, qc0, qc1;                                                    \
+        halves(s, &s0, &s1), halves(-sc, &c0, &c1);                                             \
+        halves(q, &q0, &q1), halves(-qc, &qc0, &qc1);                                           \
+        return joined(s0, c0, s1, c1, ts, -tsc, q0, qc0, q1, qc1, tq, -tqc);                    \
     }
 
-DEFINE_WIDE_SHIFTED_SUMS(wide_f32, float, load8_f32)
-DEFINE_WIDE_SHIFTED_SUMS(wide_f64, double, load8_d)
+DEFINE_WIDE_SHIFTED_SUMS(wide_f32, float, load8_f32, -k, 0)
+DEFINE_WIDE_SHIFTED_SUMS(wide_plain_f32, float, load8_f32, , 1)
+DEFINE_WIDE_SHIFTED_SUMS(wide_f64, double, load8_d, -k, 0)
+DEFINE_WIDE_SHIFTED_SUMS(wide_plain_f64, double, load8_d, , 0)
+
+WIDE static Shifted wide_compensated_f64(const double *x, Py_ssize_t n) {
+    vd8 zero = {0}, s = zero, sc = zero, q = zero, qc = zero;
+    Py_ssize_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const double *p = x + i;
+        vd8 a = load8_d(p), b = load8_d(p + 8), e = load8_d(p + 16), f = load8_d(p + 24);
+        vd8 g = load8_d(p + 32), h = load8_d(p + 40), u = load8_d(p + 48), v = load8_d(p + 56);
+        vd8 s1, s2, s3, s4, t1, t2, r, r1, r2, r3, r4, r5, r6, r7, r8;
+        two_sum8(a, b, &s1, &r1);
+        two_sum8(e, f, &s2, &r2);
+        two_sum8(g, h, &s3, &r3);
+        two_sum8(u, v, &s4, &r4);
+        two_sum8(s1, s2, &t1, &r5);
+        two_sum8(s3, s4, &t2, &r6);
+        two_sum8(t1, t2, &r, &r7);
+        two_sum8(s, r, &s, &r8);
+        sc += ((r1 + r2) + (r3 + r4)) + ((r5 + r6) + (r7 + r8));
+        kahan8(&q, &qc, ((a * a + b * b) + (e * e + f * f)) + ((g * g + h * h) + (u * u + v * v)));
+    }
+    for (; i + 8 <= n; i += 8) {
+        vd8 a = load8_d(x + i), r1;
+        two_sum8(s, a, &s, &r1);
+        sc += r1;
+        kahan8(&q, &qc, a * a);
+    }
+    double ts = 0.0, tsc = 0.0, tq = 0.0, tqc = 0.0;
+    for (; i < n; i++) {
+        double a = x[i], lo;
+        two_sum(ts, a, &ts, &lo);
+        tsc += lo;
+        double y = a * a - tqc, t = tq + y;
+        tqc = (t - tq) - y;
+        tq = t;
+    }
+    vd s0, s1, c0, c1, q0, q1, qc0, qc1;
+    halves(s, &s0, &s1), halves(sc, &c0, &c1);
+    halves(q, &q0, &q1), halves(-qc, &qc0, &qc1);
+    return joined(s0, c0, s1, c1, ts, tsc, q0, qc0, q1, qc1, tq, -tqc);
+}
 #endif
 
 /* Use the 8-lane sums: set at import where the CPU has AVX-512; use_wide() switches. */
 static int wide = 0;
 
-/* The shifted sums of the float32 values at `from`, or of the doubles in buf. */
-static Shifted shifted_sums(const double *buf, const float *from, Py_ssize_t n, double shift) {
+/* The shifted sums of the float32 values at `from`, or of the doubles at src; with shift 0,
+ * for float32 values, *least is set as least_bits32 would set it. */
+static Shifted shifted_sums(const double *src, const float *from, Py_ssize_t n, double shift,
+                            uint32_t *least) {
 #ifdef HAVE_WIDE
-    if (wide) return from ? wide_f32(from, n, shift) : wide_f64(buf, n, shift);
+    if (wide) {
+        if (from)
+            return shift == 0 ? wide_plain_f32(from, n, 0.0, least)
+                              : wide_f32(from, n, shift, least);
+        return shift == 0 ? wide_plain_f64(src, n, 0.0, least) : wide_f64(src, n, shift, least);
+    }
 #endif
-    return from ? shifted_f32(from, n, shift) : shifted_f64(buf, n, shift);
+    if (from)
+        return shift == 0 ? plain_f32(from, n, 0.0, least) : shifted_f32(from, n, shift, least);
+    return shift == 0 ? plain_f64(src, n, 0.0, least) : shifted_f64(src, n, shift, least);
+}
+
+static Shifted compensated_sums(const double *src, Py_ssize_t n) {
+#ifdef HAVE_WIDE
+    if (wide) return wide_compensated_f64(src, n);
+#endif
+    return compensated_f64(src, n);
+}
+
+/* ---- are a chunk's sums exact? ----------------------------------------------------------- */
+
+/* The least magnitude's bits of n values, shifted left once (the sign dropped), as unsigned
+ * integers: 0 if one is zero. The _nonzero variants pass over zeros (and give 0 if all are). */
+static HOT uint32_t least_nonzero_bits32(const float *x, Py_ssize_t n) {
+    const bits32 *b = (const bits32 *)x;
+    uint32_t least = UINT32_MAX;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = (b[i] << 1) - 1; /* a zero wraps to the largest */
+        least = v < least ? v : least;
+    }
+    return least + 1;
+}
+
+static HOT uint64_t least_bits64(const double *x, Py_ssize_t n) {
+    const bits64 *b = (const bits64 *)x;
+    uint64_t least = UINT64_MAX;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v = b[i] << 1;
+        least = v < least ? v : least;
+    }
+    return least;
+}
+
+static HOT uint64_t least_nonzero_bits64(const double *x, Py_ssize_t n) {
+    const bits64 *b = (const bits64 *)x;
+    uint64_t least = UINT64_MAX;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v = (b[i] << 1) - 1;
+        least = v < least ? v : least;
+    }
+    return least + 1;
+}
+
+#define ALL_ZERO 4096 /* a grid exponent for a chunk of zeros: any sum of them is exact */
+
+/* g such that every one of the n values is a multiple of 2**g: from the smallest nonzero
+ * magnitude 2**e, g = e - (bits - 1) for values of `bits` significant bits (a float32 or
+ * bfloat16 below its normal range is a multiple of its least subnormal, which is coarser).
+ * The float32 values at `from` (whose least bits the sums found: `least`), or the doubles at
+ * src. */
+static int grid_exponent(const double *src, const float *from, Py_ssize_t n, int bits,
+                         uint32_t least) {
+    if (from) {
+        if (least == 0) least = least_nonzero_bits32(from, n);
+        if (least == 0) return ALL_ZERO;
+        int e = (int)(least >> 24);
+        return e == 0 ? -149 : e - 127 - 23;
+    }
+    uint64_t least64 = least_bits64(src, n);
+    if (least64 == 0) least64 = least_nonzero_bits64(src, n);
+    if (least64 == 0) return ALL_ZERO;
+    int e = (int)(least64 >> 53);
+    return e == 0 ? -1074 : e - 1023 - (bits - 1);
+}
+
+/* sum |d| <= sqrt(n sum d^2) (Cauchy-Schwarz), dd being sum d^2 within a few ULPs. */
+static double magnitude_bound(double n, double dd) {
+    return sqrt(n * dd) * (1 + 0x1p-40);
+}
+
+/* 2**e for -1022 <= e <= 1023, built from its bits (ldexp is a library call). */
+static inline double power_of_two(int e) {
+    uint64_t bits = (uint64_t)(e + 1023) << 52;
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+/* With shift 0, are all partial sums of the n values exact? They are multiples of 2**g, so
+ * they are while below 2**(53 + g), and none exceeds sum |x| <= magnitude_bound: compared
+ * squared, n dd (1 + 2**-39) < 2**(106 + 2 g). */
+static int sums_are_exact(Py_ssize_t n, double dd, int g) {
+    if (g == ALL_ZERO) return 1;
+    int e = 106 + 2 * g;
+    if (e < -1022) return 0;
+    return e > 1023 ? isfinite(dd) : (double)n * dd * (1 + 0x1p-39) < power_of_two(e);
+}
+
+static const int SIGNIFICANT_BITS[] = {24, 53, 11, 8};
+
+enum { SUM_EXACT, SUM_ERROR_FREE, SUM_PLAIN, SUM_UNBOUNDED };
+
+/* The sums of one chunk of n values (float32 at `from`, else doubles at src; buf is scratch
+ * space) around `shift`, and in *kind how far t.d + t.d_lo can be from the exact sum (see the
+ * comment on U above: exact, error-free or plain). */
+static inline Shifted chunk_sums(double *buf, const double *src, const float *from,
+                                 Py_ssize_t n, double shift, int code, int *kind) {
+    if (code == DT_F64 && shift == 0) {
+        Shifted t = compensated_sums(src, n);
+        *kind = isfinite(t.dd) ? SUM_ERROR_FREE : SUM_UNBOUNDED;
+        return t;
+    }
+    uint32_t least = UINT32_MAX;
+    Shifted t = shifted_sums(src, from, n, shift, &least);
+    if (!isfinite(t.dd)) *kind = SUM_UNBOUNDED;
+    else if (code == DT_F16) *kind = SUM_EXACT;
+    else if (shift != 0) *kind = SUM_PLAIN;
+    else if (sums_are_exact(n, t.dd, grid_exponent(src, from, n, SIGNIFICANT_BITS[code], least)))
+        *kind = SUM_EXACT;
+    else {
+        if (from) widen(from, DT_F32, 0, n, buf), src = buf;
+        t = compensated_sums(src, n);
+        *kind = SUM_ERROR_FREE;
+    }
+    return t;
+}
+
+/* Add a chunk's share to the channel's error bound: plain sums are within 6.2 U sum |d| and
+ * error-free ones within (n / 64 + 27)**2 U**2 sum |d| <= 3500 U**2 sum |d| for n <= 2048; with
+ * sum |d| <= sqrt(n sum d^2) per chunk and, over the chunks, sum sqrt(n_i dd_i) <=
+ * sqrt(sum n_i sum dd_i) (Cauchy-Schwarz twice), a square root per channel is enough. */
+static void count_error(Moments *m, int kind, Py_ssize_t n, double dd) {
+    if (kind == SUM_PLAIN) m->plain_n += (double)n, m->plain_dd += dd;
+    else if (kind == SUM_ERROR_FREE) m->two_n += (double)n, m->two_dd += dd;
+    else if (kind == SUM_UNBOUNDED) m->unbounded = 1;
+}
+
+static double error_bound(const Moments *m) {
+    if (m->unbounded) return INFINITY;
+    double plain = 6.2 * U * magnitude_bound(m->plain_n, m->plain_dd);
+    double two = 1.02 * 3481.0 * U * U * magnitude_bound(m->two_n, m->two_dd); /* 59**2 */
+    return plain + two + 1.01 * m->adds * U * U * m->sizes; /* and sum_c's own rounding */
+}
+
+/* The shift rounded so that x - shift is mostly exact: to float32 for float32 values, and for
+ * float16 ones to a multiple of 2**-24, float16's least subnormal, which makes it exact. */
+static double round_shift(double shift, int code) {
+    if (code == DT_F32) return (double)(float)shift;
+    if (code == DT_F16) return nearbyint(shift * 0x1p24) * 0x1p-24;
+    return shift;
 }
 
 /* A shift for the next chunk: the mean so far where it stands out from the spread, else 0
- * (then d = x exactly). Rounded to float32 for float32 values, so that x - shift is mostly
- * exact. */
-static double shift_for(const Moments *m, int float32) {
+ * (then d = x exactly). */
+static double shift_for(const Moments *m, int code) {
     if (!(m->count > 0 && 4 * m->mean * m->mean > m->m2 / m->count)) return 0.0;
-    return float32 ? (double)(float)m->mean : m->mean;
+    return round_shift(m->mean, code);
+}
+
+/* The shift shift_for would choose for values of mean `mean` and sum of squared deviations m2
+ * (that shift_is_good then accepts): the mean, or 0 where it is within half a std of 0. */
+static double shift_near(double mean, double m2, Py_ssize_t n, int code) {
+    if (!isfinite(mean) || 4 * mean * mean <= m2 / (double)n) return 0.0;
+    return round_shift(mean, code); /* also where m2 is unknown (NaN: squares overflow) */
+}
+
+/* A shift for a channel's first chunk, from the mean and mean square of its first 16 values
+ * (a guess: shift_is_good checks it, and a wrong one costs a second pass from L1). Without it
+ * every offset channel's first chunk took a wasted pass around 0. */
+static double first_shift(const double *src, const float *from, Py_ssize_t n, int code) {
+    double total = 0.0, squares = 0.0;
+    Py_ssize_t k = n < 16 ? n : 16;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        double v = from ? (double)from[i] : src[i];
+        total += v;
+        squares += v * v;
+    }
+    double mean = total / (double)k;
+    return shift_near(mean, squares - total * mean, k, code);
 }
 
 /* Does the chunk's mean lie within one standard deviation of `shift` (then the shifted
@@ -327,23 +722,36 @@ static int shift_is_good(Shifted t, Py_ssize_t n, double shift) {
 
 /* The mean of n finite values as a sum of x / n, which cannot overflow: a shift for values
  * whose plain sum does. */
-static double scaled_mean(const double *buf, const float *from, Py_ssize_t n) {
+static double scaled_mean(const double *src, const float *from, Py_ssize_t n) {
     double total = 0.0, scale = 1.0 / (double)n;
-    for (Py_ssize_t i = 0; i < n; i++) total += (from ? from[i] : buf[i]) * scale;
+    for (Py_ssize_t i = 0; i < n; i++) total += (from ? from[i] : src[i]) * scale;
     return total;
 }
 
-/* Fold one chunk into m: the n float32 values at `from`, or (from == NULL) the doubles in buf.
- * One pass of shifted sums gives m2 = sum d^2 - (sum d)^2 / n, exact in real arithmetic for
- * any shift; a chunk whose mean the shift misses (the first of an offset channel, a trend)
- * gets a second pass around its own mean, from L1. */
-static void chunk_moments(double *buf, Py_ssize_t n, const float *from, Moments *m) {
-    double shift = shift_for(m, from != NULL);
-    Shifted t = shifted_sums(buf, from, n, shift);
+/* m2 = sum d^2 - (sum d)^2 / n from the chunk's sums, with the square's and the quotient's
+ * rounding kept (fma is exact): rounded about once, by the subtraction. */
+static double chunk_m2(Shifted t, double count) {
+    double square = t.d * t.d;
+    if (!isfinite(square)) return t.dd - (t.d / count) * t.d;
+    double q = square / count;
+    double rest = (fma(-q, count, square) + (fma(t.d, t.d, -square) + 2 * t.d * t.d_lo)) / count;
+    return (t.dd - q) + (t.dd_lo - rest);
+}
+
+/* Fold one chunk into m: the n float32 values at `from`, or (from == NULL) the doubles at src
+ * (the array itself, or buf), of dtype `code`. One pass of shifted sums gives
+ * m2 = sum d^2 - (sum d)^2 / n, exact in real arithmetic for any shift; a chunk whose mean the
+ * shift misses (the first of an offset channel, a trend) gets a second pass around its own
+ * mean, from L1. */
+static void chunk_moments(double *buf, Py_ssize_t n, const double *src, const float *from,
+                          int code, Moments *m) {
+    double shift = m->count > 0 ? shift_for(m, code) : first_shift(src, from, n, code);
+    int kind;
+    Shifted t = chunk_sums(buf, src, from, n, shift, code, &kind);
     if (!isfinite(t.dd)) { /* rare: non-finite values (counted and dropped), or huge ones */
         Py_ssize_t kept = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            double v = from ? from[i] : buf[i];
+            double v = from ? from[i] : src[i];
             if (isnan(v)) m->nan += 1;
             else if (v == INFINITY) m->pinf += 1;
             else if (v == -INFINITY) m->ninf += 1;
@@ -351,27 +759,33 @@ static void chunk_moments(double *buf, Py_ssize_t n, const float *from, Moments 
         }
         if (kept == 0) return;
         if (kept < n) {
-            n = kept, from = NULL;
-            shift = shift_for(m, 0);
-            t = shifted_sums(buf, NULL, n, shift);
+            n = kept, from = NULL, src = buf;
+            shift = m->count > 0 ? shift_for(m, code) : first_shift(src, NULL, n, code);
+            t = chunk_sums(buf, src, NULL, n, shift, code, &kind);
         }
     }
     if (!shift_is_good(t, n, shift)) {
         /* Around the chunk's own mean; where the sum overflows too (values near float64's
          * limit), a mean of the values scaled by 1/n first. */
-        shift = isfinite(t.d) ? shift + t.d / (double)n : scaled_mean(buf, from, n);
-        if (from) shift = (double)(float)shift;
-        t = shifted_sums(buf, from, n, shift);
+        if (isfinite(t.d)) /* 0 where the chunk's values cancel, so that they sum exactly */
+            shift = shift_near(shift + t.d / (double)n, t.dd - t.d * t.d / (double)n, n, code);
+        else
+            shift = round_shift(scaled_mean(src, from, n), code);
+        t = chunk_sums(buf, src, from, n, shift, code, &kind);
     }
-    double count = (double)n, m2 = t.dd - t.d * t.d / count;
+    double count = (double)n, m2 = chunk_m2(t, count);
     if (!isfinite(t.dd)) m2 = INFINITY; /* the squared deviations themselves overflow */
     /* sum = count * shift + sum d, with the product's rounding error kept (fma is exact) */
-    double product = count * shift; /* inf where the sum overflows: then no error term */
-    neumaier_add(m, product);
-    neumaier_add(m, (isfinite(product) ? fma(count, shift, -product) : 0.0) + t.d);
+    if (shift != 0) {
+        double product = count * shift; /* inf where the sum overflows: then no error term */
+        neumaier_add(m, product);
+        if (isfinite(product)) add_small(m, fma(count, shift, -product), fabs(product));
+    }
+    neumaier_add(m, t.d);
+    add_small(m, t.d_lo, fabs(t.d));
+    count_error(m, kind, n, t.dd);
     moments_merge(m, count, shift, t.d / count, m2 > 0 ? m2 : 0.0);
 }
-
 
 static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, Py_ssize_t n0,
                            Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t s0,
@@ -386,10 +800,12 @@ static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, 
                 for (Py_ssize_t s = s0; s < s1; s += CHUNK) {
                     Py_ssize_t piece = s1 - s < CHUNK ? s1 - s : CHUNK, at = (n * C + c) * S + s;
                     if (code == DT_F32) {
-                        chunk_moments(buf, piece, (const float *)x + at, &m);
+                        chunk_moments(buf, piece, NULL, (const float *)x + at, code, &m);
+                    } else if (code == DT_F64) {
+                        chunk_moments(buf, piece, (const double *)x + at, NULL, code, &m);
                     } else {
                         widen(x, code, at, piece, buf);
-                        chunk_moments(buf, piece, NULL, &m);
+                        chunk_moments(buf, piece, buf, NULL, code, &m);
                     }
                 }
         } else if (len > 0) { /* short runs: gather whole runs of consecutive rows */
@@ -398,15 +814,22 @@ static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, 
                 Py_ssize_t rows = n1 - n < per ? n1 - n : per;
                 for (Py_ssize_t r = 0; r < rows; r++)
                     widen(x, code, ((n + r) * C + c) * S + s0, len, buf + r * len);
-                chunk_moments(buf, rows * len, NULL, &m);
+                chunk_moments(buf, rows * len, buf, NULL, code, &m);
             }
         }
-        double *o = out + (c - c0) * M_FIELDS;
+        double *o = out + (c - c0) * M_FIELDS, hi, lo;
+        two_sum(m.sum, m.sum_c, &hi, &lo);
+        int finite = isfinite(hi);
         o[M_COUNT] = m.count;
-        o[M_SUM] = m.sum + m.sum_c;
+        o[M_SUM] = finite ? hi : m.sum + m.sum_c;
+        o[M_SUM_LO] = finite ? lo : 0.0;
+        /* sum_c's own rounding: `adds` terms of at most U * sizes, summed plainly */
+        o[M_SUM_ERR] = finite ? error_bound(&m) : INFINITY;
         o[M_MEAN] = m.mean;
         o[M_MEAN_LO] = m.mean_lo;
-        o[M_M2] = m.m2;
+        two_sum(m.m2, m.m2_c, &hi, &lo);
+        o[M_M2] = isfinite(hi) ? hi : m.m2;
+        o[M_M2_LO] = isfinite(hi) ? lo : 0.0;
         o[M_NAN] = m.nan;
         o[M_PINF] = m.pinf;
         o[M_NINF] = m.ninf;
@@ -672,7 +1095,9 @@ static PyMethodDef methods[] = {
      "faster); returns whether it now does."},
     {"moments", py_moments, METH_VARARGS,
      "moments(x, dtype_code, N, C, S, n0, n1, c0, c1, s0, s1, out): per channel of the region, "
-     "write (count, sum, mean, m2) of its finite values and its NaN, +inf, -inf counts into out."},
+     "write (count, sum, mean, mean_lo, m2) of its finite values, its NaN, +inf, -inf counts, "
+     "the rest of the sum and a bound on its error (sum + sum_lo within it), and the rest of m2 "
+     "into out."},
     {"output_errors", py_output_errors, METH_VARARGS,
      "output_errors(x, y, dtype_code, N, C, S, n0, n1, c0, c1, s0, s1, params, mant, minexp, out): per "
      "channel, (max abs error, max ULP error, max |reference|, flat index of the max ULP error) "

@@ -92,7 +92,11 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
         ),
         Step("sum", "sum = sum of x_i", f"sum of the {count} values", float(stats.total[c])),
         Step(
-            "mean", "mean = sum / count", f"{fmt(stats.total[c])} / {count}", float(stats.mean[c])
+            "mean",
+            "mean = sum / count",
+            f"{fmt(stats.total[c])} / {count}",
+            float(stats.mean[c]),
+            "the exact sum divided by count, rounded once (the sum shown is rounded too)",
         ),
         Step("m2", "m2 = sum of (x_i - mean)^2", f"sum over the {count} values", m2),
         Step(

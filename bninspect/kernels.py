@@ -29,7 +29,8 @@ def block_bytes_for(nbytes: int) -> int:
     return min(LARGE_BLOCK_BYTES, max(BLOCK_BYTES, nbytes // 32))
 
 
-M_FIELDS, E_FIELDS = 8, 4  # per-channel outputs of _kernels.moments and output_errors
+M_FIELDS, E_FIELDS = 11, 4  # per-channel outputs of _kernels.moments and output_errors
+U = 2.0**-53  # float64's unit roundoff
 
 Progress = Callable[[int], None]  # told the input bytes of each finished block
 
@@ -104,16 +105,27 @@ def _run_blocks(
 @dataclass(frozen=True)
 class Moments:
     """Per-channel statistics of the finite values, float64 arrays of shape (C,), and counts of
-    the values left out."""
+    the values left out. The sum is total + total_lo, within total_err of the exact sum of the
+    finite values (a bound, from the kernel's arithmetic: see _kernels.c, "The sums' accuracy")."""
 
     count: np.ndarray  # finite values
-    total: np.ndarray  # their sum
+    total: np.ndarray  # their sum, rounded
     mean: np.ndarray
     mean_lo: np.ndarray  # what the mean's rounding left out: mean + mean_lo is the mean
     m2: np.ndarray  # sum of squared deviations from the mean
     nan: np.ndarray
     posinf: np.ndarray
     neginf: np.ndarray
+    total_lo: np.ndarray  # what the sum's rounding left out
+    total_err: np.ndarray  # bound on |total + total_lo - exact sum|
+    m2_lo: np.ndarray  # what m2's rounding left out
+
+
+def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a + b = hi + lo exactly, hi the rounded sum (Knuth's two-sum), elementwise."""
+    hi = a + b
+    back = hi - a
+    return hi, (a - (hi - back)) + (b - back)
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
@@ -126,24 +138,83 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         share = np.where(count > 0, b.count / count, 0.0)
         delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo)
-        m2 = a.m2 + b.m2 + delta * delta * a.count * share
+        m2, m2_lo = _merged_m2(a, b, count)
         step = delta * share
         mean = a.mean + step
         back = mean - a.mean
         low = a.mean_lo + ((a.mean - (mean - back)) + (step - back))  # two-sum's error
         high = mean + low
         low = np.where(np.isfinite(high), low - (high - mean), 0.0)
+        total, total_lo, total_err = _merged_sums(a, b)
     a_only, b_only = b.count == 0, a.count == 0
+
+    def pick(both: np.ndarray, of_a: np.ndarray, of_b: np.ndarray) -> np.ndarray:
+        return np.where(b_only, of_b, np.where(a_only, of_a, both))
+
     return Moments(
         count,
-        a.total + b.total,
+        pick(total, a.total, b.total),
         np.where(b_only, b.mean, np.where(a_only, a.mean, high)),
         np.where(b_only, b.mean_lo, np.where(a_only, a.mean_lo, low)),
-        np.where(b_only, b.m2, np.where(a_only, a.m2, m2)),
+        pick(m2, a.m2, b.m2),
         a.nan + b.nan,
         a.posinf + b.posinf,
         a.neginf + b.neginf,
+        pick(total_lo, a.total_lo, b.total_lo),
+        pick(total_err, a.total_err, b.total_err),
+        pick(m2_lo, a.m2_lo, b.m2_lo),
     )
+
+
+def _merged_sums(a: Moments, b: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sum of two sums held as two parts each, and its error bound: the high parts added
+    error-free, the small rest plainly, which rounds by at most 2.02u of its magnitude. Where
+    the sum leaves float64's range it is the plain (infinite or NaN) sum, of unbounded error."""
+    high, rest = two_sum(a.total, b.total)
+    small = rest + a.total_lo + b.total_lo
+    rounding = 2.02 * U * (abs(rest) + abs(a.total_lo) + abs(b.total_lo))
+    total, total_lo = two_sum(high, small)
+    finite = np.isfinite(high) & np.isfinite(total)
+    return (
+        np.where(finite, total, a.total + b.total),
+        np.where(finite, total_lo, 0.0),
+        np.where(finite, a.total_err + b.total_err + rounding, np.inf),
+    )
+
+
+def two_product(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a * b = p + e exactly (Dekker's product of Veltkamp's halves), elementwise, for
+    magnitudes well inside float64's range (no overflow, and no underflow of e)."""
+    p = a * b
+
+    def split(v):
+        c = 134217729.0 * v  # 2**27 + 1
+        high = c - (c - v)
+        return high, v - high
+
+    ah, al = split(a)
+    bh, bl = split(np.asarray(b, dtype=np.float64))
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _merged_m2(a: Moments, b: Moments, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """m2 of the union, m2_a + m2_b + delta**2 n_a n_b / n, in two parts: the difference of the
+    means taken from their two parts each, its square and product error-free (Dekker), the
+    sums error-free; only the weight n_a n_b / n rounds. Streaming a file block by block merges
+    here once per block, and plain sums lost a ULP or more over a few dozen blocks."""
+    high, low = two_sum(b.mean, -a.mean)
+    low = low + (b.mean_lo - a.mean_lo)
+    delta, low = two_sum(high, low)
+    square, square_err = two_product(delta, delta)
+    weight = a.count * b.count / np.where(count > 0, count, 1.0)
+    term, term_err = two_product(square, weight)
+    term_err = term_err + (square_err + 2 * delta * low) * weight
+    m2, rest = two_sum(a.m2, b.m2)
+    m2, rest2 = two_sum(m2, term)
+    m2, m2_lo = two_sum(m2, rest + rest2 + a.m2_lo + b.m2_lo + term_err)
+    plain = a.m2 + b.m2 + delta * delta * weight  # where the parts overflow, or lose bits
+    fine = np.isfinite(m2) & np.isfinite(m2_lo) & (np.abs(square) < 2.0**900)
+    return np.where(fine, m2, plain), np.where(fine, m2_lo, 0.0)
 
 
 def _moments_of(out: np.ndarray) -> Moments:

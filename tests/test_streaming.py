@@ -5,29 +5,74 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bninspect import kernels, npy_files, tensor_input
+from bninspect import inspection, kernels, npy_files, tensor_input
 from bninspect.errors import BnInspectError
 from bninspect.npy_files import read_data, read_header
 from bninspect.reference import channel_statistics
 from bninspect.tensor_input import load_input, map_input
 
-from strategies import tensors
+from rationals import assert_statistics_exact_to_ulps
+from strategies import cancelling_tensors, tensors
 
 
-@given(x=tensors(dtype=np.float64), block=st.integers(4, 4096))
-def test_any_block_split_gives_the_same_statistics(x, block):
-    """Uneven blocks (a block size that divides nothing) merge to the one-block statistics."""
-    whole = kernels.moments(x, "float64", block_bytes=1 << 30)
-    split = kernels.moments(x, "float64", block_bytes=block)
-    np.testing.assert_array_equal(split.count, whole.count)
-    np.testing.assert_allclose(split.total, whole.total, rtol=1e-13, atol=1e-12)
-    np.testing.assert_allclose(split.m2, whole.m2, rtol=1e-11, atol=1e-12)
+def streamed_statistics(path, block: int):
+    """The statistics as run --stats-only computes them: the file memory-mapped read-only
+    (tensor_input.map_input), the kernel over blocks of ``block`` bytes, each block's pages
+    released as it finishes (inspection's callback), then the mapping closed. Also the
+    regions the callback was told of."""
+    tensor, mapping = map_input(path)
+    release = inspection._release_region(SimpleNamespace(mapping=mapping), tensor.array)
+    seen = []
+
+    def after_block(region):
+        seen.append(region)
+        release(region)
+
+    with mock.patch.object(kernels, "block_bytes_for", lambda nbytes: block):
+        stats = channel_statistics(tensor.array, after_block=after_block)
+    del tensor  # the callback keeps only offsets and the mmap object, not its buffer
+    mapping.close()  # BufferError if an array still held the mapped pages
+    return stats, seen
+
+
+@settings(max_examples=60)
+@given(
+    x=st.sampled_from([np.float16, np.float32, np.float64]).flatmap(
+        lambda dtype: st.one_of(tensors(dtype=dtype), cancelling_tensors(dtype))
+    ),
+    block=st.integers(1, 4096),
+)
+def test_a_file_streamed_in_many_uneven_blocks_gives_the_exact_statistics(x, block):
+    """A .npy streamed from a memory map in blocks of a drawn size (down to one value: rows,
+    channel ranges and position ranges that divide nothing) gives statistics within an ULP or
+    two of exact rational arithmetic, and of the in-memory one-block result; the file's bytes
+    and modification time are unchanged."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.npy"
+        np.save(path, x)
+        before, stamp = path.read_bytes(), os.stat(path).st_mtime_ns
+        streamed, regions = streamed_statistics(path, block)
+        assert path.read_bytes() == before and os.stat(path).st_mtime_ns == stamp
+    assert_statistics_exact_to_ulps(streamed, x)
+    # Many blocks, unless the whole tensor fits in one
+    assert len(regions) >= min(x.size * x.itemsize // max(block, x.itemsize), 2)
+    with mock.patch.object(kernels, "block_bytes_for", lambda nbytes: 1 << 30):
+        whole = channel_statistics(x.copy())
+    np.testing.assert_array_equal(streamed.nan_count, whole.nan_count)
+    for name in ("mean", "m2", "var_biased"):
+        a, b = getattr(streamed, name), getattr(whole, name)
+        # each within its ULPs of the exact value, so within their sum of each other
+        np.testing.assert_allclose(a, b, rtol=5 * 2.0**-52, atol=0, err_msg=name)
 
 
 def test_stats_only_equals_the_full_run(cli, tmp_path):
