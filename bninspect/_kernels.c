@@ -188,6 +188,7 @@ static inline double hsum(vd v) {
  *  - any other shift: the plain sums are within 6.2 u sum |x - shift|: the subtraction (u), the
  *    tree of eight (3u) and Kahan's sum of the trees (2u), the lanes joined error-free; with the
  *    mean beyond half a standard deviation that is at most ~17.5 u of the sum itself.
+ *  - chunks of fewer than 64 values, whatever the shift: error-free (small_sums).
  * sum |d| <= sqrt(n sum d^2) bounds the unknown sum of magnitudes. The chunks' sums are joined
  * by Neumaier's method, whose own rounding is bounded from the sizes of its terms. */
 #define U 0x1p-53 /* float64's unit roundoff */
