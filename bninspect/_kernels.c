@@ -97,6 +97,58 @@ static HOT void widen(const void *x, int code, Py_ssize_t at, Py_ssize_t len, do
     }
 }
 
+typedef uint32_t bits32 __attribute__((may_alias));
+
+/* Gather `rows` runs of `len` values `stride` elements apart, from element `at` of x, widened
+ * to doubles in out (one call per chunk, the dtype's switch outside the loops: a call per run
+ * of one value cost ~20 ns a value for (N, C) inputs). For bfloat16 values also their least
+ * nonzero magnitude, as the float32 bits shifted left once (0 if all are zero), for
+ * grid_exponent (float32 values are gathered as float32 by gather_f32 instead). */
+static HOT uint32_t gather(const void *x, int code, Py_ssize_t at, Py_ssize_t stride,
+                           Py_ssize_t rows, Py_ssize_t len, double *out) {
+    uint32_t least = UINT32_MAX; /* of (bits << 1) - 1: a zero wraps to the largest */
+    for (Py_ssize_t r = 0; r < rows; r++, at += stride, out += len) {
+        switch (code) {
+        case DT_F32: {
+            const float *p = (const float *)x + at;
+            for (Py_ssize_t i = 0; i < len; i++) out[i] = p[i];
+            break;
+        }
+        case DT_F64: {
+            const double *p = (const double *)x + at;
+            for (Py_ssize_t i = 0; i < len; i++) out[i] = p[i]; /* a call per run cost more */
+            break;
+        }
+        case DT_F16: {
+            const uint16_t *p = (const uint16_t *)x + at;
+            for (Py_ssize_t i = 0; i < len; i++) out[i] = half_to_double(p[i]);
+            break;
+        }
+        default: {
+            const uint16_t *p = (const uint16_t *)x + at;
+            for (Py_ssize_t i = 0; i < len; i++) {
+                uint32_t v = ((uint32_t)p[i] << 17) - 1;
+                least = v < least ? v : least;
+                out[i] = bf16_to_double(p[i]);
+            }
+            break;
+        }
+        }
+    }
+    return least + 1;
+}
+
+/* Gather `rows` runs of `len` float32 values `stride` apart from x into out, as they are:
+ * their sums then run as a float32 run's do, exactness check included (widened to doubles
+ * they needed a pass of their own for it, 10-20% of a short run's time). */
+static HOT void gather_f32(const float *x, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t len,
+                           float *out) {
+    for (Py_ssize_t r = 0; r < rows; r++, x += stride, out += len) {
+        if (len >= 16) memcpy(out, x, (size_t)len * sizeof *x);
+        else for (Py_ssize_t i = 0; i < len; i++) out[i] = x[i];
+    }
+}
+
 /* ---- vector helpers ---------------------------------------------------------------------- */
 
 static inline vd load_d(const double *p) {
@@ -136,6 +188,7 @@ static inline double hsum(vd v) {
  *  - any other shift: the plain sums are within 6.2 u sum |x - shift|: the subtraction (u), the
  *    tree of eight (3u) and Kahan's sum of the trees (2u), the lanes joined error-free; with the
  *    mean beyond half a standard deviation that is at most ~17.5 u of the sum itself.
+ *  - chunks of fewer than 64 values, whatever the shift: error-free (small_sums).
  * sum |d| <= sqrt(n sum d^2) bounds the unknown sum of magnitudes. The chunks' sums are joined
  * by Neumaier's method, whose own rounding is bounded from the sizes of its terms. */
 #define U 0x1p-53 /* float64's unit roundoff */
@@ -149,6 +202,7 @@ typedef struct {
     double two_n, two_dd;            /* the same of the chunks summed error-free */
     double sizes, adds;              /* what sum_c took in: its terms are at most U * sizes */
     double unbounded;                /* a chunk's sums overflowed: no bound */
+    double shift;                    /* the last chunk's shift, the next one's first guess */
     double nan, pinf, ninf;
 } Moments;
 
@@ -229,8 +283,6 @@ static inline vd load_f32(const float *p) {
  * as unsigned integers, alongside the sums (a separate pass cost 20% here: the sums wait on
  * their Kahan chains, and these comparisons fill the gaps). A zero makes the least 0; then a
  * second pass looks past zeros. */
-typedef uint32_t bits32 __attribute__((may_alias));
-typedef uint64_t bits64 __attribute__((may_alias));
 typedef uint32_t vu8 __attribute__((vector_size(32)));
 
 static inline vu8 least_of(vu8 fewest, const char *p) {
@@ -270,15 +322,27 @@ static inline void join_lanes(vd s0, vd c0, vd s1, vd c1, double ts, double tc, 
     vd h, e;
     two_sum_v(s0, s1, &h, &e);
     vd c = (c0 + c1) + e;
-    vd2 ha, hb, ca, cb;
-    memcpy(&ha, &h, sizeof ha), memcpy(&hb, (char *)&h + sizeof ha, sizeof hb);
-    memcpy(&ca, &c, sizeof ca), memcpy(&cb, (char *)&c + sizeof ca, sizeof cb);
+    vd2 ha = {h[0], h[1]}, hb = {h[2], h[3]}, ca = {c[0], c[1]}, cb = {c[2], c[3]};
     vd2 h2 = ha + hb, back = h2 - ha;
     vd2 c2 = (ca + cb) + ((ha - (h2 - back)) + (hb - back));
     double sum, rest, sum2, rest2;
     two_sum(h2[0], h2[1], &sum, &rest);
     rest += c2[0] + c2[1];
     two_sum(sum, ts, &sum2, &rest2);
+    rest += rest2 + tc;
+    two_sum(sum2, rest, hi, lo);
+    if (!isfinite(*hi)) *lo = 0.0;
+}
+
+/* Four lane sums h + c and a tail's th + tc joined into *hi + *lo, error-free. */
+static inline void join4(vd h, vd c, double th, double tc, double *hi, double *lo) {
+    vd2 ha = {h[0], h[1]}, hb = {h[2], h[3]}, ca = {c[0], c[1]}, cb = {c[2], c[3]};
+    vd2 h2 = ha + hb, back = h2 - ha;
+    vd2 c2 = (ca + cb) + ((ha - (h2 - back)) + (hb - back));
+    double sum, rest, sum2, rest2;
+    two_sum(h2[0], h2[1], &sum, &rest);
+    rest += c2[0] + c2[1];
+    two_sum(sum, th, &sum2, &rest2);
     rest += rest2 + tc;
     two_sum(sum2, rest, hi, lo);
     if (!isfinite(*hi)) *lo = 0.0;
@@ -418,10 +482,11 @@ WIDE static inline void kahan8(vd8 *s, vd8 *c, vd8 x) {
     *s = t;
 }
 
-/* The low and high four lanes. */
+/* The low and high four lanes, by subscripts: taking the vector's address (memcpy) made GCC
+ * keep the loops' sums on the stack, each step waiting on its own store. */
 WIDE static inline void halves(vd8 v, vd *low, vd *high) {
-    memcpy(low, &v, sizeof *low);
-    memcpy(high, (char *)&v + sizeof *low, sizeof *high);
+    *low = (vd){v[0], v[1], v[2], v[3]};
+    *high = (vd){v[4], v[5], v[6], v[7]};
 }
 
 WIDE static inline void two_sum8(vd8 a, vd8 b, vd8 *s, vd8 *e) {
@@ -542,6 +607,58 @@ static Shifted shifted_sums(const double *src, const float *from, Py_ssize_t n, 
     return shift == 0 ? plain_f64(src, n, 0.0, least) : shifted_f64(src, n, shift, least);
 }
 
+/* The sums of fewer than 64 values (no vector loop runs), every step error-free: x - shift
+ * and the additions as two-sums, d * d as Dekker's product, the parts gathered plainly. A
+ * handful of values cannot average their roundings away (a float64 channel of a few, or a
+ * few repeated, values lost 2 ULPs of m2 to the plain sums), and a chunk this small then
+ * needs no exactness check, no lanes of Kahan sums and no first shift. */
+static inline void exact_square_v(vd d, vd *square, vd *rest) {
+    vd split = 134217729.0 * d; /* 2**27 + 1: Veltkamp's halves, then Dekker's product */
+    vd high = split - (split - d), low = d - high;
+    *square = d * d;
+    *rest = ((high * high - *square) + 2 * high * low) + low * low;
+}
+
+/* One value's step of small_sums: d = x - shift, its sum and square, all error-free. */
+#define SMALL_STEP(TYPE, X, S, S_LO, Q, Q_LO, K)                                                \
+    do {                                                                                        \
+        TYPE d, d_lo, rest, square, exact;                                                      \
+        two_sum##TYPE(X, -(K), &d, &d_lo);                                                      \
+        two_sum##TYPE(S, d, &S, &rest);                                                         \
+        S_LO += rest + d_lo;                                                                    \
+        exact_square##TYPE(d, &square, &exact);                                                 \
+        two_sum##TYPE(Q, square, &Q, &rest);                                                    \
+        Q_LO += rest + (exact + d_lo * (2 * d + d_lo));                                         \
+    } while (0)
+
+static inline void two_sumvd(vd a, vd b, vd *s, vd *e) { two_sum_v(a, b, s, e); }
+static inline void two_sumdouble(double a, double b, double *s, double *e) { two_sum(a, b, s, e); }
+static inline void exact_squarevd(vd d, vd *square, vd *rest) { exact_square_v(d, square, rest); }
+static inline void exact_squaredouble(double d, double *square, double *rest) {
+    double split = 134217729.0 * d, high = split - (split - d), low = d - high;
+    *square = d * d;
+    *rest = ((high * high - *square) + 2 * high * low) + low * low;
+}
+
+/* The sums of the n float32 values at `from`, or the doubles at src: W lanes, then a tail. */
+static HOT Shifted small_sums(const double *src, const float *from, Py_ssize_t n, double shift) {
+    vd s = splat(0.0), s_lo = s, q = s, q_lo = s, k = splat(shift);
+    Py_ssize_t i = 0;
+    for (; i + W <= n; i += W) {
+        vd x = from ? load_f32(from + i) : load_d(src + i);
+        SMALL_STEP(vd, x, s, s_lo, q, q_lo, k);
+    }
+    double ts = 0.0, ts_lo = 0.0, tq = 0.0, tq_lo = 0.0;
+    for (; i < n; i++) {
+        double x = from ? (double)from[i] : src[i];
+        SMALL_STEP(double, x, ts, ts_lo, tq, tq_lo, shift);
+    }
+    Shifted t; /* four lanes: joined as join_lanes' second and third steps do */
+    join4(s, s_lo, ts, ts_lo, &t.d, &t.d_lo);
+    join4(q, q_lo, tq, tq_lo, &t.dd, &t.dd_lo);
+    return t;
+}
+
 static Shifted compensated_sums(const double *src, Py_ssize_t n) {
 #ifdef HAVE_WIDE
     if (wide) return wide_compensated_f64(src, n);
@@ -551,8 +668,9 @@ static Shifted compensated_sums(const double *src, Py_ssize_t n) {
 
 /* ---- are a chunk's sums exact? ----------------------------------------------------------- */
 
-/* The least magnitude's bits of n values, shifted left once (the sign dropped), as unsigned
- * integers: 0 if one is zero. The _nonzero variants pass over zeros (and give 0 if all are). */
+/* The least nonzero magnitude's bits of n float32 values, shifted left once (the sign
+ * dropped), as unsigned integers (0 if all are zero): for a chunk with a zero, whose least
+ * the sums found to be 0. */
 static HOT uint32_t least_nonzero_bits32(const float *x, Py_ssize_t n) {
     const bits32 *b = (const bits32 *)x;
     uint32_t least = UINT32_MAX;
@@ -563,21 +681,14 @@ static HOT uint32_t least_nonzero_bits32(const float *x, Py_ssize_t n) {
     return least + 1;
 }
 
-static HOT uint64_t least_bits64(const double *x, Py_ssize_t n) {
-    const bits64 *b = (const bits64 *)x;
-    uint64_t least = UINT64_MAX;
+/* The same of n doubles holding float32 (or bfloat16) values, each exactly a float. */
+static uint32_t least_nonzero_held(const double *x, Py_ssize_t n) {
+    uint32_t least = UINT32_MAX;
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t v = b[i] << 1;
-        least = v < least ? v : least;
-    }
-    return least;
-}
-
-static HOT uint64_t least_nonzero_bits64(const double *x, Py_ssize_t n) {
-    const bits64 *b = (const bits64 *)x;
-    uint64_t least = UINT64_MAX;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t v = (b[i] << 1) - 1;
+        float f = (float)x[i];
+        uint32_t v;
+        memcpy(&v, &f, sizeof v);
+        v = (v << 1) - 1;
         least = v < least ? v : least;
     }
     return least + 1;
@@ -585,24 +696,14 @@ static HOT uint64_t least_nonzero_bits64(const double *x, Py_ssize_t n) {
 
 #define ALL_ZERO 4096 /* a grid exponent for a chunk of zeros: any sum of them is exact */
 
-/* g such that every one of the n values is a multiple of 2**g: from the smallest nonzero
- * magnitude 2**e, g = e - (bits - 1) for values of `bits` significant bits (a float32 or
- * bfloat16 below its normal range is a multiple of its least subnormal, which is coarser).
- * The float32 values at `from` (whose least bits the sums found: `least`), or the doubles at
- * src. */
-static int grid_exponent(const double *src, const float *from, Py_ssize_t n, int bits,
-                         uint32_t least) {
-    if (from) {
-        if (least == 0) least = least_nonzero_bits32(from, n);
-        if (least == 0) return ALL_ZERO;
-        int e = (int)(least >> 24);
-        return e == 0 ? -149 : e - 127 - 23;
-    }
-    uint64_t least64 = least_bits64(src, n);
-    if (least64 == 0) least64 = least_nonzero_bits64(src, n);
-    if (least64 == 0) return ALL_ZERO;
-    int e = (int)(least64 >> 53);
-    return e == 0 ? -1074 : e - 1023 - (bits - 1);
+/* g such that every one of a chunk's values is a multiple of 2**g, from the float32 bits of
+ * their least nonzero magnitude 2**e (shifted left once; 0: all zero): g = e - (bits - 1) for
+ * values of `bits` significant bits, or the format's least subnormal below its normal range
+ * (float32 and bfloat16 share the exponent range). */
+static int grid_exponent(uint32_t least, int bits) {
+    if (least == 0) return ALL_ZERO;
+    int e = (int)(least >> 24);
+    return e == 0 ? -126 - (bits - 1) : e - 127 - (bits - 1);
 }
 
 /* sum |d| <= sqrt(n sum d^2) (Cauchy-Schwarz), dd being sum d^2 within a few ULPs. */
@@ -636,18 +737,25 @@ enum { SUM_EXACT, SUM_ERROR_FREE, SUM_PLAIN, SUM_UNBOUNDED };
  * space) around `shift`, and in *kind how far t.d + t.d_lo can be from the exact sum (see the
  * comment on U above: exact, error-free or plain). */
 static inline Shifted chunk_sums(double *buf, const double *src, const float *from,
-                                 Py_ssize_t n, double shift, int code, int *kind) {
+                                 Py_ssize_t n, double shift, int code, uint32_t least_of_src,
+                                 int *kind) {
+    if (n < 64) {
+        Shifted t = small_sums(src, from, n, shift);
+        *kind = isfinite(t.dd) ? SUM_ERROR_FREE : SUM_UNBOUNDED;
+        return t;
+    }
     if (code == DT_F64 && shift == 0) {
         Shifted t = compensated_sums(src, n);
         *kind = isfinite(t.dd) ? SUM_ERROR_FREE : SUM_UNBOUNDED;
         return t;
     }
-    uint32_t least = UINT32_MAX;
+    uint32_t least = least_of_src;
     Shifted t = shifted_sums(src, from, n, shift, &least);
+    if (from && least == 0) least = least_nonzero_bits32(from, n); /* a zero: look past it */
     if (!isfinite(t.dd)) *kind = SUM_UNBOUNDED;
     else if (code == DT_F16) *kind = SUM_EXACT;
     else if (shift != 0) *kind = SUM_PLAIN;
-    else if (sums_are_exact(n, t.dd, grid_exponent(src, from, n, SIGNIFICANT_BITS[code], least)))
+    else if (sums_are_exact(n, t.dd, grid_exponent(least, SIGNIFICANT_BITS[code])))
         *kind = SUM_EXACT;
     else {
         if (from) widen(from, DT_F32, 0, n, buf), src = buf;
@@ -669,8 +777,9 @@ static void count_error(Moments *m, int kind, Py_ssize_t n, double dd) {
 
 static double error_bound(const Moments *m) {
     if (m->unbounded) return INFINITY;
-    double plain = 6.2 * U * magnitude_bound(m->plain_n, m->plain_dd);
-    double two = 1.02 * 3481.0 * U * U * magnitude_bound(m->two_n, m->two_dd); /* 59**2 */
+    double plain = m->plain_n > 0 ? 6.2 * U * magnitude_bound(m->plain_n, m->plain_dd) : 0.0;
+    double two = /* 59**2 */
+        m->two_n > 0 ? 1.02 * 3481.0 * U * U * magnitude_bound(m->two_n, m->two_dd) : 0.0;
     return plain + two + 1.01 * m->adds * U * U * m->sizes; /* and sum_c's own rounding */
 }
 
@@ -680,13 +789,6 @@ static double round_shift(double shift, int code) {
     if (code == DT_F32) return (double)(float)shift;
     if (code == DT_F16) return nearbyint(shift * 0x1p24) * 0x1p-24;
     return shift;
-}
-
-/* A shift for the next chunk: the mean so far where it stands out from the spread, else 0
- * (then d = x exactly). */
-static double shift_for(const Moments *m, int code) {
-    if (!(m->count > 0 && 4 * m->mean * m->mean > m->m2 / m->count)) return 0.0;
-    return round_shift(m->mean, code);
 }
 
 /* The shift shift_for would choose for values of mean `mean` and sum of squared deviations m2
@@ -700,15 +802,15 @@ static double shift_near(double mean, double m2, Py_ssize_t n, int code) {
  * (a guess: shift_is_good checks it, and a wrong one costs a second pass from L1). Without it
  * every offset channel's first chunk took a wasted pass around 0. */
 static double first_shift(const double *src, const float *from, Py_ssize_t n, int code) {
-    double total = 0.0, squares = 0.0;
-    Py_ssize_t k = n < 16 ? n : 16;
-    for (Py_ssize_t i = 0; i < k; i++) {
+    double total = 0.0, squares = 0.0, k = (double)(n < 16 ? n : 16);
+    for (Py_ssize_t i = 0; i < (Py_ssize_t)k; i++) {
         double v = from ? (double)from[i] : src[i];
         total += v;
         squares += v * v;
     }
-    double mean = total / (double)k;
-    return shift_near(mean, squares - total * mean, k, code);
+    /* shift_near's 4 mean^2 > m2 / k with m2 = squares - total^2 / k: 5 total^2 > k squares */
+    if (!(isfinite(squares) && 5 * total * total > k * squares)) return 0.0;
+    return round_shift(total / k, code);
 }
 
 /* Does the chunk's mean lie within one standard deviation of `shift` (then the shifted
@@ -730,11 +832,19 @@ static double scaled_mean(const double *src, const float *from, Py_ssize_t n) {
 
 /* m2 = sum d^2 - (sum d)^2 / n from the chunk's sums, with the square's and the quotient's
  * rounding kept (fma is exact): rounded about once, by the subtraction. */
+static inline double product_error(double a, double b, double p) { /* a * b - p, exactly */
+    double sa = 134217729.0 * a, sb = 134217729.0 * b; /* Veltkamp's halves; Dekker */
+    double ah = sa - (sa - a), al = a - ah, bh = sb - (sb - b), bl = b - bh;
+    return ((ah * bh - p) + ah * bl + al * bh) + al * bl;
+}
+
 static double chunk_m2(Shifted t, double count) {
     double square = t.d * t.d;
-    if (!isfinite(square)) return t.dd - (t.d / count) * t.d;
-    double q = square / count;
-    double rest = (fma(-q, count, square) + (fma(t.d, t.d, -square) + 2 * t.d * t.d_lo)) / count;
+    if (!(fabs(t.d) < 0x1p490)) return t.dd - (t.d / count) * t.d; /* or the halves overflow */
+    double inverse = 1 / count, q = square * inverse, qc = q * count; /* one division */
+    if (q < 0x1p-30 * t.dd) return (t.dd - q) + t.dd_lo; /* its rounding is below u**2 dd */
+    double rest = ((square - qc) - product_error(q, count, qc) +
+                   (product_error(t.d, t.d, square) + 2 * t.d * t.d_lo)) * inverse;
     return (t.dd - q) + (t.dd_lo - rest);
 }
 
@@ -744,10 +854,12 @@ static double chunk_m2(Shifted t, double count) {
  * shift misses (the first of an offset channel, a trend) gets a second pass around its own
  * mean, from L1. */
 static void chunk_moments(double *buf, Py_ssize_t n, const double *src, const float *from,
-                          int code, Moments *m) {
-    double shift = m->count > 0 ? shift_for(m, code) : first_shift(src, from, n, code);
+                          int code, uint32_t least, Moments *m) {
+    /* The last chunk's shift, which shift_is_good then checks: the next chunk need not wait
+     * for this one's merge (from the mean so far it did, and chunks in L1 ran ~15% slower). */
+    double shift = m->count > 0 ? m->shift : n < 64 ? 0.0 : first_shift(src, from, n, code);
     int kind;
-    Shifted t = chunk_sums(buf, src, from, n, shift, code, &kind);
+    Shifted t = chunk_sums(buf, src, from, n, shift, code, least, &kind);
     if (!isfinite(t.dd)) { /* rare: non-finite values (counted and dropped), or huge ones */
         Py_ssize_t kept = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -760,8 +872,9 @@ static void chunk_moments(double *buf, Py_ssize_t n, const double *src, const fl
         if (kept == 0) return;
         if (kept < n) {
             n = kept, from = NULL, src = buf;
-            shift = m->count > 0 ? shift_for(m, code) : first_shift(src, NULL, n, code);
-            t = chunk_sums(buf, src, NULL, n, shift, code, &kind);
+            shift = m->count > 0 ? m->shift : n < 64 ? 0.0 : first_shift(src, NULL, n, code);
+            if (code == DT_F32 || code == DT_BF16) least = least_nonzero_held(buf, n);
+            t = chunk_sums(buf, src, NULL, n, shift, code, least, &kind);
         }
     }
     if (!shift_is_good(t, n, shift)) {
@@ -771,7 +884,7 @@ static void chunk_moments(double *buf, Py_ssize_t n, const double *src, const fl
             shift = shift_near(shift + t.d / (double)n, t.dd - t.d * t.d / (double)n, n, code);
         else
             shift = round_shift(scaled_mean(src, from, n), code);
-        t = chunk_sums(buf, src, from, n, shift, code, &kind);
+        t = chunk_sums(buf, src, from, n, shift, code, least, &kind);
     }
     double count = (double)n, m2 = chunk_m2(t, count);
     if (!isfinite(t.dd)) m2 = INFINITY; /* the squared deviations themselves overflow */
@@ -784,6 +897,7 @@ static void chunk_moments(double *buf, Py_ssize_t n, const double *src, const fl
     neumaier_add(m, t.d);
     add_small(m, t.d_lo, fabs(t.d));
     count_error(m, kind, n, t.dd);
+    m->shift = shift;
     moments_merge(m, count, shift, t.d / count, m2 > 0 ? m2 : 0.0);
 }
 
@@ -791,6 +905,7 @@ static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, 
                            Py_ssize_t n1, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t s0,
                            Py_ssize_t s1, double *out) {
     double buf[CHUNK];
+    float narrow[CHUNK]; /* float32 runs gathered */
     Py_ssize_t len = s1 - s0;
     for (Py_ssize_t c = c0; c < c1; c++) {
         Moments m;
@@ -800,21 +915,26 @@ static void moments_region(const void *x, int code, Py_ssize_t C, Py_ssize_t S, 
                 for (Py_ssize_t s = s0; s < s1; s += CHUNK) {
                     Py_ssize_t piece = s1 - s < CHUNK ? s1 - s : CHUNK, at = (n * C + c) * S + s;
                     if (code == DT_F32) {
-                        chunk_moments(buf, piece, NULL, (const float *)x + at, code, &m);
+                        chunk_moments(buf, piece, NULL, (const float *)x + at, code,
+                                      UINT32_MAX, &m);
                     } else if (code == DT_F64) {
-                        chunk_moments(buf, piece, (const double *)x + at, NULL, code, &m);
+                        chunk_moments(buf, piece, (const double *)x + at, NULL, code, 0, &m);
                     } else {
-                        widen(x, code, at, piece, buf);
-                        chunk_moments(buf, piece, buf, NULL, code, &m);
+                        uint32_t least = gather(x, code, at, 0, 1, piece, buf);
+                        chunk_moments(buf, piece, buf, NULL, code, least, &m);
                     }
                 }
         } else if (len > 0) { /* short runs: gather whole runs of consecutive rows */
             Py_ssize_t per = CHUNK / len;
             for (Py_ssize_t n = n0; n < n1; n += per) {
-                Py_ssize_t rows = n1 - n < per ? n1 - n : per;
-                for (Py_ssize_t r = 0; r < rows; r++)
-                    widen(x, code, ((n + r) * C + c) * S + s0, len, buf + r * len);
-                chunk_moments(buf, rows * len, buf, NULL, code, &m);
+                Py_ssize_t rows = n1 - n < per ? n1 - n : per, at = (n * C + c) * S + s0;
+                if (code == DT_F32) {
+                    gather_f32((const float *)x + at, C * S, rows, len, narrow);
+                    chunk_moments(buf, rows * len, NULL, narrow, code, UINT32_MAX, &m);
+                } else {
+                    uint32_t least = gather(x, code, at, C * S, rows, len, buf);
+                    chunk_moments(buf, rows * len, buf, NULL, code, least, &m);
+                }
             }
         }
         double *o = out + (c - c0) * M_FIELDS, hi, lo;
