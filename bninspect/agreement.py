@@ -30,6 +30,33 @@ def channel_scale(max_reference: np.ndarray | float, weight: np.ndarray | float)
     return np.maximum(np.abs(max_reference), np.abs(weight))
 
 
+def running_mean_scale(
+    before: np.ndarray, after: np.ndarray, batch_weight: float, batch_rms: np.ndarray | None
+) -> np.ndarray:
+    """The scale of a running-mean update ``after = (1 - w) * before + w * batch_mean`` (w the
+    batch's weight; every convention's rule takes this form for the running statistics), shape
+    (C,): its largest term, with the batch's RMS standing for its mean, since the float sum that
+    made the mean errs relative to the values summed. ``after`` alone where no batch was folded
+    in (eval mode: ``batch_rms`` None). Where the terms cancel, ``after`` is near 0 and its own
+    ULP says nothing. NaN terms are skipped (the errors there compare NaN with NaN).
+
+    The variance needs no such scale: its terms are never negative, so its own value is the
+    largest of them.
+    """
+    scale = np.abs(np.asarray(after, dtype=np.float64))
+    if batch_rms is None:
+        return scale
+    with np.errstate(invalid="ignore", over="ignore"):
+        old_term = (1.0 - batch_weight) * np.abs(np.asarray(before, dtype=np.float64))
+        return np.fmax(np.fmax(scale, old_term), batch_weight * np.asarray(batch_rms))
+
+
+def errors_at_scale(abs_error: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
+    """|err| in ULPs of ``dtype`` at ``scale`` (elementwise, float64); 0 where the error is 0."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(abs_error == 0, 0.0, abs_error / ulp(scale, dtype))
+
+
 def elementwise_errors(
     actual: np.ndarray, reference: np.ndarray, dtype: str
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -95,7 +95,9 @@ class ChannelReport:
     the forward pass (updated in train mode, unchanged in eval mode). Errors compare PyTorch with
     the float64 reference: absolute; in ULPs of the dtype at the channel's scale (the headline:
     ``max_scaled_error`` = max |err| / ULP(output_scale)); and in ULPs at each element's own
-    reference value (``max_ulp_error``, inflated wherever |y| is far below the scale).
+    reference value (``max_ulp_error``, inflated wherever |y| is far below the scale). The
+    running mean's error likewise in ULPs at its update's scale (``running_mean_scaled_error``,
+    the headline) and at its own value; the running variance's own value is its scale.
     """
 
     channel: int
@@ -123,8 +125,10 @@ class ChannelReport:
     max_abs_error: Number = field(metadata=column("|err|", AGREEMENT))
     max_ulp_error: Number = field(metadata=column("ULP\nelementwise", AGREEMENT))
     worst_index: tuple[int, ...] | Undefined  # where the elementwise ULP error is largest
+    running_mean_scale: Number  # agreement.running_mean_scale: the update's largest term
     running_mean_abs_error: Number = field(metadata=column("mean\n|err|", BUFFERS))
-    running_mean_ulp_error: Number = field(metadata=column("mean\nULP", BUFFERS))
+    running_mean_scaled_error: Number = field(metadata=column("mean ULP\nat scale", BUFFERS))
+    running_mean_ulp_error: Number = field(metadata=column("mean ULP\nown value", BUFFERS))
     running_var_abs_error: Number = field(metadata=column("var\n|err|", BUFFERS))
     running_var_ulp_error: Number = field(metadata=column("var\nULP", BUFFERS))
     train_eval_max_gap: Number = field(metadata=column("max\n|y_train - y_eval|", GAP))
@@ -152,8 +156,12 @@ class StepChannel:
     running_var: Number = field(metadata=column("running\nvar", HISTORY))
     torch_running_mean: Number
     torch_running_var: Number
+    running_mean_scale: Number  # agreement.running_mean_scale: the update's largest term
     running_mean_abs_error: Number = field(metadata=column("mean\n|err|", HISTORY_VS_TORCH))
-    running_mean_ulp_error: Number = field(metadata=column("mean\nULP", HISTORY_VS_TORCH))
+    running_mean_scaled_error: Number = field(
+        metadata=column("mean ULP\nat scale", HISTORY_VS_TORCH)
+    )
+    running_mean_ulp_error: Number = field(metadata=column("mean ULP\nown value", HISTORY_VS_TORCH))
     running_var_abs_error: Number = field(metadata=column("var\n|err|", HISTORY_VS_TORCH))
     running_var_ulp_error: Number = field(metadata=column("var\nULP", HISTORY_VS_TORCH))
 

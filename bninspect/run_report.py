@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bninspect import kernels
-from bninspect.agreement import channel_scale, elementwise_errors, max_errors, ulp
+from bninspect.agreement import (
+    channel_scale,
+    elementwise_errors,
+    errors_at_scale,
+    max_errors,
+    running_mean_scale,
+    ulp,
+)
 from bninspect.conventions import PYTORCH
 from bninspect.health import channel_health, legend
 from bninspect.inspection import Inspection, PhaseProgress
@@ -24,7 +31,7 @@ from bninspect.results import (
     StepRecord,
     Undefined,
 )
-from bninspect.running import StepUpdate
+from bninspect.running import StepUpdate, initial_state
 from bninspect.variance_methods import compare_variance_methods
 
 if TYPE_CHECKING:
@@ -36,7 +43,9 @@ AGREEMENT_FIELDS = (
     "max_abs_error",
     "max_ulp_error",
     "worst_index",
+    "running_mean_scale",
     "running_mean_abs_error",
+    "running_mean_scaled_error",
     "running_mean_ulp_error",
     "running_var_abs_error",
     "running_var_ulp_error",
@@ -62,6 +71,15 @@ def _errors(
         missing = no_torch_value(inspection)
         return missing, missing
     return max_errors(actual, reference, inspection.tensor.info.dtype)
+
+
+def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number:
+    """One buffer's |err| in ULPs at ``scale``, or why it is missing."""
+    if isinstance(abs_error, Undefined):
+        return abs_error
+    return float(
+        errors_at_scale(np.float64(abs_error), np.float64(scale), inspection.tensor.info.dtype)
+    )
 
 
 def describe_peer(inspection: Inspection) -> str:
@@ -140,8 +158,13 @@ def _gap(inspection: Inspection, c: int, train, evaluated) -> tuple[Number, Numb
 
 
 def _step_channel(
-    inspection: Inspection, update: StepUpdate, torch_step: TorchStep | None, c: int
+    inspection: Inspection,
+    update: StepUpdate,
+    torch_step: TorchStep | None,
+    c: int,
+    mean_scale: np.ndarray,
 ) -> StepChannel:
+    """Channel c after one step; ``mean_scale`` is the step's running_mean_scale, shape (C,)."""
     after = update.after
     compared = {}
     for name in ("running_mean", "running_var"):
@@ -160,7 +183,9 @@ def _step_channel(
         running_var=float(after.running_var[c]),
         torch_running_mean=compared["running_mean"][0],
         torch_running_var=compared["running_var"][0],
+        running_mean_scale=float(mean_scale[c]),
         running_mean_abs_error=compared["running_mean"][1],
+        running_mean_scaled_error=_at_scale(compared["running_mean"][1], mean_scale[c], inspection),
         running_mean_ulp_error=compared["running_mean"][2],
         running_var_abs_error=compared["running_var"][1],
         running_var_ulp_error=compared["running_var"][2],
@@ -171,9 +196,14 @@ def step_records(inspection: Inspection) -> tuple[StepRecord, ...]:
     """Every training step's running statistics, per channel, beside PyTorch's buffers."""
     size, channels = inspection.settings.batch_size, inspection.batch.shape[1]
     torch_steps = inspection.torch_run.steps if inspection.torch_run else ()
+    params = inspection.params
+    before = initial_state(params.running_mean, params.running_var).running_mean
     records = []
     for k, update in enumerate(inspection.history):
         torch_step = torch_steps[k] if torch_steps else None
+        after = update.after.running_mean
+        mean_scale = running_mean_scale(before, after, update.batch_weight, update.batch_rms)
+        before = after
         records.append(
             StepRecord(
                 step=k + 1,
@@ -182,7 +212,8 @@ def step_records(inspection: Inspection) -> tuple[StepRecord, ...]:
                 batch_weight=update.batch_weight,
                 scale_factor=update.after.scale_factor,
                 channels=tuple(
-                    _step_channel(inspection, update, torch_step, c) for c in range(channels)
+                    _step_channel(inspection, update, torch_step, c, mean_scale)
+                    for c in range(channels)
                 ),
             )
         )
@@ -227,6 +258,21 @@ def build_run_result(
             errors = kernels.output_errors(x, torch_run.output, dtype, *vectors, tell)
         mean_abs, mean_ulp = elementwise_errors(torch_run.running_mean, forward.running_mean, dtype)
         var_abs, var_ulp = elementwise_errors(torch_run.running_var, forward.running_var, dtype)
+        update = forward.update
+        mean_scale = running_mean_scale(
+            forward.before.running_mean,
+            forward.running_mean,
+            update.batch_weight if update else 0.0,
+            update.batch_rms if update else None,
+        )
+        buffers = {
+            "running_mean_scale": mean_scale,
+            "running_mean_abs_error": mean_abs,
+            "running_mean_scaled_error": errors_at_scale(mean_abs, mean_scale, dtype),
+            "running_mean_ulp_error": mean_ulp,
+            "running_var_abs_error": var_abs,
+            "running_var_ulp_error": var_ulp,
+        }
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             scales = channel_scale(errors.max_reference, params.weight)
             scaled = errors.max_abs / ulp(scales, dtype)
@@ -247,9 +293,7 @@ def build_run_result(
         if torch_run is None:
             agreement = dict.fromkeys(AGREEMENT_FIELDS, no_torch_value(inspection))
         else:
-            agreement = _agreement(
-                c, errors, scales[c], scaled[c], x.shape, mean_abs, mean_ulp, var_abs, var_ulp
-            )
+            agreement = _agreement(c, errors, scales[c], scaled[c], x.shape, buffers)
         if stats.count > 1:
             var_unbiased: Number = float(stats.var_unbiased[c])
         else:
@@ -308,8 +352,9 @@ def build_run_result(
     )
 
 
-def _agreement(c, errors, scale, scaled, shape, mean_abs, mean_ulp, var_abs, var_ulp) -> dict:
-    """Channel c's comparison fields from the whole-tensor kernel results."""
+def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) -> dict:
+    """Channel c's comparison fields from the whole-tensor kernel results and the buffers'
+    per-channel errors (``buffers``: field name -> shape (C,))."""
     scale = float(scale)
     if errors.argmax_ulp[c] >= 0 and errors.max_ulp[c] > 0:
         worst = tuple(int(i) for i in np.unravel_index(int(errors.argmax_ulp[c]), shape))
@@ -323,8 +368,5 @@ def _agreement(c, errors, scale, scaled, shape, mean_abs, mean_ulp, var_abs, var
         "max_abs_error": float(errors.max_abs[c]),
         "max_ulp_error": float(errors.max_ulp[c]),
         "worst_index": worst,
-        "running_mean_abs_error": float(mean_abs[c]),
-        "running_mean_ulp_error": float(mean_ulp[c]),
-        "running_var_abs_error": float(var_abs[c]),
-        "running_var_ulp_error": float(var_ulp[c]),
+        **{name: float(values[c]) for name, values in buffers.items()},
     }

@@ -101,12 +101,15 @@ def torch_momenta(convention: Convention, momentum: float | None, steps: int) ->
 class StepUpdate:
     """One training step's effect on the running statistics: the batch statistics folded in
     (mean, and the variance of the kind the convention stores), the weight the batch got in the
-    running statistics (PyTorch's momentum for the same step) and the state after."""
+    running statistics (PyTorch's momentum for the same step), the state after, and the batch's
+    root mean square sqrt(mean^2 + biased var) per channel, the size of the values its mean
+    summed (a float sum errs relative to them, not to their mean)."""
 
     batch_mean: np.ndarray
     batch_var: np.ndarray
     batch_weight: float
     after: RunningState
+    batch_rms: np.ndarray
 
 
 def advance(
@@ -124,10 +127,12 @@ def advance(
     the step still counts.
     """
     batch_var = variance_of(batch_m2, count, convention.stores)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN, Inf, empty batch
+        batch_rms = np.sqrt(batch_mean * batch_mean + batch_m2 / count)
     step = state.num_batches_tracked + 1
     if count == 1 and convention.one_value == "pass_through":
         after = RunningState(state.stored_mean, state.stored_var, state.scale_factor, step)
-        return StepUpdate(batch_mean, batch_var, 0.0, after)
+        return StepUpdate(batch_mean, batch_var, 0.0, after, batch_rms)
     keep, take = coefficients(convention, momentum, step)
     scale = _next_scale(convention, state.scale_factor, keep, take)
     # NaN and Inf in a batch poison the running statistics from here on, as in every framework.
@@ -138,4 +143,4 @@ def advance(
             scale,
             step,
         )
-    return StepUpdate(batch_mean, batch_var, take / scale, after)
+    return StepUpdate(batch_mean, batch_var, take / scale, after, batch_rms)
