@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from bninspect.agreement import channel_scale, ulp
+from bninspect.agreement import output_scale, ulp
 from bninspect.check_compare import ROUNDING_ULPS
 from bninspect.check_results import OutputInfo
 from bninspect.inspection import Inspection
@@ -65,8 +65,7 @@ def against_report(
 
 def _unit(channel_y: np.ndarray, weight: float, dtype: str) -> float:
     """One ULP of ``dtype`` at the channel's scale (as check measures it)."""
-    finite = np.abs(channel_y[np.isfinite(channel_y)])
-    return float(ulp(channel_scale(finite.max() if finite.size else 0.0, weight), dtype))
+    return float(ulp(output_scale(channel_y, weight), dtype))
 
 
 def _mistakes(inspection, c, x, values, y_theirs, solved_eps) -> list[tuple[float, str, str]]:

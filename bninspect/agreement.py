@@ -30,25 +30,42 @@ def channel_scale(max_reference: np.ndarray | float, weight: np.ndarray | float)
     return np.maximum(np.abs(max_reference), np.abs(weight))
 
 
+def output_scale(channel_y: np.ndarray, weight: float) -> float:
+    """``channel_scale`` of one channel's reference outputs (any shape), over its finite ones."""
+    finite = np.abs(channel_y[np.isfinite(channel_y)])
+    return float(channel_scale(finite.max() if finite.size else 0.0, weight))
+
+
 def running_mean_scale(
-    before: np.ndarray, after: np.ndarray, batch_weight: float, batch_rms: np.ndarray | None
+    before: np.ndarray,
+    after: np.ndarray,
+    batch: tuple[float, np.ndarray, np.ndarray] | None,
+    dtype: str,
 ) -> np.ndarray:
-    """The scale of a running-mean update ``after = (1 - w) * before + w * batch_mean`` (w the
-    batch's weight; every convention's rule takes this form for the running statistics), shape
-    (C,): its largest term, with the batch's RMS standing for its mean, since the float sum that
-    made the mean errs relative to the values summed. ``after`` alone where no batch was folded
-    in (eval mode: ``batch_rms`` None). Where the terms cancel, ``after`` is near 0 and its own
-    ULP says nothing. NaN terms are skipped (the errors there compare NaN with NaN).
+    """The scale a running mean's error is counted at, shape (C,), for the update
+    ``after = (1 - w) * before + w * batch_mean`` (every convention's rule takes this form for
+    the running statistics; ``batch`` is (w, batch_mean, batch_rms), None where no batch was
+    folded in: eval mode). It is the largest of |after| and the update's two terms; where they
+    cancel, ``after`` is near 0 and its own ULP says nothing.
+
+    The batch term's size is its mean's, or the size of the mean's own error where that is
+    larger: PyTorch sums the values in its accumulation type, so the sum errs relative to them
+    (their RMS) in that type's units. For float32 (summed in float64) this is |batch_mean|;
+    for float64 input, the RMS. NaN where ``after`` is NaN.
 
     The variance needs no such scale: its terms are never negative, so its own value is the
     largest of them.
     """
     scale = np.abs(np.asarray(after, dtype=np.float64))
-    if batch_rms is None:
+    if batch is None:
         return scale
+    weight, batch_mean, batch_rms = batch
+    form = float_format(dtype)
+    sum_error_size = float_format(form.torch_accumulation).eps / form.eps  # in the dtype's units
     with np.errstate(invalid="ignore", over="ignore"):
-        old_term = (1.0 - batch_weight) * np.abs(np.asarray(before, dtype=np.float64))
-        return np.fmax(np.fmax(scale, old_term), batch_weight * np.asarray(batch_rms))
+        old_term = (1.0 - weight) * np.abs(np.asarray(before, dtype=np.float64))
+        batch_size = np.maximum(np.abs(batch_mean), sum_error_size * np.asarray(batch_rms))
+        return np.maximum(np.maximum(scale, old_term), weight * batch_size)
 
 
 def errors_at_scale(abs_error: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
@@ -90,17 +107,23 @@ def round_to_dtype(value: float, dtype: str) -> float:
 
 
 def compare_value(
-    name: str, reference: float, torch_value: float | Undefined, dtype: str
+    name: str, reference: float, torch_value: float | Undefined, dtype: str, scale: float
 ) -> Comparison:
-    """One PyTorch value beside its float64 reference, with its errors and whether it is the
-    reference correctly rounded to ``dtype``; every PyTorch side undefined when ``torch_value``
-    is (PyTorch's module did not run)."""
-    if isinstance(torch_value, Undefined):
-        return Comparison(
-            name, float(reference), round_to_dtype(reference, dtype), *[torch_value] * 5
-        )
-    abs_error, ulp_error = elementwise_errors(np.array([torch_value]), np.array([reference]), dtype)
+    """One PyTorch value beside its float64 reference, with its errors (in ULPs of ``dtype`` at
+    ``scale`` and at the reference itself) and whether it is the reference correctly rounded to
+    ``dtype``; every PyTorch side undefined when ``torch_value`` is (PyTorch's module did not
+    run)."""
     rounded = round_to_dtype(reference, dtype)
+    if isinstance(torch_value, Undefined):
+        missing = torch_value
+        return Comparison(
+            name, float(reference), rounded, torch=missing, torch_hex=missing, abs_error=missing,
+            scale=float(scale), scaled_error=missing, ulp_error=missing, correctly_rounded=missing,
+        )  # fmt: skip
+    abs_error, ulp_error = elementwise_errors(np.array([torch_value]), np.array([reference]), dtype)
+    scaled: Number = float(errors_at_scale(abs_error, np.array([scale]), dtype)[0])
+    if not scale > 0:
+        scaled = Undefined("no scale: weight and y are 0, or not finite")
     both_nan = np.isnan(rounded) and np.isnan(torch_value)
     return Comparison(
         name=name,
@@ -109,6 +132,8 @@ def compare_value(
         torch=float(torch_value),
         torch_hex=float(torch_value).hex(),
         abs_error=float(abs_error[0]),
+        scale=float(scale),
+        scaled_error=scaled,
         ulp_error=float(ulp_error[0]),
         correctly_rounded=bool(both_nan or rounded == torch_value),
     )

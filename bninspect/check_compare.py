@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from bninspect.agreement import channel_scale, elementwise_errors, ulp
+from bninspect.agreement import elementwise_errors, output_scale, ulp
 from bninspect.check_results import (
     WHERE_FINITE,
     ChannelCheck,
@@ -46,8 +46,7 @@ def scaled_errors(
             same_inf = np.isinf(t) & (t == y)
             error = np.where(both_nan | same_inf, 0.0, np.abs(t - y))
             error = np.where(np.isnan(error), np.inf, error)
-            finite = np.abs(y[np.isfinite(y)])
-            scale = float(channel_scale(finite.max() if finite.size else 0.0, weight[c]))
+            scale = output_scale(y, weight[c])
             out[c] = (
                 error.max() / float(ulp(scale, dtype))
                 if scale > 0
@@ -213,8 +212,7 @@ def channel_checks(
     for c in range(theirs.shape[1]):
         t, r = theirs[:, c].reshape(-1), reference[:, c].reshape(-1)
         e = abs_error[:, c].reshape(-1)
-        finite = np.abs(r[np.isfinite(r)])
-        scale = float(channel_scale(finite.max() if finite.size else 0.0, weight[c]))
+        scale = output_scale(r, weight[c])
         unit = float(ulp(scale, dtype)) if scale > 0 else 0.0
         pattern, factor, offset = _pattern(t, r, ROUNDING_ULPS * unit)
         with np.errstate(over="ignore"):

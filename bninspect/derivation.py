@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from bninspect.against import against_report
-from bninspect.agreement import compare_value
+from bninspect.agreement import compare_value, output_scale
 from bninspect.conventions import (
     PYTORCH,
     UPDATE_WEIGHTS,
@@ -20,9 +20,9 @@ from bninspect.conventions import (
 )
 from bninspect.inspection import Inspection
 from bninspect.precision import precision_report
-from bninspect.reference import channel_values, forward_output, normalize
+from bninspect.reference import ReferenceForward, channel_values, forward_output, normalize
 from bninspect.results import CUMULATIVE, NOT_ASKED, ExplainResult, Number, Step, Undefined
-from bninspect.run_report import describe_peer, no_torch_value
+from bninspect.run_report import describe_peer, mean_update_scale, no_torch_value
 from bninspect.running import coefficients
 from bninspect.text import number
 
@@ -358,6 +358,15 @@ def _precision(inspection: Inspection, index: tuple[int, ...]):
     return precision_report(inspection, index)
 
 
+def _buffer_scales(forward: ReferenceForward, c: int, dtype: str) -> tuple[float, float]:
+    """The scales channel c's running mean and variance are counted at after a training step:
+    the mean's update's (agreement.running_mean_scale), the variance's own value."""
+    mean_scale = mean_update_scale(
+        forward.before.running_mean, forward.update, forward.running_mean, dtype
+    )
+    return float(mean_scale[c]), abs(float(forward.running_var[c]))
+
+
 def derive_element(
     inspection: Inspection, index: tuple[int, ...], precision: bool = False, against=None
 ) -> ExplainResult:
@@ -371,7 +380,8 @@ def derive_element(
     steps_taken = max(len(inspection.history), 1)
     first = (steps_taken - 1) * inspection.settings.batch_size
     x = float(inspection.batch[index])
-    y = float(forward_output(forward, x, c, params.weight[c], params.bias[c]))
+    w, b = params.weight[c], params.bias[c]
+    y = float(forward_output(forward, x, c, w, b))
     where = _index_text((first + index[0], *index[1:]))
     if steps_taken > 1:
         where = f"{where}: batch {steps_taken}, sample {index[0]}"
@@ -389,11 +399,19 @@ def derive_element(
                 getattr(forward, name)[c],
                 missing if torch_run is None else getattr(torch_run, name)[c],
                 dtype,
+                scale,
             )
-            for name in ("running_mean", "running_var")
+            for name, scale in zip(
+                ("running_mean", "running_var"), _buffer_scales(forward, c, dtype), strict=True
+            )
         )
+    channel_y = forward_output(forward, channel_values(inspection.batch, c), c, w, b)
     output = compare_value(
-        "y", y, missing if torch_run is None else float(torch_run.output[index]), dtype
+        "y",
+        y,
+        missing if torch_run is None else float(torch_run.output[index]),
+        dtype,
+        output_scale(channel_y, w),
     )
     return ExplainResult(
         input=inspection.tensor.info,
@@ -408,6 +426,8 @@ def derive_element(
         y_torch=output.torch,
         y_torch_hex=output.torch_hex,
         abs_error=output.abs_error,
+        output_scale=output.scale,
+        scaled_error=output.scaled_error,
         ulp_error=output.ulp_error,
         correctly_rounded=output.correctly_rounded,
         running=running,

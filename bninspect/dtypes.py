@@ -25,6 +25,9 @@ class FloatFormat:
         float  # torch.testing.assert_close's defaults for the dtype (torch/testing/_comparison.py)
     )
     atol: float
+    # the type PyTorch's CPU batch norm sums this dtype's values in (its batch_norm_kernel.cpp:
+    # float32 in double, float16/bfloat16 in float32; see conventions.md)
+    torch_accumulation: str
 
     @property
     def numpy(self) -> np.dtype:
@@ -40,10 +43,10 @@ class FloatFormat:
 FORMATS = {
     f.name: f
     for f in (
-        FloatFormat("float32", 23, -126, 0, 1.3e-6, 1e-5),
-        FloatFormat("float64", 52, -1022, 1, 1e-7, 1e-7),
-        FloatFormat("float16", 10, -14, 2, 1e-3, 1e-5),
-        FloatFormat("bfloat16", 7, -126, 3, 1.6e-2, 1e-5),
+        FloatFormat("float32", 23, -126, 0, 1.3e-6, 1e-5, "float64"),
+        FloatFormat("float64", 52, -1022, 1, 1e-7, 1e-7, "float64"),
+        FloatFormat("float16", 10, -14, 2, 1e-3, 1e-5, "float32"),
+        FloatFormat("bfloat16", 7, -126, 3, 1.6e-2, 1e-5, "float32"),
     )
 }
 assert tuple(FORMATS) == DTYPE_NAMES  # one list of names, kept where no numpy is needed

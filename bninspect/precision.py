@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from bninspect.agreement import channel_scale, ulp
+from bninspect.agreement import output_scale, ulp
 from bninspect.inspection import Inspection
 from bninspect.reference import channel_values, normalize
 from bninspect.results import PrecisionReport, PrecisionStep
@@ -53,8 +53,7 @@ def precision_report(inspection: Inspection, index: tuple[int, ...]) -> Precisio
     y_emulated = emulate_output(x, emulated, dtype, fma)
     y_torch = float(torch_run.output[index])
     scale_values = normalize(channel_values(x_arr, c), forward.mean[c], forward.std[c], w, b)
-    finite = np.abs(scale_values[np.isfinite(scale_values)])
-    scale = float(channel_scale(finite.max() if finite.size else 0.0, w))
+    scale = output_scale(scale_values, w)
     unit = float(ulp(scale, dtype))
 
     X, W, B, E = Fraction(x), Fraction(w), Fraction(b), Fraction(eps)

@@ -130,7 +130,7 @@ class ChannelReport:
     running_mean_scaled_error: Number = field(metadata=column("mean ULP\nat scale", BUFFERS))
     running_mean_ulp_error: Number = field(metadata=column("mean ULP\nown value", BUFFERS))
     running_var_abs_error: Number = field(metadata=column("var\n|err|", BUFFERS))
-    running_var_ulp_error: Number = field(metadata=column("var\nULP", BUFFERS))
+    running_var_ulp_error: Number = field(metadata=column("var ULP\nown value", BUFFERS))
     train_eval_max_gap: Number = field(metadata=column("max\n|y_train - y_eval|", GAP))
     train_eval_mean_gap: Number = field(metadata=column("mean\n|y_train - y_eval|", GAP))
     eval_max_abs_error: Number = field(metadata=column("PyTorch eval\noutput |err|", GAP))
@@ -163,7 +163,7 @@ class StepChannel:
     )
     running_mean_ulp_error: Number = field(metadata=column("mean ULP\nown value", HISTORY_VS_TORCH))
     running_var_abs_error: Number = field(metadata=column("var\n|err|", HISTORY_VS_TORCH))
-    running_var_ulp_error: Number = field(metadata=column("var\nULP", HISTORY_VS_TORCH))
+    running_var_ulp_error: Number = field(metadata=column("var ULP\nown value", HISTORY_VS_TORCH))
 
 
 @dataclass(frozen=True)
@@ -242,6 +242,8 @@ class Comparison:
     torch: Number
     torch_hex: str | Undefined  # float.hex of PyTorch's value: its exact bits
     abs_error: Number
+    scale: Number  # y: the channel's scale; running_mean: its update's; running_var: itself
+    scaled_error: Number  # in ULPs of the dtype at ``scale``: the headline
     ulp_error: Number  # in ULPs of the dtype at the reference value
     correctly_rounded: bool | Undefined  # torch == reference_rounded: equal to the last bit
 
@@ -324,6 +326,8 @@ class ExplainResult:
     y_torch: Number
     y_torch_hex: str | Undefined  # float.hex of PyTorch's y: its exact bits
     abs_error: Number
+    output_scale: Number  # the channel's scale, as run's: agreement.channel_scale
+    scaled_error: Number  # in ULPs of the dtype at output_scale: the headline
     ulp_error: Number  # in ULPs of the dtype at y_reference
     correctly_rounded: bool | Undefined  # y_torch == y_reference_rounded: to the last bit
     running: tuple[Comparison, ...]

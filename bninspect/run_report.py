@@ -43,7 +43,6 @@ AGREEMENT_FIELDS = (
     "max_abs_error",
     "max_ulp_error",
     "worst_index",
-    "running_mean_scale",
     "running_mean_abs_error",
     "running_mean_scaled_error",
     "running_mean_ulp_error",
@@ -71,6 +70,15 @@ def _errors(
         missing = no_torch_value(inspection)
         return missing, missing
     return max_errors(actual, reference, inspection.tensor.info.dtype)
+
+
+def mean_update_scale(
+    before: np.ndarray, update: StepUpdate | None, after: np.ndarray, dtype: str
+) -> np.ndarray:
+    """agreement.running_mean_scale of one step's running mean, shape (C,) (``update`` None: no
+    batch folded in, as in eval mode)."""
+    batch = None if update is None else (update.batch_weight, update.batch_mean, update.batch_rms)
+    return running_mean_scale(before, after, batch, dtype)
 
 
 def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number:
@@ -202,7 +210,7 @@ def step_records(inspection: Inspection) -> tuple[StepRecord, ...]:
     for k, update in enumerate(inspection.history):
         torch_step = torch_steps[k] if torch_steps else None
         after = update.after.running_mean
-        mean_scale = running_mean_scale(before, after, update.batch_weight, update.batch_rms)
+        mean_scale = mean_update_scale(before, update, after, inspection.tensor.info.dtype)
         before = after
         records.append(
             StepRecord(
@@ -250,6 +258,9 @@ def build_run_result(
         inspection.torch_run,
     )
     channels = x.shape[1]
+    mean_scale = mean_update_scale(
+        forward.before.running_mean, forward.update, forward.running_mean, dtype
+    )  # the reference's own: defined with or without PyTorch
     if torch_run is not None:
         errors = inspection.output_errors  # compared as PyTorch produced it, or now:
         if errors is None:
@@ -258,15 +269,7 @@ def build_run_result(
             errors = kernels.output_errors(x, torch_run.output, dtype, *vectors, tell)
         mean_abs, mean_ulp = elementwise_errors(torch_run.running_mean, forward.running_mean, dtype)
         var_abs, var_ulp = elementwise_errors(torch_run.running_var, forward.running_var, dtype)
-        update = forward.update
-        mean_scale = running_mean_scale(
-            forward.before.running_mean,
-            forward.running_mean,
-            update.batch_weight if update else 0.0,
-            update.batch_rms if update else None,
-        )
         buffers = {
-            "running_mean_scale": mean_scale,
             "running_mean_abs_error": mean_abs,
             "running_mean_scaled_error": errors_at_scale(mean_abs, mean_scale, dtype),
             "running_mean_ulp_error": mean_ulp,
@@ -324,6 +327,7 @@ def build_run_result(
                 bias=float(params.bias[c]),
                 running_mean=float(forward.running_mean[c]),
                 running_var=float(forward.running_var[c]),
+                running_mean_scale=float(mean_scale[c]),
                 **agreement,
                 train_eval_max_gap=max_gap,
                 train_eval_mean_gap=mean_gap,

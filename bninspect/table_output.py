@@ -377,11 +377,17 @@ def _against_table(against: AgainstReport) -> RenderableType:
 
 
 def _comparison_table(comparisons: tuple[Comparison, ...]) -> Table:
-    headers = ["buffer", "reference", "PyTorch", "|err|", "ULP", "correctly rounded"]
-    rows = [
-        [c.name, *map(fmt, (c.reference, c.torch, c.abs_error, c.ulp_error, c.correctly_rounded))]
-        for c in comparisons
+    """One column per buffer, one row per measure: fits 80 columns whatever the numbers."""
+    measures = [
+        ("reference", lambda c: c.reference),
+        ("PyTorch", lambda c: c.torch),
+        ("|err|", lambda c: c.abs_error),
+        ("ULP at scale", lambda c: c.scaled_error),
+        ("ULP at own value", lambda c: c.ulp_error),
+        ("correctly rounded", lambda c: c.correctly_rounded),
     ]
+    headers = ["", *(c.name for c in comparisons)]
+    rows = [[label, *(fmt(value(c)) for c in comparisons)] for label, value in measures]
     return grid("PyTorch's running buffers vs reference", headers, rows, left=(0,))
 
 
@@ -395,9 +401,9 @@ def _verdict(result: ExplainResult) -> Text:
         lines.append(f"PyTorch's y          {result.y_torch.reason}")
         return Text("\n".join(lines))
     lines.append(f"PyTorch's y          {_full(result.y_torch)} ({result.y_torch_hex})")
-    lines.append(
-        f"difference           {fmt(result.abs_error)} ({fmt(result.ulp_error)} ULP of {dtype})"
-    )
+    difference = f"{fmt(result.abs_error)} ({fmt(result.ulp_error)} ULP of {dtype} at y)"
+    lines.append(f"difference           {difference}")
+    lines.append(f"at channel's scale   {fmt(result.scaled_error)} ULP of {dtype}")
     if result.correctly_rounded:
         lines.append(
             f"PyTorch's y is the reference correctly rounded to {dtype}: equal to the last bit"

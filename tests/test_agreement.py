@@ -61,9 +61,19 @@ def test_round_to_dtype_is_round_to_nearest_even():
 
 def test_compare_value_correctly_rounded():
     reference = 1.0 + 2.0**-25  # rounds to 1.0 in float32
-    exact = compare_value("y", reference, 1.0, "float32")
+    exact = compare_value("y", reference, 1.0, "float32", 1.0)
     assert exact.correctly_rounded and exact.ulp_error == 0.25
     assert exact.torch_hex == "0x1.0000000000000p+0"
-    off_by_one = compare_value("y", reference, 1.0 + 2.0**-23, "float32")
+    off_by_one = compare_value("y", reference, 1.0 + 2.0**-23, "float32", 1.0)
     assert not off_by_one.correctly_rounded
     assert off_by_one.abs_error == 2.0**-23 - 2.0**-25
+
+
+def test_compare_value_counts_at_the_given_scale():
+    # y = 2**-10 + 2**-30 beside PyTorch's 2**-10: 2**-30 apart, which is 2**-30 / 2**-33 = 8
+    # float32 ULPs at y (ULP 2**-33 in [2**-10, 2**-9)), and 2**-30 / 2**-23 = 1/128 ULP at a
+    # channel scale of 1.5 (ULP 2**-23 in [1, 2))
+    compared = compare_value("y", 2.0**-10 + 2.0**-30, 2.0**-10, "float32", 1.5)
+    assert compared.ulp_error == 8.0
+    assert compared.scaled_error == 2.0**-7 and compared.scale == 1.5
+    assert isinstance(compare_value("y", 0.0, 0.0, "float32", 0.0).scaled_error, Undefined)

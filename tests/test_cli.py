@@ -42,6 +42,8 @@ EXPLAIN_KEYS = {
     "y_torch",
     "y_torch_hex",
     "abs_error",
+    "output_scale",
+    "scaled_error",
     "ulp_error",
     "correctly_rounded",
     "running",
@@ -204,6 +206,9 @@ def test_explain_json_shape(cli):
     step_keys = {"name", "formula", "substitution", "value", "note", "rule", "differs_from_pytorch"}
     assert all(set(s) == step_keys for s in doc["steps"])
     assert [r["name"] for r in doc["running"]] == ["running_mean", "running_var"]
+    comparison_keys = {"name", "reference", "reference_rounded", "torch", "torch_hex", "abs_error"}
+    comparison_keys |= {"scale", "scaled_error", "ulp_error", "correctly_rounded"}
+    assert all(set(r) == comparison_keys for r in doc["running"])
     assert float.fromhex(doc["y_torch_hex"]) == doc["y_torch"]
 
 
