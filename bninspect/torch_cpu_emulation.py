@@ -34,8 +34,10 @@ against torch 2.13 (the lane count, and where the compiler fuses a multiply and 
 - invstd = 1 / sqrt(var + eps) in float64, rounded to float32; the output pass gets mean and
   invstd rounded to the dtype (save_mean and save_invstd are in the input's dtype);
 - alpha = invstd * weight in float32 (exact in train mode: both are dtype numbers); beta = bias
-  - mean * alpha in float32 with the product rounded first (never fused); y = x * alpha + beta
-  in float32, with one rounding where the CPU has FMA, then rounded to the dtype;
+  - mean * alpha in float32: for float16 with the product rounded first (never fused), for
+  bfloat16 with one rounding where the CPU has FMA (in train mode mean * alpha is exact in
+  float32 then, so it shows only in eval mode); y = x * alpha + beta in float32, with one
+  rounding where the CPU has FMA, then rounded to the dtype;
 - eval mode: invstd = 1 / sqrt(running_var + eps) in float32, not rounded to the dtype.
 """
 
@@ -293,9 +295,11 @@ def emulate_channel(
         var = round_to(Fraction(var_sum) / Fraction(round_to(n, work)), work)
         invstd = round_to(1 / math.sqrt(var + eps), work) if var + eps > 0 else 0.0
     alpha = round_to(Fraction(invstd) * Fraction(weight), work)
-    # The reduced-precision kernels round mean * alpha before subtracting it (measured; the
-    # source subtracts it through c10's operator-(Half or BFloat16, float), a function call).
-    beta = fused(-mean, alpha, bias, work, fma and not half)
+    # Measured, not read: the float16 kernel rounds mean * alpha before subtracting it, while
+    # the bfloat16 one fuses the two like float32 (the compiler contracts c10's inline bfloat16
+    # arithmetic, not float16's conversions). Only eval mode tells: in train mode, mean, invstd
+    # and weight are bfloat16 numbers, whose product is exact in float32.
+    beta = fused(-mean, alpha, bias, work, fma and dtype != "float16")
     return EmulatedChannel(path, total, mean, var_sum, var, invstd, alpha, beta, centre)
 
 
@@ -342,7 +346,11 @@ def how_steps(dtype: str, path: str, fma: bool) -> dict[str, str]:
         else "var_sum / N in float32",
         "invstd": invstd,
         "alpha": alpha,
-        "beta": "bias - mean * alpha in float32, the product rounded first (no FMA)",
+        "beta": (
+            "bias - mean * alpha in float32, the product rounded first (no FMA)"
+            if dtype == "float16"
+            else f"bias - mean * alpha in float32, {one_rounding}"
+        ),
         "y": f"x * alpha + beta in float32, {one_rounding}, rounded to {dtype}",
     }
 

@@ -3,6 +3,7 @@ where claimed, and the attribution of y's error to steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from fractions import Fraction
 
@@ -27,6 +28,7 @@ from bninspect.torch_cpu_emulation import (
     TESTED,
     emulate_channel,
     emulate_output,
+    fused,
     round_to,
 )
 
@@ -354,10 +356,35 @@ def test_bfloat16_divides_by_n_rounded_to_bfloat16():
 
 
 def test_float16_beta_rounds_the_product_first():
-    """bias - mean * alpha is never fused in the float16/bfloat16 kernels; for float16 the
-    product is inexact (11 bits times 22), and fusing it would move all 32 outputs here."""
+    """bias - mean * alpha is never fused in the float16 kernel; the product is inexact (11
+    bits times 22), and fusing it would move all 32 outputs here."""
     x = np.full((2, 1, 4, 4), 100.0, dtype=np.float16)
     inspection = inspect_array(x, weight=[-0.23706055], bias=[0.4645996])
     explained = derive_element(inspection, (0, 0, 0, 0), precision=True)
     assert explained.precision.bit_exact and explained.y_torch == 0.465087890625
     assert np.all(emulated_outputs(inspection) == inspection.torch_run.output)
+
+
+def test_bfloat16_beta_is_fused_in_eval_mode():
+    """The bfloat16 kernel fuses bias - mean * alpha where the CPU has FMA (hypothesis found
+    this case). x equals the running mean (999.6 rounds to bfloat16 1000), so the exact y is the
+    bias; mean * alpha = -3866.857... is inexact in float32, and rounding it first would leave
+    beta 2.4e-4 off, 8 bfloat16 ULPs at y."""
+    x = np.full((3, 1, 3), 1000.0, dtype=FORMATS["bfloat16"].numpy)
+    inspection = inspect_array(
+        x, mode="eval", weight=[-1.92593113], bias=[0.00672793], running_mean=[999.6038],
+        running_var=[0.24903858],
+    )  # fmt: skip
+    torch_y = inspection.torch_run.output.astype(np.float64)
+    assert np.all(emulated_outputs(inspection) == torch_y)
+    explained = derive_element(inspection, (0, 0, 0), precision=True)
+    assert explained.precision.bit_exact
+    if inspection.torch_run.cpu_capability in _FMA_CAPABLE:  # the case tells the two apart
+        params = inspection.params
+        channel = emulate_channel(
+            x.reshape(-1), "bfloat16", params.weight[0], params.bias[0], 1e-5, False,
+            params.running_mean[0], params.running_var[0], 3, 1, True,
+        )  # fmt: skip
+        rounded = fused(-channel.mean, channel.alpha, params.bias[0], "float32", False)
+        unfused = dataclasses.replace(channel, beta=rounded)
+        assert emulate_output(1000.0, unfused, "bfloat16", True) != torch_y[0, 0, 0]
