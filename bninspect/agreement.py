@@ -51,7 +51,7 @@ def running_mean_scale(
     The batch term's size is its mean's, or the size of the mean's own error where that is
     larger: PyTorch sums the values in its accumulation type, so the sum errs relative to them
     (their RMS) in that type's units. For float32 (summed in float64) this is |batch_mean|;
-    for float64 input, the RMS. NaN where ``after`` is NaN.
+    for float64 input, the RMS. |after| itself where that is NaN or infinite.
 
     The variance needs no such scale: its terms are never negative, so its own value is the
     largest of them.
@@ -65,7 +65,8 @@ def running_mean_scale(
     with np.errstate(invalid="ignore", over="ignore"):
         old_term = (1.0 - weight) * np.abs(np.asarray(before, dtype=np.float64))
         batch_size = np.maximum(np.abs(batch_mean), sum_error_size * np.asarray(batch_rms))
-        return np.maximum(np.maximum(scale, old_term), weight * batch_size)
+        largest = np.maximum(np.maximum(scale, old_term), weight * batch_size)
+    return np.where(np.isfinite(scale), largest, scale)  # a NaN or Inf mean: its own
 
 
 def errors_at_scale(abs_error: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:

@@ -7,7 +7,8 @@ PyTorch, element by element, over a fixed grid; the numbers behind its claim.
 
 The grid: both dtypes x 16 shapes of rank 2 to 5 (image sizes below, at and past the vector
 blocks, (N, C, 1, 1), N on both sides of the thread count, N that bfloat16 rounds) x 4 offsets
-x unit or random weight, bias and running statistics x train and eval. PyTorch runs as bninspect
+x unit or random weight, bias and running statistics x train and eval; each x has a spread
+of 0 (a constant channel), 0.01, 1 or 30 about its offset. PyTorch runs as bninspect
 runs it (torch_batchnorm.run_batchnorm: a fresh module, parameters in the input's dtype).
 """
 
@@ -52,7 +53,7 @@ EPS = 1e-5
 def case(dtype: str, shape: tuple[int, ...], offset: float, random_params: bool, seed: int):
     """(x, parameters) for one grid point, or None where float16 cannot hold x."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) * rng.choice([0.01, 1.0, 30.0]) + offset
+    x = rng.standard_normal(shape) * rng.choice([0.0, 0.01, 1.0, 30.0]) + offset
     x = x.astype(FORMATS[dtype].numpy)
     if not np.isfinite(x.astype(np.float32)).all():
         return None

@@ -167,3 +167,17 @@ def test_the_scale_is_the_references_own_without_pytorch(cli, tmp_path):
     for channel, step in zip(doc["channels"], doc["running_history"][0]["channels"], strict=True):
         assert channel["running_mean_scale"] == step["running_mean_scale"] > 0
         assert channel["running_mean_scaled_error"] is None
+
+
+def test_a_non_finite_running_mean_is_its_own_scale(cli, tmp_path):
+    x = _cancelling_batch()
+    x[0, 0, 0, 0], x[1, 1, 0, 0] = np.nan, np.inf
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    doc = cli.json("run", "--input", path)
+    reasons = doc["null_reasons"]
+    for c, kind in ((0, "NaN"), (1, "+Infinity")):
+        assert doc["channels"][c]["running_mean_scale"] is None
+        assert reasons[f"/channels/{c}/running_mean_scale"].startswith(kind)
+        assert reasons[f"/channels/{c}/running_mean"].startswith(kind)
+        assert doc["channels"][c]["running_mean_scaled_error"] == 0  # PyTorch agrees: same value
