@@ -8,8 +8,11 @@ PyTorch, element by element, over a fixed grid; the numbers behind its claim.
 The grid: both dtypes x 16 shapes of rank 2 to 5 (image sizes below, at and past the vector
 blocks, (N, C, 1, 1), N on both sides of the thread count, N that bfloat16 rounds) x 4 offsets
 x unit or random weight, bias and running statistics x train and eval; each x has a spread
-of 0 (a constant channel), 0.01, 1 or 30 about its offset. PyTorch runs as bninspect
-runs it (torch_batchnorm.run_batchnorm: a fresh module, parameters in the input's dtype).
+of 0 (a constant channel), 0.01, 1 or 30 about its offset. Then eval mode with every x equal to
+its channel's running mean at offsets 300 to 3000 (y is then the bias, and beta's rounding
+shows: the grid above almost never has it), 64 channels of random weight, bias and variance.
+PyTorch runs as bninspect runs it (torch_batchnorm.run_batchnorm: a fresh module, parameters in
+the input's dtype).
 """
 
 from __future__ import annotations
@@ -67,6 +70,18 @@ def case(dtype: str, shape: tuple[int, ...], offset: float, random_params: bool,
     return x, LayerParameters(*rounded)
 
 
+def at_the_running_mean(dtype: str, offset: float, seed: int):
+    """(x, parameters): 64 channels whose every x is the channel's running mean."""
+    rng = np.random.default_rng(seed)
+    c = 64
+    mean = np.full(c, offset).astype(FORMATS[dtype].numpy).astype(np.float64)
+    x = np.empty((2, c, 3), FORMATS[dtype].numpy)  # C-contiguous, as bninspect's input is
+    x[...] = mean.reshape(1, c, 1)
+    vectors = rng.uniform(-2, 2, c), rng.uniform(-1, 1, c), mean, rng.random(c) + 0.1
+    rounded = [v.astype(FORMATS[dtype].numpy).astype(np.float64) for v in vectors]
+    return x, LayerParameters(*rounded)
+
+
 def ulps_off(x: np.ndarray, params: LayerParameters, train: bool, fma: bool) -> list[float]:
     """For every element of x, |emulated y - PyTorch's y| in ULPs of the dtype at PyTorch's y
     (as explain --precision counts them: zero has the smallest normal number's spacing)."""
@@ -96,6 +111,12 @@ def ulps_off(x: np.ndarray, params: LayerParameters, train: bool, fma: bool) -> 
     return out
 
 
+def _tally(row: list, ulps: list[float]) -> None:
+    row[0] += len(ulps)
+    row[1] += sum(u != 0 for u in ulps)
+    row[2] = max(row[2], *ulps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a quarter of the grid")
@@ -115,10 +136,13 @@ def main() -> None:
             continue
         ulps = ulps_off(*made, mode == "train", fma)
         kind = "one value per image" if int(np.prod(shape[2:])) == 1 else "images"
-        row = table[dtype, mode, kind]
-        row[0] += len(ulps)
-        row[1] += sum(u != 0 for u in ulps)
-        row[2] = max(row[2], *ulps)
+        _tally(table[dtype, mode, kind], ulps)
+    cancelling = itertools.product(("bfloat16", "float16"), (300.0, 1000.0, 3000.0), range(10))
+    for seed, (dtype, offset, k) in enumerate(cancelling, 1):
+        if args.quick and k > 2:
+            continue
+        ulps = ulps_off(*at_the_running_mean(dtype, offset, seed), False, fma)
+        _tally(table[dtype, "eval", "x at running mean"], ulps)
     total = bad = 0
     for (dtype, mode, kind), (n, off, worst) in sorted(table.items()):
         total, bad = total + n, bad + off

@@ -25,6 +25,7 @@ from bninspect.torch_cpu_emulation import (
     HALF_SMALL_BATCH,
     HALF_TESTED,
     PER_THREAD,
+    STRIDED,
     TESTED,
     emulate_channel,
     emulate_output,
@@ -388,3 +389,20 @@ def test_bfloat16_beta_is_fused_in_eval_mode():
         rounded = fused(-channel.mean, channel.alpha, params.bias[0], "float32", False)
         unfused = dataclasses.replace(channel, beta=rounded)
         assert emulate_output(1000.0, unfused, "bfloat16", True) != torch_y[0, 0, 0]
+
+
+def test_a_fortran_ordered_input_is_not_claimed(cli, tmp_path):
+    """PyTorch takes its strided loops for non-contiguous input: there, a float16 x equal to
+    the running mean gives y = bias to the last bit, which the kernel's x * alpha + beta does not
+    (beta = bias - mean * alpha is rounded at |beta| ~ 2000). explain says so, not 'bit for bit'."""
+    path = tmp_path / "fortran.npy"
+    np.save(path, np.asfortranarray(np.full((2, 3, 3), 1000.0, dtype=np.float16)))
+    common = ("--mode", "eval", "--running-mean", "1000,1000,1000", "--weight", "-1.5,1.3,0.7")
+    common += ("--bias", "0.0123,0.0456,0.0789", "--running-var", "0.3,0.5,0.7")
+    doc = cli.json("explain", "--input", path, "--index", "0,1,0", "--precision", *common)
+    assert doc["precision"]["claim"] == STRIDED
+    assert doc["y_torch"] == float(np.float16(0.0456))  # the bias: x - mean = 0 exactly
+    assert doc["precision"]["bit_exact"] is False  # the kernel's arithmetic, which differs here
+    np.save(path, np.full((2, 3, 3), 1000.0, dtype=np.float16))  # the same values, C order
+    doc = cli.json("explain", "--input", path, "--index", "0,1,0", "--precision", *common)
+    assert doc["precision"]["claim"] == HALF_TESTED and doc["precision"]["bit_exact"] is True
