@@ -123,8 +123,8 @@ def compare_value(
         )  # fmt: skip
     abs_error, ulp_error = elementwise_errors(np.array([torch_value]), np.array([reference]), dtype)
     scaled: Number = float(errors_at_scale(abs_error, np.array([scale]), dtype)[0])
-    if not scale > 0:
-        scaled = Undefined("no scale: weight and y are 0, or not finite")
+    if abs_error[0] != 0 and not scale > 0:  # 0 or NaN; an agreement is 0 ULP at any scale
+        scaled = Undefined(f"no scale to count {name}'s error at: {float(scale):g}")
     both_nan = np.isnan(rounded) and np.isnan(torch_value)
     return Comparison(
         name=name,

@@ -25,6 +25,7 @@ from bninspect.results import CUMULATIVE, NOT_ASKED, ExplainResult, Number, Step
 from bninspect.run_report import describe_peer, mean_update_scale, no_torch_value
 from bninspect.running import coefficients
 from bninspect.text import number
+from bninspect.torch_cpu_emulation import STRIDED
 
 PREVIEW_VALUES = 12  # a channel this small is listed in full, as the article does
 
@@ -355,6 +356,8 @@ def _precision(inspection: Inspection, index: tuple[int, ...]):
         return Undefined(
             "PyTorch's output for the element is not finite, so there are no bits to attribute"
         )
+    if not inspection.batch.flags.c_contiguous:
+        return Undefined(STRIDED)
     return precision_report(inspection, index)
 
 

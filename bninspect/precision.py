@@ -130,7 +130,7 @@ def precision_report(inspection: Inspection, index: tuple[int, ...]) -> Precisio
     difference = 0.0 if exact_match else (y_emulated - y_torch) / float(ulp(y_torch, dtype))
     return PrecisionReport(
         path=emulated.path,
-        claim=claim(dtype, emulated.path, x_arr.flags.c_contiguous),
+        claim=claim(dtype, emulated.path),
         cpu_capability=torch_run.cpu_capability,
         threads=torch_run.num_threads,
         fma=fma,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bninspect.derivation import derive_element
 from bninspect.dtypes import FORMATS
-from bninspect.precision import _FMA_CAPABLE
+from bninspect.precision import _FMA_CAPABLE, precision_report
 from bninspect.torch_batchnorm import to_torch
 from bninspect.torch_cpu_emulation import (
     CONTIGUOUS,
@@ -394,15 +394,25 @@ def test_bfloat16_beta_is_fused_in_eval_mode():
 def test_a_fortran_ordered_input_is_not_claimed(cli, tmp_path):
     """PyTorch takes its strided loops for non-contiguous input: there, a float16 x equal to
     the running mean gives y = bias to the last bit, which the kernel's x * alpha + beta does not
-    (beta = bias - mean * alpha is rounded at |beta| ~ 2000). explain says so, not 'bit for bit'."""
+    (beta = bias - mean * alpha is rounded at |beta| ~ 2000). explain --precision says why it
+    attributes nothing there, rather than the kernel's steps."""
     path = tmp_path / "fortran.npy"
     np.save(path, np.asfortranarray(np.full((2, 3, 3), 1000.0, dtype=np.float16)))
     common = ("--mode", "eval", "--running-mean", "1000,1000,1000", "--weight", "-1.5,1.3,0.7")
     common += ("--bias", "0.0123,0.0456,0.0789", "--running-var", "0.3,0.5,0.7")
     doc = cli.json("explain", "--input", path, "--index", "0,1,0", "--precision", *common)
-    assert doc["precision"]["claim"] == STRIDED
+    assert doc["precision"] is None and doc["null_reasons"]["/precision"] == STRIDED
     assert doc["y_torch"] == float(np.float16(0.0456))  # the bias: x - mean = 0 exactly
-    assert doc["precision"]["bit_exact"] is False  # the kernel's arithmetic, which differs here
+    inspection = inspect_array(
+        np.asfortranarray(np.full((2, 3, 3), 1000.0, np.float16)),
+        mode="eval",
+        running_mean=[1000] * 3,
+        weight=[-1.5, 1.3, 0.7],
+        bias=[0.0123, 0.0456, 0.0789],
+        running_var=[0.3, 0.5, 0.7],
+    )
+    # the kernel's arithmetic, forced: not the bias PyTorch gives here
+    assert precision_report(inspection, (0, 1, 0)).y_emulated != doc["y_torch"]
     np.save(path, np.full((2, 3, 3), 1000.0, dtype=np.float16))  # the same values, C order
     doc = cli.json("explain", "--input", path, "--index", "0,1,0", "--precision", *common)
     assert doc["precision"]["claim"] == HALF_TESTED and doc["precision"]["bit_exact"] is True

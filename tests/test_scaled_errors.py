@@ -181,3 +181,15 @@ def test_a_non_finite_running_mean_is_its_own_scale(cli, tmp_path):
         assert reasons[f"/channels/{c}/running_mean_scale"].startswith(kind)
         assert reasons[f"/channels/{c}/running_mean"].startswith(kind)
         assert doc["channels"][c]["running_mean_scaled_error"] == 0  # PyTorch agrees: same value
+
+
+def test_explain_agrees_with_run_on_a_nan_channel(cli, tmp_path):
+    x = _cancelling_batch()
+    x[0, 0, 0, 0] = np.nan
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    ran = cli.json("run", "--input", path)["channels"][0]
+    explained = cli.json("explain", "--input", path, "--index", "1,0,0,0")
+    mean, var = explained["running"]
+    assert ran["running_mean_scaled_error"] == mean["scaled_error"] == 0  # NaN beside NaN
+    assert var["scaled_error"] == ran["running_var_ulp_error"] == 0
