@@ -5,8 +5,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "bninspect._kernels",
-            ["bninspect/_kernels.c"],
+            "bninspect.numerics._kernels",
+            ["bninspect/numerics/_kernels.c"],
             # No contraction into FMA and no fast-math: every operation must round exactly as
             # the matching numpy expression does, which the tests check bit for bit. Without
             # trapping math the compiler may turn branches into selects, so the loops vectorize;

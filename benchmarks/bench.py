@@ -46,9 +46,9 @@ print(x.numel() * x.element_size() / (time.perf_counter() - start) / 1e9)
 STREAMING = """
 import sys, time
 from pathlib import Path
-from bninspect.inspection import prepare, run_inspection
-from bninspect.parsing import parse_vector_spec
-from bninspect.request import InspectRequest, VECTOR_OPTIONS
+from bninspect.pytorch.inspection import prepare, run_inspection
+from bninspect.input.parsing import parse_vector_spec
+from bninspect.input.request import InspectRequest, VECTOR_OPTIONS
 defaults = dict(zip(VECTOR_OPTIONS, ("ones", "zeros", "zeros", "ones")))
 vectors = {option: parse_vector_spec(option, text) for option, text in defaults.items()}
 request = InspectRequest(None, 0, Path(sys.argv[1]), 1e-5, 0.1, True, "train", vectors,
@@ -133,7 +133,7 @@ def main() -> None:
             sys.executable,
             "-c",
             "import sys; sys.modules['torch'] = None; "
-            "sys.argv = ['bninspect', '--help']; from bninspect.cli import main; "
+            "sys.argv = ['bninspect', '--help']; from bninspect.cli.main import main; "
             "main()",
         ]
     )

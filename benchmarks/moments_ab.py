@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bninspect import kernels
+from bninspect.numerics import kernels
 
 CASES = {  # name: (shape, dtype, transform of standard normals)
     "big": ((4, 256, 128, 128), np.float32, lambda z: z),

@@ -16,7 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from bninspect.reference import channel_statistics
+from bninspect.numerics.reference import channel_statistics
 
 
 def exact_sum(values: np.ndarray) -> Fraction:

@@ -1,3 +1,3 @@
-from bninspect.cli import main
+from bninspect.cli.main import main
 
 main()

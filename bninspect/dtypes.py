@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from bninspect.request import DTYPE_NAMES
+# The dtypes PyTorch's batch norm runs in here; FORMATS describes each. Importing this module
+# loads no numpy, so the CLI can list the names before anything heavy is imported.
+DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
 class FloatFormat:
     """One floating-point format: ``mantissa_bits`` stored fraction bits, ``min_exponent`` the
-    exponent of the smallest normal number, ``kernel_code`` its code in bninspect._kernels."""
+    exponent of the smallest normal number, ``kernel_code`` its code in the C kernels
+    (bninspect.numerics._kernels)."""
 
     name: str
     mantissa_bits: int
@@ -49,11 +54,13 @@ FORMATS = {
         FloatFormat("bfloat16", 7, -126, 3, 1.6e-2, 1e-5, "float32"),
     )
 }
-assert tuple(FORMATS) == DTYPE_NAMES  # one list of names, kept where no numpy is needed
+assert tuple(FORMATS) == DTYPE_NAMES
 
 
 @functools.cache
 def _numpy_dtype(name: str) -> np.dtype:
+    import numpy as np
+
     if name == "bfloat16":
         import ml_dtypes
 
@@ -78,4 +85,6 @@ def float_format(name: str) -> FloatFormat:
 
 def bits_view(array: np.ndarray) -> np.ndarray:
     """A view numpy and C extensions can take a buffer of: bfloat16 as its uint16 bits."""
+    import numpy as np
+
     return array.view(np.uint16) if is_bfloat16(array.dtype) else array

@@ -24,12 +24,12 @@ import itertools
 import numpy as np
 import torch
 
-from bninspect.agreement import ulp
 from bninspect.dtypes import FORMATS
-from bninspect.inspection import MODULE_FOR_RANK
-from bninspect.parameters import LayerParameters
-from bninspect.torch_batchnorm import run_batchnorm
-from bninspect.torch_cpu_emulation import emulate_channel, emulate_output
+from bninspect.input.parameters import LayerParameters
+from bninspect.numerics.agreement import ulp
+from bninspect.pytorch.batchnorm import run_batchnorm
+from bninspect.pytorch.cpu_emulation import emulate_channel, emulate_output
+from bninspect.pytorch.inspection import MODULE_FOR_RANK
 
 SHAPES = [
     (2, 3, 4, 4),

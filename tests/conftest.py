@@ -27,7 +27,7 @@ class Cli:
     def __init__(self) -> None:
         from typer.testing import CliRunner
 
-        from bninspect.cli import app
+        from bninspect.cli.main import app
 
         self.runner, self.app = CliRunner(), app
 

@@ -6,13 +6,13 @@ import dataclasses
 
 import numpy as np
 
-from bninspect.channel_groups import groups_reproduce_whole
-from bninspect.conventions import PYTORCH, Convention
-from bninspect.inspection import MODULE_FOR_RANK, Prepared, run_inspection
-from bninspect.parameters import LayerParameters
-from bninspect.request import InspectRequest
-from bninspect.results import CUMULATIVE, InputInfo, Settings, Undefined
-from bninspect.tensor_input import InputTensor
+from bninspect.conventions.rules import PYTORCH, Convention
+from bninspect.input.channel_groups import groups_reproduce_whole
+from bninspect.input.parameters import LayerParameters
+from bninspect.input.request import InspectRequest
+from bninspect.input.tensor import InputTensor
+from bninspect.pytorch.inspection import MODULE_FOR_RANK, Prepared, run_inspection
+from bninspect.results.common import CUMULATIVE, InputInfo, Settings, Undefined
 
 
 def inspect_array(

@@ -46,7 +46,7 @@ def vectors(channels: int, low: float, high: float):
 
 def conventions():
     """Any framework's convention."""
-    from bninspect.conventions import CONVENTIONS
+    from bninspect.conventions.rules import CONVENTIONS
 
     return st.sampled_from(list(CONVENTIONS.values()))
 

@@ -10,10 +10,10 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bninspect.derivation import derive_element
 from bninspect.dtypes import FORMATS
-from bninspect.reference import channel_values, normalize
-from bninspect.run_report import build_run_result
+from bninspect.numerics.reference import channel_values, normalize
+from bninspect.report.explain import derive_element
+from bninspect.report.run import build_run_result
 
 from helpers import inspect_array
 from strategies import dyadic_tensors, tensors

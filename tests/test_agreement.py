@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bninspect.agreement import compare_value, elementwise_errors, max_errors, round_to_dtype, ulp
-from bninspect.results import Undefined
+from bninspect.numerics.agreement import (
+    compare_value,
+    elementwise_errors,
+    max_errors,
+    round_to_dtype,
+    ulp,
+)
+from bninspect.results.common import Undefined
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bninspect import channel_groups as groups_module
-from bninspect import memory
-from bninspect.channel_groups import channel_groups, group_bytes_held, groups_reproduce_whole
 from bninspect.dtypes import FORMATS, bits_view
-from bninspect.kernels import OutputErrors, joined_errors, output_errors
-from bninspect.memory import run_bytes
-from bninspect.parameters import LayerParameters
-from bninspect.run_report import build_run_result
-from bninspect.torch_batchnorm import run_batchnorm, run_by_channel_groups
+from bninspect.input import channel_groups as groups_module
+from bninspect.input import memory
+from bninspect.input.channel_groups import channel_groups, group_bytes_held, groups_reproduce_whole
+from bninspect.input.memory import run_bytes
+from bninspect.input.parameters import LayerParameters
+from bninspect.numerics.kernels import OutputErrors, joined_errors, output_errors
+from bninspect.pytorch.batchnorm import run_batchnorm, run_by_channel_groups
+from bninspect.report.run import build_run_result
 
 from helpers import inspect_array
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bninspect.variants import CATALOGUE
+from bninspect.check.variants import CATALOGUE
 
 # The layer's parameters as the float32 module holds them (0.1 is not a float32 number).
 W = np.array([0.5, 2.0, -1.5], dtype=np.float32).astype(np.float64)

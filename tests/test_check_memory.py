@@ -11,8 +11,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bninspect import check_compare
-from bninspect.check_compare import (
+from bninspect.check import compare as check_compare
+from bninspect.check.compare import (
     absolute_errors,
     histogram,
     largest_errors,
@@ -21,8 +21,8 @@ from bninspect.check_compare import (
     ulp_error,
     worst_indices,
 )
-from bninspect.check_results import Tolerance
-from bninspect.memory import check_bytes
+from bninspect.input.memory import check_bytes
+from bninspect.results.check import Tolerance
 
 
 def _errors(draw_seed: int, shape, ties: bool):
@@ -119,7 +119,7 @@ def test_a_check_that_cannot_fit_is_refused_before_any_work(cli, tmp_path, monke
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "mine.npy", x)
     need = check_bytes(x.shape, 4)
-    monkeypatch.setattr("bninspect.memory.available_bytes", lambda: need - 1)
+    monkeypatch.setattr("bninspect.input.memory.available_bytes", lambda: need - 1)
     message = cli.error(
         "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "mine.npy", code=1
     )

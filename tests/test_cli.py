@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bninspect.results import ChannelReport
+from bninspect.results.run import ChannelReport
 
 RUN_KEYS = {
     "schema_version",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bninspect.conventions import CONVENTIONS, RULES
+from bninspect.conventions.rules import CONVENTIONS, RULES
 
 from hand_derived import ONE_STEP, SMALL
 

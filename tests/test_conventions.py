@@ -10,8 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bninspect.convention_card import build_card, translate_momentum
-from bninspect.conventions import (
+from bninspect.conventions.card import build_card, translate_momentum
+from bninspect.conventions.rules import (
     CAFFE,
     CONVENTIONS,
     KERAS,
@@ -24,8 +24,8 @@ from bninspect.conventions import (
     momentum_for,
     scale_factor_weights,
 )
-from bninspect.reference import channel_statistics, forward_output, reference_forward
-from bninspect.running import initial_state
+from bninspect.numerics.reference import channel_statistics, forward_output, reference_forward
+from bninspect.numerics.running import initial_state
 
 from hand_derived import BIASED, ONE_STEP, SMALL
 from helpers import inspect_array
@@ -137,7 +137,7 @@ def test_caffe_batch_weights_by_hand():
 
 def test_caffe_scale_factor_zero_means_statistics_zero():
     # Caffe's inference: scale_factor == 0 ? 0 : 1 / scale_factor.
-    from bninspect.running import RunningState
+    from bninspect.numerics.running import RunningState
 
     state = RunningState(np.array([3.0]), np.array([2.0]), 0.0, 0)
     assert state.running_mean[0] == 0.0 and state.running_var[0] == 0.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bninspect.health import EPS_SHARE_LIMIT, cancellation_limit, channel_health
-from bninspect.run_report import build_run_result
+from bninspect.numerics.health import EPS_SHARE_LIMIT, cancellation_limit, channel_health
+from bninspect.report.run import build_run_result
 
 from helpers import inspect_array
 

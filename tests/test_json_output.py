@@ -9,8 +9,8 @@ from typing import ClassVar
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bninspect.json_output import to_document, to_json
-from bninspect.results import SCHEMA_VERSION, Undefined
+from bninspect.render.json_output import to_document, to_json
+from bninspect.results.common import SCHEMA_VERSION, Undefined
 
 
 @dataclass(frozen=True)

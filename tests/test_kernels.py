@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bninspect import _kernels, kernels
-from bninspect.agreement import elementwise_errors
 from bninspect.dtypes import FORMATS
-from bninspect.reference import channel_statistics, channel_values, normalize
+from bninspect.numerics import _kernels, kernels
+from bninspect.numerics.agreement import elementwise_errors
+from bninspect.numerics.reference import channel_statistics, channel_values, normalize
 
 from strategies import cancelling_tensors, tensors
 

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from bninspect.conventions import ONNX, PYTORCH
-from bninspect.reference import channel_statistics, forward_output, reference_forward
-from bninspect.running import initial_state
+from bninspect.conventions.rules import ONNX, PYTORCH
+from bninspect.numerics.reference import channel_statistics, forward_output, reference_forward
+from bninspect.numerics.running import initial_state
 
 from strategies import batched_tensors, tensors
 

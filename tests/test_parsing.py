@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bninspect.errors import OptionError
-from bninspect.parsing import (
+from bninspect.input.parsing import (
     check_eps,
     check_momentum,
     parse_index,

@@ -13,11 +13,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bninspect.derivation import derive_element
 from bninspect.dtypes import FORMATS
-from bninspect.precision import _FMA_CAPABLE, precision_report
-from bninspect.torch_batchnorm import to_torch
-from bninspect.torch_cpu_emulation import (
+from bninspect.pytorch.batchnorm import to_torch
+from bninspect.pytorch.cpu_emulation import (
     CONTIGUOUS,
     EVAL,
     HALF_CONTIGUOUS,
@@ -32,6 +30,8 @@ from bninspect.torch_cpu_emulation import (
     fused,
     round_to,
 )
+from bninspect.report.explain import derive_element
+from bninspect.report.precision import _FMA_CAPABLE, precision_report
 
 from helpers import inspect_array
 from strategies import shapes

@@ -7,8 +7,8 @@ import io
 import sys
 import threading
 
-from bninspect import progress_bar as module
-from bninspect.progress_bar import progress_bar
+from bninspect.render import progress_bar as module
+from bninspect.render.progress_bar import progress_bar
 
 
 class Terminal(io.StringIO):

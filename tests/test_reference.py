@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bninspect import kernels, reference
-from bninspect.conventions import PYTORCH
-from bninspect.reference import (
+from bninspect.conventions.rules import PYTORCH
+from bninspect.numerics import kernels, reference
+from bninspect.numerics.reference import (
     channel_statistics,
     exact_sum_needed,
     normalize,
     reference_forward,
     std_of,
 )
-from bninspect.running import blend, coefficients, initial_state
+from bninspect.numerics.running import blend, coefficients, initial_state
 
 from rationals import assert_statistics_exact_to_ulps, exact_statistics
 from strategies import cancelling_tensors, float_channels, tensors

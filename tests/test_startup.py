@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NO_TORCH = (
     # any `import torch` or `import ml_dtypes` now raises ImportError
     "import sys; sys.modules['torch'] = None; sys.modules['ml_dtypes'] = None\n"
-    "from bninspect.cli import main\n"
+    "from bninspect.cli.main import main\n"
     "sys.argv = ['bninspect', *sys.argv[1:]]\n"
     "main()\n"
 )

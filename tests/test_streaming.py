@@ -15,11 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bninspect import inspection, kernels, npy_files, tensor_input
 from bninspect.errors import BnInspectError
-from bninspect.npy_files import read_data, read_header
-from bninspect.reference import channel_statistics
-from bninspect.tensor_input import load_input, map_input
+from bninspect.input import npy_files
+from bninspect.input import tensor as tensor_input
+from bninspect.input.npy_files import read_data, read_header
+from bninspect.input.tensor import load_input, map_input
+from bninspect.numerics import kernels
+from bninspect.numerics.reference import channel_statistics
+from bninspect.pytorch import inspection
 
 from rationals import assert_statistics_exact_to_ulps
 from strategies import cancelling_tensors, tensors

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bninspect import kernels, variance_methods
-from bninspect.kernels import Region
-from bninspect.reference import channel_statistics
-from bninspect.variance_methods import compare_variance_methods
+from bninspect.numerics import kernels, variance_methods
+from bninspect.numerics.kernels import Region
+from bninspect.numerics.reference import channel_statistics
+from bninspect.numerics.variance_methods import compare_variance_methods
 
 
 def test_naive_formula_fails_at_a_large_offset_and_two_pass_does_not():

@@ -1,0 +1,1 @@
+"""The command line (typer): parse options, call the core, render. No maths here."""

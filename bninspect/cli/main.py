@@ -1,0 +1,21 @@
+"""The entry point of the ``bninspect`` console script and ``python -m bninspect``: the typer
+application with every command registered."""
+
+from __future__ import annotations
+
+from bninspect.cli.app import app
+
+# Importing a command module registers it on the app (typer's decorators); --help lists the
+# commands in the order they are imported here.
+# isort: off
+from bninspect.cli import run  # noqa: E402, F401
+from bninspect.cli import explain  # noqa: E402, F401
+from bninspect.cli import check  # noqa: E402, F401
+from bninspect.cli import conventions  # noqa: E402, F401
+
+# isort: on
+
+
+def main() -> None:
+    """Entry point of the ``bninspect`` console script and ``python -m bninspect``."""
+    app()

@@ -1,0 +1,1 @@
+"""Rendering: result objects as rich tables or one strict JSON document. Formats; never computes."""

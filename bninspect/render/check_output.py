@@ -1,0 +1,177 @@
+"""``check``'s result as rich tables and a small histogram. Formats; never computes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from bninspect.render.table_output import fmt, grid, header
+from bninspect.results.check import WHERE_FINITE, ChannelCheck, CheckResult, ElementError
+from bninspect.results.common import Undefined
+from bninspect.text import number_apart
+
+BAR_WIDTH = 40
+
+
+def _where(e: ElementError | Undefined) -> str:
+    if isinstance(e, Undefined):
+        return fmt(e)
+    index = ", ".join(map(str, e.index))
+    return f"at [{index}]: yours {fmt(e.theirs)}, reference {fmt(e.reference)}"
+
+
+def _pattern(c: ChannelCheck) -> str:
+    """The error's shape with its fitted numbers: 'scale x0.995', 'shift +0.02'."""
+    if isinstance(c.factor, Undefined) or isinstance(c.offset, Undefined):
+        return c.pattern  # "not finite": nothing was fitted
+    shape = c.pattern.removesuffix(WHERE_FINITE)
+    where = c.pattern[len(shape) :]
+    offset = f"{'+' if shape != 'noise' and c.offset >= 0 else ''}{fmt(c.offset)}"
+    factor = number_apart(c.factor, 1.0)
+    if shape == "scale":
+        return f"scale x{factor}{where}"
+    if shape == "shift":
+        return f"shift {offset}{where}"
+    if shape == "scale and shift":
+        return f"scale x{factor}, shift {offset}{where}"
+    return c.pattern
+
+
+def _histogram(result: CheckResult) -> Text:
+    bins = [b for b in result.histogram if b.count]
+    most = max((b.count for b in bins), default=1)
+    lines = ["|error| of your output, elements per decade:"]
+    for b in bins:
+        if b.upper == 0:
+            label = "exact"
+        elif b.lower == 0:
+            label = f"< {b.upper:.0e}"
+        elif b.upper == float("inf"):
+            label = f">= {b.lower:.0e} or NaN"
+        else:
+            label = f"{b.lower:.0e}"
+        bar = "#" * max(1, round(BAR_WIDTH * b.count / most))
+        lines.append(f"  {label:>14} {bar} {b.count}")
+    return Text("\n".join(lines))
+
+
+def render_check(result: CheckResult) -> RenderableType:
+    """Header, verdict, worst elements, per-channel table, histogram, diagnosis."""
+    out = result.output
+    tol = result.tolerance
+    parts: list[RenderableType] = [
+        header(result),
+        Text(f"yours   {out.path} ({out.dtype}, sha256 {out.sha256[:16]}...)"),
+    ]
+    if result.passed:
+        verdict = Text(
+            f"PASS: every one of {result.elements} elements within atol {fmt(tol.atol)}"
+            f" + rtol {fmt(tol.rtol)} * |reference| ({tol.source})",
+            style="green",
+        )
+    else:
+        verdict = Text(
+            f"FAIL: {result.mismatches} of {result.elements} elements beyond atol "
+            f"{fmt(tol.atol)} + rtol {fmt(tol.rtol)} * |reference| ({tol.source})",
+            style="red",
+        )
+    parts.append(verdict)
+    largest_abs = getattr(result.max_abs_error, "abs_error", result.max_abs_error)
+    largest_rel = getattr(result.max_rel_error, "rel_error", result.max_rel_error)
+    lines = [
+        f"largest |err| {fmt(largest_abs)} {_where(result.max_abs_error)}",
+        f"largest relative error {fmt(largest_rel)} {_where(result.max_rel_error)}",
+        f"error at the channel's scale: {fmt(result.max_scaled_error)} ULP of "
+        f"{result.input.dtype} (PyTorch's own output: {fmt(result.torch_max_scaled_error)})",
+    ]
+    parts.append(Text("\n".join(lines)))
+    rows = [
+        [
+            ", ".join(map(str, e.index)),
+            fmt(e.theirs),
+            fmt(e.reference),
+            fmt(e.torch),
+            fmt(e.abs_error),
+            fmt(e.rel_error),
+            fmt(e.ulp_error),
+        ]
+        for e in result.worst
+    ]
+    parts.append(
+        grid(
+            f"The {len(result.worst)} largest errors",
+            ["index", "yours", "reference", "PyTorch", "|err|", "rel err", "ULP"],
+            rows,
+        )
+    )
+    fields = [
+        f
+        for f in dataclasses.fields(ChannelCheck)
+        if f.metadata.get("label")
+        and (f.name != "non_finite" or any(c.non_finite for c in result.channels))
+    ]
+    rows = [
+        [
+            str(c.channel),
+            *(_pattern(c) if f.name == "pattern" else fmt(getattr(c, f.name)) for f in fields),
+        ]
+        for c in result.channels
+    ]
+    parts.append(
+        grid(
+            "Your output vs the reference, per channel",
+            ["ch", *(f.metadata["label"] for f in fields)],
+            rows,
+        )
+    )
+    reasons = dict.fromkeys(  # why a cell reads n/a, once per column and reason
+        (f.metadata["label"].replace("\n", " "), value.reason)
+        for f in fields
+        for c in result.channels
+        if isinstance(value := getattr(c, f.name), Undefined)
+    )
+    if reasons:
+        parts.append(Text("\n".join(f"n/a {label}: {reason}" for label, reason in reasons)))
+    parts.append(_histogram(result))
+    if isinstance(result.suggested, Undefined):
+        parts.append(Text(f"no tolerance passes it: {result.suggested.reason}"))
+    elif not result.passed:
+        suggested = result.suggested
+        other = (
+            f"or keep atol={tol.atol!r} and use rtol={suggested.rtol!r}"
+            if not isinstance(suggested.rtol, Undefined)
+            else f"no rtol alone passes it: {suggested.rtol.reason}"
+        )
+        parts.append(
+            Text(
+                f"to pass as it is, with mine = numpy.load({out.path!r}) and expected = "
+                f"{suggested.expected}:\n{suggested.assert_close}\n({other})"
+            )
+        )
+    diagnosis = result.diagnosis
+    parts.append(
+        Text(f"diagnosis: {diagnosis.summary}", style="bold" if diagnosis.explained else None)
+    )
+    if not result.passed or diagnosis.explained:
+        dtype = result.input.dtype
+        rows = [
+            [
+                h.name,
+                h.description + (f" ({h.detail})" if h.detail else ""),
+                fmt(h.max_ulp_error) + (f" {h.precision}" if h.precision != dtype else ""),
+                fmt(h.explains),
+            ]
+            for h in diagnosis.hypotheses
+        ]
+        parts.append(
+            grid(
+                "Known mistakes tried, best first, fitted ones last (error left: ULPs of "
+                f"{dtype}, or the dtype named, at the channel's scale)",
+                ["variant", "what it does", "error left", "explains"],
+                rows,
+                left=(0, 1),
+            )
+        )
+    return Group(*parts)

@@ -1,0 +1,65 @@
+"""Serialize a result object to one strict JSON document (RFC 8259).
+
+Every dataclass field appears under its own name, in order, so the JSON is the result object
+itself. JSON has no NaN or Infinity: such a number, and every ``Undefined`` value, is written as
+``null`` and its reason recorded in ``null_reasons`` under the field's JSON Pointer
+(e.g. ``/channels/0/var_unbiased``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from bninspect import __version__
+from bninspect.results.common import SCHEMA_VERSION, Undefined
+
+_NON_FINITE_REASON = {
+    "nan": "NaN (not a number), which JSON cannot hold",
+    "inf": "+Infinity, which JSON cannot hold",
+    "-inf": "-Infinity, which JSON cannot hold",
+}
+
+
+def _plain(value: Any, pointer: str, null_reasons: dict[str, str]) -> Any:
+    if isinstance(value, Undefined):
+        null_reasons[pointer] = value.reason
+        return None
+    if dataclasses.is_dataclass(value):
+        return {
+            f.name: _plain(getattr(value, f.name), f"{pointer}/{f.name}", null_reasons)
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{pointer}/{k}", null_reasons) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{pointer}/{i}", null_reasons) for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        null_reasons[pointer] = _NON_FINITE_REASON[repr(value)]
+        return None
+    return value
+
+
+def to_document(result: Any) -> dict[str, Any]:
+    """The result as plain JSON data: ``schema_version``, ``command``, ``bninspect_version``,
+    the result's fields, then ``null_reasons``."""
+    null_reasons: dict[str, str] = {}
+    body = _plain(result, "", null_reasons)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": result.command,
+        "bninspect_version": __version__,
+        **body,
+        "null_reasons": null_reasons,
+    }
+
+
+def to_json(result: Any) -> str:
+    """The result as one JSON document; ``allow_nan=False`` proves no NaN literal slips out."""
+    return json.dumps(to_document(result), indent=2, allow_nan=False)

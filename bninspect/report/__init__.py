@@ -1,0 +1,1 @@
+"""``run`` and ``explain``: their result objects built from an inspection."""

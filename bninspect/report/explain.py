@@ -1,0 +1,442 @@
+"""``explain``: derive one output element step by step, in the article's style, from the same
+float64 quantities ``run`` reports, under a framework's convention, and set PyTorch's value
+beside it. Steps where frameworks differ name the convention's rule and what PyTorch does
+instead."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bninspect.check.against import against_report
+from bninspect.conventions.rules import (
+    PYTORCH,
+    UPDATE_WEIGHTS,
+    Convention,
+    batch_weight,
+    effective_eps,
+)
+from bninspect.numerics.agreement import compare_value, mean_update_scale, output_scale
+from bninspect.numerics.reference import ReferenceForward, channel_values, forward_output, normalize
+from bninspect.numerics.running import coefficients
+from bninspect.pytorch.cpu_emulation import STRIDED
+from bninspect.pytorch.inspection import Inspection
+from bninspect.pytorch.peer import describe_peer, no_torch_value
+from bninspect.report.precision import precision_report
+from bninspect.results.common import CUMULATIVE, NOT_ASKED, Number, Undefined
+from bninspect.results.explain import ExplainResult, Step
+from bninspect.text import number
+
+PREVIEW_VALUES = 12  # a channel this small is listed in full, as the article does
+
+
+fmt = number  # a number inside a formula reads as it does in the tables
+
+
+def term(value: float) -> str:
+    """A number as a later operand: negatives in parentheses, so '0.9 * (-2)' reads right."""
+    return f"({fmt(value)})" if math.copysign(1.0, value) < 0 else fmt(value)
+
+
+def _values_preview(values: np.ndarray) -> str:
+    shown = ", ".join(fmt(v) for v in values[:PREVIEW_VALUES])
+    more = ", ..." if values.size > PREVIEW_VALUES else ""
+    return f"[{shown}{more}]"
+
+
+def _index_text(index: tuple[int, ...]) -> str:
+    return "input[" + ", ".join(map(str, index)) + "]"
+
+
+def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
+    """From the channel's values to its biased and unbiased variance (train mode)."""
+    stats, convention = inspection.stats, inspection.convention
+    values = channel_values(inspection.batch, c)
+    shape = inspection.batch.shape
+    axes = " * ".join(str(size) for axis, size in enumerate(shape) if axis != 1)
+    count, m2 = stats.count, float(stats.m2[c])
+    unbiased_formula = "var_unbiased = m2 / (count - 1)"
+    if count > 1:
+        var_unbiased: Number = float(stats.var_unbiased[c])
+        unbiased_text = f"{fmt(m2)} / {count - 1}"
+    else:
+        var_unbiased = Undefined("one value per channel: dividing by N - 1 = 0")
+        unbiased_text = f"{fmt(m2)} / 0"
+    if convention.stores == "unbiased":
+        unbiased_note = (
+            f"unbiased (divide by N - 1): what {_who(convention)} writes into running_var; it "
+            "does not normalize with it, so a hand check that uses it will not match"
+        )
+        unbiased_differs = None
+    else:
+        unbiased_note = f"unbiased (divide by N - 1): {convention.name} does not use it"
+        unbiased_differs = "PyTorch writes this one into running_var"
+    update = inspection.forward.update
+    divides_by_one = convention.stores == "unbiased" and convention.one_value != "refuse"
+    if count == 1 and divides_by_one and update is not None:
+        # TensorFlow (n / max(n - 1, 1)) and Caffe (m / (m - 1), 1 when m = 1) store 0.
+        unbiased_formula = "var_unbiased = m2 / max(count - 1, 1)"
+        var_unbiased, unbiased_text = float(update.batch_var[c]), f"{fmt(m2)} / 1"
+        unbiased_note = (
+            f"unbiased, but {convention.name} divides by max(N - 1, 1): one value per channel "
+            "stores 0 in running_var; it does not normalize with it"
+        )
+        unbiased_differs = (
+            "PyTorch leaves it undefined (0 / 0) and refuses one value per channel in train mode"
+        )
+    return [
+        Step(
+            "count",
+            f"count = values in channel {c} (every axis but 1)",
+            f"{axes} = {count}: {_values_preview(values)}",
+            count,
+        ),
+        Step("sum", "sum = sum of x_i", f"sum of the {count} values", float(stats.total[c])),
+        Step(
+            "mean",
+            "mean = sum / count",
+            f"{fmt(stats.total[c])} / {count}",
+            float(stats.mean[c]),
+            "the exact sum divided by count, rounded once (the sum shown is rounded too)",
+        ),
+        Step("m2", "m2 = sum of (x_i - mean)^2", f"sum over the {count} values", m2),
+        Step(
+            "var_biased",
+            "var = m2 / count",
+            f"{fmt(m2)} / {count}",
+            float(stats.var_biased[c]),
+            "biased (divide by N): what batch norm normalizes with in train mode",
+            rule=f"{convention.name} normalizes with the biased variance, as every framework does",
+        ),
+        Step(
+            "var_unbiased",
+            unbiased_formula,
+            unbiased_text,
+            var_unbiased,
+            unbiased_note,
+            rule=f"{convention.name} stores the {convention.stores} variance",
+            differs_from_pytorch=unbiased_differs,
+        ),
+    ]
+
+
+def _who(convention: Convention) -> str:
+    return "PyTorch" if convention is PYTORCH else convention.name
+
+
+def _eval_steps(inspection: Inspection, c: int) -> list[Step]:
+    forward, convention = inspection.forward, inspection.convention
+    before = forward.before
+    if convention.has_scale_factor:
+        where = (
+            f"mean_sum[{c}] / scale_factor = {term(before.stored_mean[c])} / "
+            f"{fmt(before.scale_factor)}",
+            f"var_sum[{c}] / scale_factor = {term(before.stored_var[c])} / "
+            f"{fmt(before.scale_factor)}",
+        )
+        rule = "Caffe stores sums and a scale factor and divides at inference (0 if it is 0)"
+    else:
+        where, rule = (f"running_mean[{c}]", f"running_var[{c}]"), None
+    return [
+        Step(
+            "mean",
+            "mean = running_mean",
+            where[0],
+            float(forward.mean[c]),
+            "eval mode: the running mean replaces the batch mean",
+            rule=rule,
+        ),
+        Step(
+            "var",
+            "var = running_var",
+            where[1],
+            float(forward.var[c]),
+            "eval mode: the running variance replaces the batch variance",
+            rule=rule,
+        ),
+    ]
+
+
+def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str):
+    """The formula of one running buffer's update under the convention, with the numbers, and
+    what PyTorch would do differently."""
+    convention, update = inspection.convention, inspection.forward.update
+    before, after = inspection.forward.before, update.after
+    old = float(getattr(before, f"stored_{buffer}")[c])
+    new = float(getattr(update, f"batch_{buffer}")[c])
+    momentum = inspection.settings.momentum
+    name = convention.momentum_parameter
+    keep, take = coefficients(
+        convention, None if isinstance(momentum, Undefined) else momentum, after.num_batches_tracked
+    )
+    if isinstance(momentum, Undefined):
+        n = after.num_batches_tracked
+        formula = (
+            f"running_{buffer} = (1 - 1/n) * running_{buffer} + (1/n) * {batch_symbol}, "
+            "n = num_batches_tracked"
+        )
+        numbers = f"{fmt(keep)} * {term(old)} + {fmt(take)} * {term(new)}, n = {n}"
+        return formula, numbers, CUMULATIVE, None
+    keep_name, take_name = (w.format(m=name) for w in UPDATE_WEIGHTS[convention.momentum_meaning])
+    if convention.has_scale_factor:
+        formula = f"running_{buffer} = ({batch_symbol} + {name} * {buffer}_sum) / scale_factor"
+        numbers = f"({fmt(new)} + {fmt(keep)} * {term(old)}) / {fmt(after.scale_factor)}"
+        differs = (
+            "PyTorch has no scale factor: its momentum would be 1 / scale_factor = "
+            f"{fmt(update.batch_weight)} for this step"
+        )
+        rule = f"Caffe: {buffer}_sum = {batch_symbol} + {name} * {buffer}_sum, then divide"
+        return formula, numbers, rule, differs
+    formula = f"running_{buffer} = {keep_name} * running_{buffer} + {take_name} * {batch_symbol}"
+    numbers = f"{fmt(keep)} * {term(old)} + {fmt(take)} * {term(new)}"
+    differs = None
+    if convention.momentum_meaning == "keep":
+        differs = (
+            f"PyTorch's momentum is the batch's weight: this rule is momentum "
+            f"{fmt(batch_weight(convention, momentum))} in PyTorch"
+        )
+    rule = f"{convention.name}: {name} {fmt(momentum)} weighs the " + (
+        "new batch" if convention.momentum_meaning == "batch" else "old value"
+    )
+    return formula, numbers, rule, differs
+
+
+BACKWARD_UPDATE = (
+    "MXNet's CPU operator updates both running buffers in the backward pass (a forward pass "
+    "alone leaves them unchanged); PyTorch updates them in the forward pass"
+)
+
+
+def _running_steps(inspection: Inspection, c: int) -> list[Step]:
+    forward, convention, stats = inspection.forward, inspection.convention, inspection.stats
+    if forward.passes_through:
+        return [
+            Step(
+                name,
+                f"{name} = {name}",
+                f"unchanged: {fmt(float(getattr(forward, name)[c]))}",
+                float(getattr(forward, name)[c]),
+                "Paddle returns before updating when a channel has one value",
+                rule="paddle: one value per channel passes through",
+                differs_from_pytorch="PyTorch refuses one value per channel in train mode",
+            )
+            for name in ("running_mean", "running_var")
+        ]
+    steps = []
+    if convention.has_scale_factor:
+        before, after = forward.before, forward.update.after
+        momentum = inspection.settings.momentum
+        steps.append(
+            Step(
+                "scale_factor",
+                f"scale_factor = 1 + {convention.momentum_parameter} * scale_factor",
+                f"1 + {fmt(momentum)} * {fmt(before.scale_factor)}",
+                after.scale_factor,
+                "Caffe's third blob: what the sums are divided by at inference",
+            )
+        )
+    var_symbol = "var_unbiased" if convention.stores == "unbiased" else "var"
+    mean_formula, mean_numbers, mean_rule, mean_differs = _update_text(
+        inspection, c, "mean", "mean"
+    )
+    var_formula, var_numbers, var_rule, var_differs = _update_text(inspection, c, "var", var_symbol)
+    if convention.updates_in_backward:
+        mean_differs = "; ".join(filter(None, [mean_differs, BACKWARD_UPDATE]))
+    if convention.stores == "unbiased":
+        var_note = "the running variance takes the unbiased variance, not the one that normalized"
+        if stats.count == 1:
+            var_note += f"; {convention.name} divides by max(N - 1, 1), giving 0"
+    else:
+        var_note = f"{convention.name} stores the biased variance, the one that normalized"
+        var_differs = "; ".join(
+            filter(None, [var_differs, "PyTorch stores the unbiased variance instead"])
+        )
+    return steps + [
+        Step(
+            "running_mean",
+            mean_formula,
+            mean_numbers,
+            float(forward.running_mean[c]),
+            rule=mean_rule,
+            differs_from_pytorch=mean_differs,
+        ),
+        Step(
+            "running_var",
+            var_formula,
+            var_numbers,
+            float(forward.running_var[c]),
+            var_note,
+            rule=var_rule,
+            differs_from_pytorch=var_differs,
+        ),
+    ]
+
+
+def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list[Step]:
+    """sqrt(var + eps), x_hat and y; or y = x where the layer passes its input through."""
+    forward, params, convention = inspection.forward, inspection.params, inspection.convention
+    if forward.passes_through:
+        return [
+            Step(
+                "y",
+                "y = x",
+                fmt(x),
+                x,
+                "Paddle's CPU kernel copies the input when a channel has one value",
+                rule="paddle: one value per channel passes through",
+                differs_from_pytorch="PyTorch refuses one value per channel in train mode",
+            )
+        ]
+    mean, std, weight, bias = forward.mean[c], forward.std[c], params.weight[c], params.bias[c]
+    eps = inspection.settings.eps
+    eps_differs = []
+    if convention.eps_default != PYTORCH.eps_default:
+        eps_differs.append(
+            f"PyTorch's default eps is {PYTORCH.eps_default:g}, {convention.name}'s "
+            f"{convention.eps_default:g}"
+        )
+    requested = inspection.requested_eps
+    raised = effective_eps(convention, requested)[1] if requested is not None else None
+    if raised:  # the convention's floor raised it
+        eps_differs.append(
+            f"PyTorch has no eps floor: it would use eps {requested:g} as given, "
+            f"{convention.name} raises it to {eps:g}"
+        )
+    one_value = None
+    if train and inspection.stats.count == 1:
+        one_value = "PyTorch refuses one value per channel in train mode; here var is 0, y = bias"
+    var_name = "var" if train else "running_var"
+    return [
+        Step(
+            "std",
+            f"std = sqrt({var_name} + eps)",
+            f"sqrt({fmt(forward.var[c])} + {fmt(eps)})",
+            float(std),
+            "eps sits inside the square root",
+            rule="; ".join(filter(None, [f"{convention.name}: eps {eps:g}", raised])),
+            differs_from_pytorch="; ".join(eps_differs) or None,
+        ),
+        Step(
+            "x_hat",
+            "x_hat = (x - mean) / std",
+            f"({fmt(x)} - {term(mean)}) / {term(std)}",
+            float(normalize(x, mean, std, 1.0, 0.0)),
+        ),
+        Step(
+            "y",
+            "y = x_hat * weight + bias",
+            f"{fmt(float(normalize(x, mean, std, 1.0, 0.0)))} * {term(weight)} + {term(bias)}",
+            float(normalize(x, mean, std, weight, bias)),
+            differs_from_pytorch=one_value,
+        ),
+    ]
+
+
+NO_PRECISION = Undefined(f"{NOT_ASKED}: add --precision")
+NO_AGAINST = Undefined(f"{NOT_ASKED}: add --against your_output.npy")
+
+
+def _precision(inspection: Inspection, index: tuple[int, ...]):
+    """PyTorch's own arithmetic for the element, when PyTorch ran."""
+    if inspection.torch_run is None:
+        return no_torch_value(inspection)
+    c, stats = index[1], inspection.stats
+    if stats.nan_count[c] or stats.posinf_count[c] or stats.neginf_count[c]:
+        return Undefined(
+            "the element's channel holds NaN or Inf: PyTorch's arithmetic on it is not finite, "
+            "so there are no bits to attribute"
+        )
+    std = float(inspection.forward.std[c])
+    if not (math.isfinite(std) and std > 0):  # eval mode with running_var + eps <= 0
+        return Undefined(
+            f"sqrt(var + eps) is {fmt(std)} for the element's channel: PyTorch divides by it, "
+            "its output is not finite, so there are no bits to attribute"
+        )
+    if not np.isfinite(inspection.torch_run.output[index]):
+        return Undefined(
+            "PyTorch's output for the element is not finite, so there are no bits to attribute"
+        )
+    if not inspection.batch.flags.c_contiguous:
+        return Undefined(STRIDED)
+    return precision_report(inspection, index)
+
+
+def _buffer_scales(forward: ReferenceForward, c: int, dtype: str) -> tuple[float, float]:
+    """The scales channel c's running mean and variance are counted at after a training step:
+    the mean's update's (agreement.running_mean_scale), the variance's own value."""
+    mean_scale = mean_update_scale(
+        forward.before.running_mean, forward.update, forward.running_mean, dtype
+    )
+    return float(mean_scale[c]), abs(float(forward.running_var[c]))
+
+
+def derive_element(
+    inspection: Inspection, index: tuple[int, ...], precision: bool = False, against=None
+) -> ExplainResult:
+    """The derivation of output[index] of the last step's batch (an index already checked
+    against the batch's shape and made non-negative); with ``precision``, also PyTorch's own
+    arithmetic for it (precision.precision_report); with ``against`` (their output as float64
+    and its OutputInfo), their value beside it (against.against_report)."""
+    c = index[1]
+    forward, params, dtype = inspection.forward, inspection.params, inspection.tensor.info.dtype
+    train = inspection.settings.mode == "train"
+    steps_taken = max(len(inspection.history), 1)
+    first = (steps_taken - 1) * inspection.settings.batch_size
+    x = float(inspection.batch[index])
+    w, b = params.weight[c], params.bias[c]
+    y = float(forward_output(forward, x, c, w, b))
+    where = _index_text((first + index[0], *index[1:]))
+    if steps_taken > 1:
+        where = f"{where}: batch {steps_taken}, sample {index[0]}"
+    steps = [Step("x", "x = the input element", where, x)]
+    steps += _batch_steps(inspection, c) if train else _eval_steps(inspection, c)
+    steps += _output_steps(inspection, c, x, train)
+    torch_run = inspection.torch_run
+    missing = no_torch_value(inspection)
+    running = ()
+    if train:
+        steps += _running_steps(inspection, c)
+        running = tuple(
+            compare_value(
+                name,
+                getattr(forward, name)[c],
+                missing if torch_run is None else getattr(torch_run, name)[c],
+                dtype,
+                scale,
+            )
+            for name, scale in zip(
+                ("running_mean", "running_var"), _buffer_scales(forward, c, dtype), strict=True
+            )
+        )
+    channel_y = forward_output(forward, channel_values(inspection.batch, c), c, w, b)
+    output = compare_value(
+        "y",
+        y,
+        missing if torch_run is None else float(torch_run.output[index]),
+        dtype,
+        output_scale(channel_y, w),
+    )
+    return ExplainResult(
+        input=inspection.tensor.info,
+        settings=inspection.settings,
+        torch_version=torch_run.version if torch_run else missing,
+        index=index,
+        channel=c,
+        x=x,
+        steps=tuple(steps),
+        y_reference=output.reference,
+        y_reference_rounded=output.reference_rounded,
+        y_torch=output.torch,
+        y_torch_hex=output.torch_hex,
+        abs_error=output.abs_error,
+        output_scale=output.scale,
+        scaled_error=output.scaled_error,
+        ulp_error=output.ulp_error,
+        correctly_rounded=output.correctly_rounded,
+        running=running,
+        precision=_precision(inspection, index) if precision else NO_PRECISION,
+        against=against_report(inspection, index, *against, first) if against else NO_AGAINST,
+        peer=describe_peer(inspection),
+        step=steps_taken,
+    )

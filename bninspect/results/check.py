@@ -1,0 +1,143 @@
+"""The result objects of ``bninspect check`` and of ``explain --against``: someone else's batch
+norm output compared with the reference, and the known mistakes that would explain it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from bninspect.results.common import InputInfo, Number, Settings, Undefined, column
+
+CHANNELS = "Your output vs the reference, per channel"
+# Appended to a channel's pattern when some of its elements are NaN or infinite where the
+# reference is not (or the other way round): the fit saw only the finite pairs.
+WHERE_FINITE = " where finite"
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """The output file being checked."""
+
+    path: str
+    sha256: str
+    shape: tuple[int, ...]
+    dtype: str  # as stored in the file; compared as float64, exactly
+    notices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What counts as a match: |theirs - reference| <= atol + rtol * |reference|."""
+
+    atol: float
+    rtol: float
+    source: str  # "torch.testing defaults for float32", or "given"
+
+
+@dataclass(frozen=True)
+class ElementError:
+    """One element of their output beside the reference (and PyTorch's value)."""
+
+    index: tuple[int, ...]
+    theirs: Number
+    reference: Number
+    torch: Number
+    abs_error: Number
+    rel_error: Number  # abs_error / |reference|
+    ulp_error: Number  # in ULPs of the input dtype at the reference value
+
+
+@dataclass(frozen=True)
+class ChannelCheck:
+    """One channel: how far their output is, and the shape of the error.
+
+    ``pattern``: "exact" (within ROUNDING_ULPS at the channel's scale), "scale" (theirs ~ factor
+    * reference), "shift" (theirs ~ reference + offset), "scale and shift", or "noise" (no affine
+    relation explains the error), each with WHERE_FINITE appended when NaN/Inf elements disagree
+    with the reference; "not finite" when no pair is finite. ``factor`` and ``offset`` are the
+    least-squares fit theirs ~ factor * reference + offset over the finite pairs.
+    """
+
+    channel: int
+    max_abs_error: Number = field(metadata=column("max |err|", CHANNELS))
+    max_ulp_error: Number = field(metadata=column("max ULP\nat scale", CHANNELS))
+    mismatches: int = field(metadata=column("mismatches", CHANNELS))
+    non_finite: int = field(metadata=column("NaN/Inf\nof yours", CHANNELS))  # where ref finite
+    pattern: str = field(metadata=column("error\nlooks like", CHANNELS))
+    factor: Number  # shown within the pattern's cell in the table
+    offset: Number
+    best_variant: str | Undefined = field(metadata=column("best known\nvariant", CHANNELS))
+
+
+@dataclass(frozen=True)
+class HistogramBin:
+    """Elements whose |error| lies in [lower, upper); lower 0 and upper 0 for exact ones."""
+
+    lower: float
+    upper: float
+    count: int
+
+
+@dataclass(frozen=True)
+class SuggestedTolerance:
+    """The smallest tolerances that would make the output pass, one knob at a time: against
+    PyTorch's output, the reference rounded to the dtype, and check's own float64 reference."""
+
+    atol: Number  # with rtol at its value
+    rtol: Number  # with atol at its value
+    # The line to paste, with ``mine`` your array (numpy.load) and ``expected`` as said below.
+    assert_close: str
+    expected: str  # PyTorch's output (which module, mode, dtype), or the rounded reference and why
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One known mistake tried against their output: the error that remains under it, in ULPs
+    of ``precision`` at each channel's scale (max over the tensor), and whether that is at the
+    level of rounding while the stated settings' error is not (and, for a fitted mistake, with
+    fitted values the mistake can produce)."""
+
+    name: str
+    description: str
+    precision: str  # the dtype whose ULPs measure it
+    max_ulp_error: Number
+    explains: bool
+    detail: str | None = None
+    fitted: bool = False  # estimated from their output (ranks after the mistakes that are not)
+    eps_per_channel: tuple[Number, ...] | None = None  # other-eps: each channel's estimate
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The catalogue of known mistakes, best first; ``summary`` in one sentence."""
+
+    explained: bool
+    summary: str
+    hypotheses: tuple[Hypothesis, ...]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Everything ``bninspect check`` reports."""
+
+    command: ClassVar[str] = "check"
+
+    input: InputInfo
+    output: OutputInfo
+    settings: Settings
+    torch_version: str | Undefined
+    peer: str  # what PyTorch's module ran as beside the reference, or why it did not run
+    tolerance: Tolerance
+    passed: bool
+    elements: int
+    mismatches: int
+    max_abs_error: ElementError | Undefined
+    max_rel_error: ElementError | Undefined
+    max_ulp_error: ElementError | Undefined  # at each element's own magnitude
+    max_scaled_error: Number  # in ULPs at the channel's scale: the headline
+    worst: tuple[ElementError, ...]  # the --top largest absolute errors
+    channels: tuple[ChannelCheck, ...]
+    suggested: SuggestedTolerance | Undefined
+    histogram: tuple[HistogramBin, ...]
+    torch_max_scaled_error: Number  # PyTorch's own output against the reference, for scale
+    diagnosis: Diagnosis

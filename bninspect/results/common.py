@@ -1,0 +1,90 @@
+"""What every result object shares: undefined values and their reasons, the input and the
+layer's settings, a value beside its reference, and the table metadata of a field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Bump when a field is renamed or removed or its meaning changes; adding a field keeps the version.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Undefined:
+    """A value that does not exist mathematically (e.g. the unbiased variance of one value).
+
+    JSON writes it as ``null`` and records ``reason`` under ``null_reasons``; tables show "n/a".
+    """
+
+    reason: str
+
+    @property
+    def asked_for(self) -> bool:
+        """False for an optional part the user did not ask for (its reason says how to)."""
+        return not self.reason.startswith(NOT_ASKED)
+
+
+NOT_ASKED = "not asked for"
+Number = float | Undefined
+
+
+def column(label: str, group: str) -> dict[str, Any]:
+    """Field metadata: show this field in table ``group`` under the header ``label``."""
+    return {"label": label, "group": group}
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """Where the inspected tensor came from and what it is."""
+
+    source: str  # "generated" or "file"
+    shape: tuple[int, ...]
+    dtype: str  # the dtype PyTorch ran in, e.g. "float32"
+    seed: int | None  # the generator's seed, for generated input
+    path: str | None  # the .npy file, for loaded input
+    sha256: str | Undefined | None  # of the file's bytes, for loaded input
+    notices: tuple[str, ...] = ()  # conversions applied on loading, e.g. int64 -> float32
+    offset: float | None = None  # generated input: offset + scale * standard normal
+    scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The layer as configured. Vector options keep the text the user gave ("ones", "0.5,0.2",
+    "w.npy"); the resolved per-channel values are in each channel's report."""
+
+    module: str  # "BatchNorm1d", "BatchNorm2d" or "BatchNorm3d"
+    mode: str  # "train" or "eval"
+    eps: float  # as used: after the convention's floor, if any
+    momentum: Number  # in the convention's meaning; undefined for --momentum none
+    affine: bool
+    weight: str
+    bias: str
+    running_mean: str  # the buffer's value before the first step
+    running_var: str
+    convention: str  # whose rules the reference follows: "pytorch", "keras", ...
+    steps: int  # training steps (batches fed); 1 in eval mode
+    batch_size: int  # samples per batch (axis 0)
+    torch_momentum: Number  # PyTorch's momentum for the same rule
+    notices: tuple[str, ...] = ()  # e.g. eps raised to the convention's floor
+
+
+# Why --momentum none has no number.
+CUMULATIVE = "--momentum none: PyTorch's cumulative average, step k weighs the batch 1/k"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A value PyTorch produced next to the float64 reference for it."""
+
+    name: str
+    reference: Number
+    reference_rounded: Number  # the reference rounded to the dtype: the best PyTorch could return
+    torch: Number
+    torch_hex: str | Undefined  # float.hex of PyTorch's value: its exact bits
+    abs_error: Number
+    scale: Number  # y: the channel's scale; running_mean: its update's; running_var: itself
+    scaled_error: Number  # in ULPs of the dtype at ``scale``: the headline
+    ulp_error: Number  # in ULPs of the dtype at the reference value
+    correctly_rounded: bool | Undefined  # torch == reference_rounded: equal to the last bit

@@ -1,0 +1,111 @@
+"""The result of ``bninspect explain``: one output element derived step by step, PyTorch's value
+beside it, and the optional --precision and --against reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from bninspect.results.common import Comparison, InputInfo, Number, Settings, Undefined
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a derivation: ``name = formula`` with the numbers put in, and its value."""
+
+    name: str
+    formula: str
+    substitution: str  # the formula with the actual numbers, rounded for people
+    value: Number  # full precision
+    note: str | None = None
+    rule: str | None = None  # the convention's rule applied here, where frameworks differ
+    differs_from_pytorch: str | None = None  # what PyTorch does instead, where it differs
+
+
+@dataclass(frozen=True)
+class PrecisionStep:
+    """One step of PyTorch's arithmetic for an element: its value as PyTorch holds it, the
+    exact value, and how far this step's rounding moved y."""
+
+    name: str
+    how: str  # how PyTorch computes it: the operation and its precision
+    torch_value: float  # as PyTorch holds it (emulated)
+    exact: float  # the same quantity without rounding (float64)
+    effect_on_y: float  # signed, in ULPs of the dtype at the channel's scale
+
+
+@dataclass(frozen=True)
+class PrecisionReport:
+    """``explain --precision``: PyTorch's CPU kernel redone in its own arithmetic.
+
+    The effects of the steps add up to y_emulated - y_exact. ``bit_exact`` says whether the
+    emulation reproduced PyTorch's y; if not, ``difference_ulps`` says by how much and
+    ``path`` why (which kernel path, and whether it is emulated exactly).
+    """
+
+    path: str  # the kernel path followed, from torch_cpu_emulation
+    claim: str  # how closely the emulation follows PyTorch on this dtype and path
+    cpu_capability: str  # the vector kernel torch used ("AVX512", "AVX2", "DEFAULT")
+    threads: int  # torch's intra-op threads
+    fma: bool  # whether the kernel rounds a * b + c once
+    channel_scale: float  # max |reference y| of the channel: the unit of effect_on_y
+    steps: tuple[PrecisionStep, ...]
+    y_emulated: float
+    y_torch: float
+    bit_exact: bool
+    difference_ulps: float  # (y_emulated - y_torch) in ULPs of the dtype at y_torch
+
+
+@dataclass(frozen=True)
+class ImpliedStep:
+    """A quantity of the derivation beside the value their output implies for it, solving
+    backwards from their y and assuming every earlier step right."""
+
+    name: str
+    reference: Number
+    implied: Number
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class AgainstReport:
+    """``explain --against``: their value for the element, and where the steps would have to
+    differ to produce it."""
+
+    path: str
+    theirs: Number
+    abs_error: Number
+    ulp_error: Number  # in ULPs of the input dtype at the channel's scale
+    implied: tuple[ImpliedStep, ...]
+    verdict: str
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    """Everything ``bninspect explain`` reports for one output element: the derivation, then
+    PyTorch's y beside the reference y. ``running`` compares the element's channel's running
+    buffers in train mode (empty in eval mode)."""
+
+    command: ClassVar[str] = "explain"
+
+    input: InputInfo
+    settings: Settings
+    torch_version: str | Undefined
+    index: tuple[int, ...]
+    channel: int
+    x: float
+    steps: tuple[Step, ...]
+    y_reference: Number
+    y_reference_rounded: Number  # y_reference rounded to the dtype: the best PyTorch could return
+    y_torch: Number
+    y_torch_hex: str | Undefined  # float.hex of PyTorch's y: its exact bits
+    abs_error: Number
+    output_scale: Number  # the channel's scale, as run's: agreement.channel_scale
+    scaled_error: Number  # in ULPs of the dtype at output_scale: the headline
+    ulp_error: Number  # in ULPs of the dtype at y_reference
+    correctly_rounded: bool | Undefined  # y_torch == y_reference_rounded: to the last bit
+    running: tuple[Comparison, ...]
+    precision: PrecisionReport | Undefined  # with --precision
+    against: AgainstReport | Undefined  # with --against
+    peer: str  # what PyTorch ran as, or why it could not
+    step: int  # the training step whose batch holds the element (1 in eval mode)
