@@ -35,6 +35,19 @@ def column(label: str, group: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """The answer, first: what every command prints before anything else, and alone with -q.
+
+    ``status`` is a short lowercase word a script can branch on (each command's schema lists its
+    values, e.g. check's "pass"/"fail"); ``summary`` is one or two lines for people, complete on
+    their own: what was found, where, and what to do about it.
+    """
+
+    status: str
+    summary: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class InputInfo:
     """Where the inspected tensor came from and what it is."""
 
