@@ -22,8 +22,8 @@ from bninspect.check.variants import CATALOGUE
 from bninspect.dtypes import float_format
 from bninspect.pytorch.inspection import Inspection, PhaseProgress
 from bninspect.pytorch.peer import describe_peer
-from bninspect.results.check import CheckResult, OutputInfo, Tolerance
-from bninspect.results.common import Undefined
+from bninspect.results.check import CheckResult, Diagnosis, OutputInfo, Tolerance
+from bninspect.results.common import Undefined, Verdict
 
 
 def tolerance_for(dtype: str, atol: float | None, rtol: float | None) -> Tolerance:
@@ -80,18 +80,20 @@ def build_check_result(
         if torch_out is not None
         else Undefined(f"PyTorch was not run: {inspection.no_peer}")
     )
+    passed, mismatches = bool(not mismatch.any()), int(mismatch.sum())
     return CheckResult(
+        verdict=check_verdict(passed, mismatches, int(theirs.size), tolerance, diagnosis),
         input=inspection.tensor.info,
         output=output,
         settings=inspection.settings,
         torch_version=torch_run.version
         if torch_run
         else Undefined(f"PyTorch was not run: {inspection.no_peer}"),
-        peer=describe_peer(inspection),
+        torch_module=describe_peer(inspection),
         tolerance=tolerance,
-        passed=bool(not mismatch.any()),
+        passed=passed,
         elements=int(theirs.size),
-        mismatches=int(mismatch.sum()),
+        mismatches=mismatches,
         max_abs_error=largest["abs"],
         max_rel_error=largest["rel"],
         max_ulp_error=largest["ulp"],
@@ -112,3 +114,17 @@ def build_check_result(
         torch_max_scaled_error=torch_error,
         diagnosis=diagnosis,
     )
+
+
+def check_verdict(
+    passed: bool, mismatches: int, elements: int, tolerance: Tolerance, diagnosis: Diagnosis
+) -> Verdict:
+    """check's answer: PASS or FAIL with the count against the tolerance, then the diagnosis
+    (the mistake named, or that there is nothing to explain)."""
+    bound = f"atol {tolerance.atol:.3g} + rtol {tolerance.rtol:.3g} * |reference|"
+    if passed:
+        first = f"PASS: all {elements} elements within {bound} ({tolerance.source})."
+    else:
+        first = f"FAIL: {mismatches} of {elements} elements beyond {bound} ({tolerance.source})."
+    summary = diagnosis.summary[0].upper() + diagnosis.summary[1:]
+    return Verdict("pass" if passed else "fail", (first, summary.rstrip(".") + "."))

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag, for_check, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    for_check,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.input.request import InspectRequest
 
@@ -31,6 +38,8 @@ def check(
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="How many of the worst elements to list.")] = 5,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Test your batch norm's output against the reference, and name the mistake.
 
@@ -39,6 +48,7 @@ def check(
     pass, and which known mistake (unbiased variance, eps outside the root, wrong axes, ...)
     explains the output, if any.
     """
+    detail = detail_level(quiet, verbose, json_output)
     checked = for_check(request, atol, rtol)
 
     def before(planned, _settings):
@@ -56,6 +66,6 @@ def check(
         return build_check_result(inspection, theirs, info, tolerance, top, progress)
 
     result = inspect(checked, json_output, report, before)
-    emit(result, json_output)
+    emit(result, json_output, detail)
     if not result.passed:
         raise typer.Exit(3)
