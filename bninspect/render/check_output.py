@@ -65,17 +65,26 @@ def render_check(result: CheckResult) -> RenderableType:
         header(result),
         Text(f"yours   {out.path} ({out.dtype}, sha256 {out.sha256[:16]}...)"),
     ]
-    if result.passed:
-        verdict = Text(
-            f"PASS: every one of {result.elements} elements within atol {fmt(tol.atol)}"
-            f" + rtol {fmt(tol.rtol)} * |reference| ({tol.source})",
-            style="green",
+    verdict = Text(result.diagnosis.summary, style="green" if result.passed else "red")
+    if tol.per_channel_atol is not None:
+        against = (
+            f"the derived bound (per channel what a correct implementation can leave: up to "
+            f"{fmt(result.max_bound_ulps)} ULP at the channel's scale, atol up to {fmt(tol.atol)})"
         )
     else:
-        verdict = Text(
-            f"FAIL: {result.mismatches} of {result.elements} elements beyond atol "
-            f"{fmt(tol.atol)} + rtol {fmt(tol.rtol)} * |reference| ({tol.source})",
-            style="red",
+        against = f"atol {fmt(tol.atol)} + rtol {fmt(tol.rtol)} * |reference| ({tol.source})"
+    count = (
+        f"every one of {result.elements} elements within {against}"
+        if not result.mismatches
+        else f"{result.mismatches} of {result.elements} elements beyond {against}"
+    )
+    verdict.append("\n" + count, style=None)
+    if not isinstance(result.non_finite, Undefined):
+        nf = result.non_finite
+        shown = "; ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
+        verdict.append(
+            f"\nNaN/Inf on one side only: {nf.reference_only} where the reference is, "
+            f"{nf.theirs_only} where yours is (at {shown}): {nf.reason}"
         )
     parts.append(verdict)
     largest_abs = getattr(result.max_abs_error, "abs_error", result.max_abs_error)
@@ -136,7 +145,8 @@ def render_check(result: CheckResult) -> RenderableType:
         parts.append(Text("\n".join(f"n/a {label}: {reason}" for label, reason in reasons)))
     parts.append(_histogram(result))
     if isinstance(result.suggested, Undefined):
-        parts.append(Text(f"no tolerance passes it: {result.suggested.reason}"))
+        if not result.passed:
+            parts.append(Text(f"no assert_close line: {result.suggested.reason}"))
     elif not result.passed:
         suggested = result.suggested
         other = (
@@ -152,7 +162,7 @@ def render_check(result: CheckResult) -> RenderableType:
         )
     diagnosis = result.diagnosis
     parts.append(
-        Text(f"diagnosis: {diagnosis.summary}", style="bold" if diagnosis.explained else None)
+        Text(f"diagnosis: {diagnosis.detail}", style="bold" if diagnosis.explained else None)
     )
     if not result.passed or diagnosis.explained:
         dtype = result.input.dtype
@@ -174,4 +184,31 @@ def render_check(result: CheckResult) -> RenderableType:
                 left=(0, 1),
             )
         )
+    if not isinstance(result.buffers, Undefined):
+        parts.append(_buffers(result))
     return Group(*parts)
+
+
+def _buffers(result: CheckResult) -> RenderableType:
+    """Their running buffers against the reference's update, and the buffer mistakes tried."""
+    check = result.buffers
+    rows = [
+        [
+            b.name,
+            fmt(b.max_ulp_error_at_scale),
+            fmt(b.bound_ulps),
+            fmt(b.passed),
+            fmt(b.mistake) if not isinstance(b.mistake, Undefined) else b.mistake.reason,
+        ]
+        for b in check.buffers
+    ]
+    table = grid(
+        f"Your buffers after the pass: {check.summary}",
+        ["buffer", "ULP at scale", "correct can leave", "passed", "explained by"],
+        rows,
+    )
+    tried = [[h.name, fmt(h.max_ulp_error), fmt(h.explains)] for h in check.hypotheses]
+    return Group(
+        table,
+        grid("Known buffer mistakes tried", ["variant", "ULP left", "explains"], tried, left=(0,)),
+    )
