@@ -213,9 +213,7 @@ def test_a_variance_error_beyond_cancellation_is_not_the_naive_variance(cli, tmp
     assert not doc["diagnosis"]["explained"]
 
 
-def test_a_float32_two_pass_with_running_sums_passes_and_is_not_the_naive_variance(
-    cli, tmp_path
-):
+def test_a_float32_two_pass_with_running_sums_passes_and_is_not_the_naive_variance(cli, tmp_path):
     """A two-pass float32 implementation summing one value at a time, at offset 1000: its mean
     errs by hundreds of ULPs at the channel's scale, as every such correct implementation may
     (the derived tolerance allows it), and the one-pass formula is not what happened."""
@@ -474,7 +472,9 @@ def test_a_named_mistake_gets_no_tolerance_but_its_fix(cli, tmp_path, make, offs
     assert doc["diagnosis"]["summary"].startswith("FAIL: ")
     assert doc["diagnosis"]["summary"].endswith("; fix that, not the tolerance")
     assert doc["suggested"] is None
-    assert doc["null_reasons"]["/suggested"].endswith("a tolerance that passes it would hide the mistake")
+    assert doc["null_reasons"]["/suggested"].endswith(
+        "a tolerance that passes it would hide the mistake"
+    )
 
 
 def test_assert_close_line_with_nan_channels(cli, tmp_path):

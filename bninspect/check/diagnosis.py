@@ -37,8 +37,7 @@ def channel_list(channels: list[int] | tuple[int, ...], total: int) -> str:
         else:
             runs.append([c])
     parts = [
-        str(r[0]) if len(r) == 1 else (f"{r[0]}, {r[1]}" if len(r) == 2 else f"{r[0]}-{r[-1]}")
-        for r in runs
+        part for r in runs for part in ([str(c) for c in r] if len(r) <= 2 else [f"{r[0]}-{r[-1]}"])
     ]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return ("channel " if len(channels) == 1 else "channels ") + text

@@ -54,7 +54,6 @@ def _largest(values: list[Number]) -> Number:
     return max(defined) if defined else Undefined("no channel had elements to compare")
 
 
-
 def _errors(
     inspection: Inspection, actual: np.ndarray | None, reference: np.ndarray
 ) -> tuple[Number, Number]:
@@ -66,7 +65,6 @@ def _errors(
     return max_errors(actual, reference, inspection.tensor.info.dtype)
 
 
-
 def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number:
     """One buffer's |err| in ULPs at ``scale``, or why it is missing."""
     if isinstance(abs_error, Undefined):
@@ -74,8 +72,6 @@ def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number
     return float(
         errors_at_scale(np.float64(abs_error), np.float64(scale), inspection.tensor.info.dtype)
     )
-
-
 
 
 def _train_and_eval(inspection: Inspection) -> tuple[ReferenceForward, ReferenceForward]:
