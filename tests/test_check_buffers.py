@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from test_check import LAYER, RUNNING_MEAN, RUNNING_VAR, make_input, torch_batchnorm
 from test_onnx_peer import onnx_batchnorm, run_session
 

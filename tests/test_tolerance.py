@@ -14,12 +14,12 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from independent_bn import IMPLEMENTATIONS, two_pass
 
 from bninspect.check.report import build_check_result
 from bninspect.results.check import OutputInfo
 
 from helpers import inspect_array
-from independent_bn import IMPLEMENTATIONS, two_pass
 from strategies import shapes
 
 DTYPES = {
