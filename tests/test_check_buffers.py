@@ -125,8 +125,10 @@ def test_each_buffer_mistake_is_named(cli, tmp_path, name):
     assert not buffers["passed"] and not doc["passed"]
     first = buffers["hypotheses"][0]
     assert (first["name"], first["explains"]) == (name, True), buffers
-    assert doc["diagnosis"]["summary"].startswith("PASS: matches the stated settings")
-    assert f"buffers: your running buffers: {first['description']}" in doc["diagnosis"]["summary"]
+    summary = doc["diagnosis"]["summary"]
+    assert summary.startswith(f"FAIL: your running buffers: {first['description']}; ")
+    assert "; your output matches the stated settings on all 3 channels" in summary
+    assert doc["verdict"] == {"status": "fail", "summary": [summary, doc["verdict"]["summary"][1]]}
 
 
 def test_a_wrong_num_batches_tracked_fails(cli, tmp_path):

@@ -30,7 +30,7 @@ from bninspect.numerics.agreement import output_scale
 from bninspect.pytorch.inspection import Inspection, PhaseProgress
 from bninspect.pytorch.peer import describe_peer
 from bninspect.results.check import CheckResult, NonFinite, OutputInfo, Tolerance
-from bninspect.results.common import Undefined
+from bninspect.results.common import Undefined, Verdict
 
 
 def tolerance_for(
@@ -153,7 +153,11 @@ def build_check_result(
     needed = bool(np.any(stated > limits))
     summary = _summary(passed_output, given, diagnosis, needed, non_finite, mismatch, theirs.size)
     if not isinstance(buffers, Undefined) and not buffers.passed:
-        summary += f"; buffers: {buffers.summary}"
+        if passed_output:
+            output_part = summary.split(": ", 1)[1]
+            summary = f"FAIL: {buffers.summary}; your output {output_part}"
+        else:
+            summary += f"; {buffers.summary}"
     diagnosis = dataclasses.replace(diagnosis, summary=summary)
 
     def at(flat: int):
@@ -175,18 +179,20 @@ def build_check_result(
         dataclasses.replace(c, bound_ulps=float(limit))
         for c, limit in zip(channels, limits, strict=True)
     )
+    mismatches = int(mismatch.sum())
     return CheckResult(
+        verdict=check_verdict(passed, mismatches, int(theirs.size), tolerance, summary),
         input=inspection.tensor.info,
         output=output,
         settings=inspection.settings,
         torch_version=torch_run.version
         if torch_run
         else Undefined(f"PyTorch was not run: {inspection.no_peer}"),
-        peer=describe_peer(inspection),
+        torch_module=describe_peer(inspection),
         tolerance=tolerance,
         passed=passed,
         elements=int(theirs.size),
-        mismatches=int(mismatch.sum()),
+        mismatches=mismatches,
         max_abs_error=largest["abs"],
         max_rel_error=largest["rel"],
         max_ulp_error=largest["ulp"],
@@ -268,3 +274,24 @@ def _suggestion(
         tolerance,
         f"torch.nn.{inspection.settings.module} in {inspection.settings.mode} mode, {dtype}",
     )
+
+
+def check_verdict(
+    passed: bool, mismatches: int, elements: int, tolerance: Tolerance, summary: str
+) -> Verdict:
+    """check's answer: the one-line verdict (PASS or FAIL, the mistake named and its channels,
+    or that there is nothing to explain: the diagnosis' summary), then the count against the
+    tolerance."""
+    if tolerance.per_channel_atol is not None:
+        bound = (
+            "what a correct implementation can leave on each channel (the derived tolerance, "
+            "docs/check.md)"
+        )
+    else:
+        bound = f"atol {tolerance.atol:.3g} + rtol {tolerance.rtol:.3g} * |reference|"
+        bound += f" ({tolerance.source})"
+    if not mismatches:
+        count = f"All {elements} elements within {bound}."
+    else:
+        count = f"{mismatches} of {elements} elements beyond {bound}."
+    return Verdict("pass" if passed else "fail", (summary, count))

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag, for_check, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    for_check,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.input.request import InspectRequest
 
@@ -66,6 +73,8 @@ def check(
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="How many of the worst elements to list.")] = 5,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Test your batch norm's output against the reference, and name the mistake.
 
@@ -75,6 +84,7 @@ def check(
     the worst elements, the error's shape per channel, and which known mistake (unbiased
     variance, eps outside the root, wrong axes, ...) explains the output, if any.
     """
+    detail = detail_level(quiet, verbose, json_output)
     checked = for_check(request, atol, rtol)
 
     def before(planned, _settings):
@@ -106,6 +116,6 @@ def check(
         )
 
     result = inspect(checked, json_output, report, before)
-    emit(result, json_output)
+    emit(result, json_output, detail)
     if not result.passed:
         raise typer.Exit(3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from bninspect.results.common import InputInfo, Number, Settings, Undefined, column
+from bninspect.results.common import InputInfo, Number, Settings, Undefined, Verdict, column
 
 CHANNELS = "Your output vs the reference, per channel"
 # Appended to a channel's pattern when some of its elements are NaN or infinite where the
@@ -189,11 +189,12 @@ class CheckResult:
 
     command: ClassVar[str] = "check"
 
+    verdict: Verdict  # status: "pass" or "fail"
     input: InputInfo
     output: OutputInfo
     settings: Settings
     torch_version: str | Undefined
-    peer: str  # what PyTorch's module ran as beside the reference, or why it did not run
+    torch_module: str  # what PyTorch's module ran as beside the reference, or why it did not run
     tolerance: Tolerance
     passed: bool
     elements: int

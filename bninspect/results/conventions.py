@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bninspect.results.common import Number
+from bninspect.results.common import Number, Verdict
 
 
 @dataclass(frozen=True)
@@ -67,5 +67,6 @@ class ConventionsResult:
 
     command: ClassVar[str] = "conventions"
 
+    verdict: Verdict  # status: "ok"
     conventions: tuple[ConventionCard, ...]
     translation: MomentumTranslation | None
