@@ -158,6 +158,7 @@ def build_check_result(
             summary = f"FAIL: {buffers.summary}; your output {output_part}"
         else:
             summary += f"; {buffers.summary}"
+    named = diagnosis  # its summary says what, without PASS/FAIL
     diagnosis = dataclasses.replace(diagnosis, summary=summary)
 
     def at(flat: int):
@@ -202,7 +203,7 @@ def build_check_result(
         suggested=_suggestion(
             passed_output,
             needed,
-            diagnosis,
+            named,
             dtype,
             stated,
             limits,
@@ -256,8 +257,8 @@ def _suggestion(
     if needed and not passed and np.all(np.isfinite(abs_error)):
         if diagnosis.explained:
             return Undefined(
-                f"{diagnosis.summary.removeprefix('FAIL: ')}: a tolerance that passes it "
-                "would hide the mistake"
+                f"your output {diagnosis.summary}: fix that, not the tolerance; a tolerance "
+                "that passes it would hide the mistake"
             )
         return Undefined(
             f"the error, {float(stated.max()):.3g} ULP of {dtype} at the channel's scale, is "
