@@ -247,16 +247,21 @@ def _affine_pattern(t: np.ndarray, r: np.ndarray, unit: float) -> tuple[str, Num
 
 
 def channel_checks(
-    theirs, reference, abs_error, mismatch, weight, dtype, best_variants
+    theirs, reference, abs_error, mismatch, weight, dtype, best_variants, bounds=None
 ) -> tuple[ChannelCheck, ...]:
-    """One ChannelCheck per channel."""
+    """One ChannelCheck per channel; ``bounds`` (per channel, absolute): what a correct
+    implementation can leave, below which the error's pattern is "exact" (default
+    ROUNDING_ULPS at the channel's scale)."""
     checks = []
     for c in range(theirs.shape[1]):
         t, r = theirs[:, c].reshape(-1), reference[:, c].reshape(-1)
         e = abs_error[:, c].reshape(-1)
         scale = output_scale(r, weight[c])
         unit = float(ulp(scale, dtype)) if scale > 0 else 0.0
-        pattern, factor, offset = _pattern(t, r, ROUNDING_ULPS * unit)
+        within = ROUNDING_ULPS * unit
+        if bounds is not None and np.isfinite(bounds[c]):
+            within = max(within, float(bounds[c]))
+        pattern, factor, offset = _pattern(t, r, within)
         with np.errstate(over="ignore"):
             scaled = float(e.max() / unit) if unit else Undefined("no scale: weight and y are 0")
         checks.append(

@@ -175,7 +175,7 @@ def build_check_result(
         if torch_out is not None
         else Undefined(f"PyTorch was not run: {inspection.no_peer}")
     )
-    channels = channel_checks(theirs, reference, abs_error, mismatch, weight, dtype, best)
+    channels = channel_checks(theirs, reference, abs_error, mismatch, weight, dtype, best, bound)
     channels = tuple(
         dataclasses.replace(c, bound_ulps=float(limit))
         for c, limit in zip(channels, limits, strict=True)

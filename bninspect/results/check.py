@@ -56,11 +56,12 @@ class ElementError:
 class ChannelCheck:
     """One channel: how far their output is, and the shape of the error.
 
-    ``pattern``: "exact" (within ROUNDING_ULPS at the channel's scale), "scale" (theirs ~ factor
-    * reference), "shift" (theirs ~ reference + offset), "scale and shift", or "noise" (no affine
-    relation explains the error), each with WHERE_FINITE appended when NaN/Inf elements disagree
-    with the reference; "not finite" when no pair is finite. ``factor`` and ``offset`` are the
-    least-squares fit theirs ~ factor * reference + offset over the finite pairs.
+    ``pattern``: "exact" (within what a correct implementation can leave: bound_ulps), "scale"
+    (theirs ~ factor * reference), "shift" (theirs ~ reference + offset), "scale and shift", or
+    "noise" (no affine relation explains the error), each with WHERE_FINITE appended when NaN/Inf
+    elements disagree with the reference; "not finite" when no pair is finite. ``factor`` and
+    ``offset`` are the least-squares fit theirs ~ factor * reference + offset over the finite
+    pairs.
     """
 
     channel: int
