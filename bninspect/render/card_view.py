@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bninspect.conventions.card import RULE_LABELS
-from bninspect.render.cells import fmt, grid
+from bninspect.render.cells import fmt, grid, listing
 from bninspect.results.common import Undefined
 from bninspect.results.conventions import ConventionsResult, MomentumTranslation
 
@@ -17,17 +17,7 @@ STATUS_STYLE = {"checked": "green", "source": None, "unverified": "red"}
 
 def _rules_table(result: ConventionsResult, verbose: bool) -> Table:
     """One block per convention, one line per rule: fits 80 columns without folding a word."""
-    table = Table(
-        title="Batch norm across frameworks",
-        title_justify="left",
-        title_style="bold",
-        box=None,
-        pad_edge=False,
-        show_header=False,
-    )
-    table.add_column("convention", no_wrap=True)
-    table.add_column("rule", no_wrap=True)
-    table.add_column("value", ratio=1)
+    table = listing("Batch norm across frameworks", ["convention", "rule", "value"], wraps=2)
     labels = {rule: label.replace("\n", " ") for rule, label in RULE_LABELS.items()}
     # A rule every convention shares is said once, in the verdict (all of them with --verbose).
     shared = {

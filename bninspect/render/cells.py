@@ -133,3 +133,24 @@ def reasons_note(pairs: list[tuple[str, object]]) -> Text | None:
     if not reasons:
         return None
     return Text("\n".join(f"n/a {label}: {reason}" for label, reason in reasons), style="dim")
+
+
+def listing(title: str, columns: list[str], wraps: int, right: tuple[int, ...] = ()) -> Table:
+    """A borderless table of labelled rows (a derivation, a card): column ``wraps`` takes the
+    width that is left and wraps; the others keep their text on one line (``right``: justified
+    right)."""
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+        show_header=False,
+    )
+    for k, name in enumerate(columns):
+        justify = "right" if k in right else "left"
+        if k == wraps:
+            table.add_column(name, justify=justify, ratio=1)
+        else:
+            table.add_column(name, justify=justify, no_wrap=True)
+    return table

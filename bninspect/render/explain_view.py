@@ -5,11 +5,10 @@ asked for. Formats; never computes."""
 from __future__ import annotations
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from bninspect import dtypes
-from bninspect.render.cells import fmt, grid
+from bninspect.render.cells import fmt, grid, listing
 from bninspect.results.common import Comparison, Number, Undefined
 from bninspect.results.explain import AgainstReport, ExplainResult, PrecisionReport, Step
 
@@ -32,17 +31,12 @@ def _formula(step: Step) -> str:
 
 def _derivation_table(result: ExplainResult) -> RenderableType:
     index = ", ".join(map(str, result.index))
-    table = Table(
-        title=f"output[{index}], channel {result.channel}, step by step",
-        title_justify="left",
-        title_style="bold",
-        box=None,
-        pad_edge=False,
-        show_header=False,
+    table = listing(
+        f"output[{index}], channel {result.channel}, step by step",
+        ["step", "formula, with the numbers", "value"],
+        wraps=1,
+        right=(2,),
     )
-    table.add_column("step", no_wrap=True)
-    table.add_column("formula, with the numbers", ratio=1)
-    table.add_column("value", justify="right", no_wrap=True)
     other_rules = result.settings.convention != "pytorch"
     for step in result.derivation:
         computation = Text(_formula(step))

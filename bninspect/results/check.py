@@ -189,8 +189,9 @@ class CheckResult:
     """Everything ``bninspect check`` reports."""
 
     command: ClassVar[str] = "check"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("pass", "fail")
 
-    verdict: Verdict  # status: "pass" or "fail"
+    verdict: Verdict  # pass: every element within the tolerance (exit 0); fail: exit 3
     input: InputInfo
     output: OutputInfo
     settings: Settings

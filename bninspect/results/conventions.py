@@ -66,7 +66,8 @@ class ConventionsResult:
     asked for one."""
 
     command: ClassVar[str] = "conventions"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("ok",)
 
-    verdict: Verdict  # status: "ok"
+    verdict: Verdict  # always "ok": the card itself
     conventions: tuple[ConventionCard, ...]
     translation: MomentumTranslation | None

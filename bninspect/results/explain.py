@@ -94,8 +94,16 @@ class ExplainResult:
     running buffers in train mode (empty in eval mode)."""
 
     command: ClassVar[str] = "explain"
+    verdict_statuses: ClassVar[tuple[str, ...]] = (
+        "exact",
+        "within-rounding",
+        "differs",
+        "not-compared",
+    )
 
-    verdict: Verdict  # status: "exact", "within-rounding", "differs", "not-compared"
+    # exact: PyTorch's y is the reference correctly rounded; within-rounding/differs: within
+    # rounding of it at the channel's scale, or not; not-compared: PyTorch could not run
+    verdict: Verdict
     input: InputInfo
     settings: Settings
     torch_version: str | Undefined

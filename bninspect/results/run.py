@@ -141,8 +141,16 @@ class RunResult:
     """Everything ``bninspect run`` reports."""
 
     command: ClassVar[str] = "run"
+    verdict_statuses: ClassVar[tuple[str, ...]] = (
+        "agrees",
+        "differs",
+        "statistics",
+        "not-compared",
+    )
 
-    verdict: Verdict  # status: "agrees", "differs", "statistics" (--stats-only), "not-compared"
+    # agrees/differs: PyTorch's output and buffers within rounding of the reference, or not;
+    # statistics: --stats-only; not-compared: PyTorch could not run (the reason is in the summary)
+    verdict: Verdict
     input: InputInfo
     settings: Settings
     torch_version: str | Undefined
