@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rich.console import RenderableType
+from rich.console import Group, RenderableType
 from rich.text import Text
 
 from bninspect.render.cells import fmt, grid, reasons_note
@@ -70,15 +70,16 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
     out = result.output
     tol = result.tolerance
     parts: list[RenderableType] = []
-    largest_abs = getattr(result.max_abs_error, "abs_error", result.max_abs_error)
-    largest_rel = getattr(result.max_rel_error, "rel_error", result.max_rel_error)
+    largest_abs = getattr(result.worst_by_abs_error, "abs_error", result.worst_by_abs_error)
+    largest_rel = getattr(result.worst_by_rel_error, "rel_error", result.worst_by_rel_error)
     lines = [
-        f"largest |err| {fmt(largest_abs)} {_where(result.max_abs_error)}",
-        f"at the channel's scale: {fmt(result.max_scaled_error)} ULP of {result.input.dtype} "
-        f"(PyTorch's own output: {fmt(result.torch_max_scaled_error)})",
+        f"largest |err| {fmt(largest_abs)} {_where(result.worst_by_abs_error)}",
+        f"at the channel's scale: {fmt(result.max_ulp_error_at_scale)} ULP of {result.input.dtype} "
+        f"(PyTorch's own output: {fmt(result.torch_max_ulp_error_at_scale)})",
     ]
     if verbose:
-        lines.insert(1, f"largest relative error {fmt(largest_rel)} {_where(result.max_rel_error)}")
+        where = _where(result.worst_by_rel_error)
+        lines.insert(1, f"largest relative error {fmt(largest_rel)} {where}")
     parts.append(Text("\n".join(lines)))
     rows = [
         [
@@ -127,8 +128,18 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
         parts.append(note)
     if verbose:
         parts.append(_histogram(result))
+    if not isinstance(result.non_finite, Undefined):
+        nf = result.non_finite
+        shown = "; ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
+        parts.append(
+            Text(
+                f"NaN/Inf on one side only: {nf.reference_only} where the reference is, "
+                f"{nf.theirs_only} where yours is (first at {shown}): {nf.reason}"
+            )
+        )
     if isinstance(result.suggested, Undefined):
-        parts.append(Text(f"no tolerance passes it: {result.suggested.reason}"))
+        if not result.passed:
+            parts.append(Text(f"no assert_close line: {result.suggested.reason}"))
     elif not result.passed:
         suggested = result.suggested
         other = (
@@ -150,7 +161,7 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
             [
                 h.name,
                 h.description + (f" ({h.detail})" if h.detail else ""),
-                fmt(h.max_ulp_error) + (f" {h.precision}" if h.precision != dtype else ""),
+                fmt(h.max_ulp_error_at_scale) + (f" {h.precision}" if h.precision != dtype else ""),
                 fmt(h.explains),
             ]
             for h in tried
@@ -168,9 +179,46 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
                 left=(0, 1),
             )
         )
+    if not isinstance(result.buffers, Undefined):
+        parts.append(_buffers(result, verbose))
     if not verbose and len(tried) < len(diagnosis.hypotheses):
         rejected = len(diagnosis.hypotheses) - len(tried)
         parts.append(
             Text(f"--verbose lists the {rejected} other known mistakes tried", style="dim")
         )
     return parts
+
+
+def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
+    """Their running buffers against the reference's update; the buffer mistakes that explain
+    them (every one tried under --verbose)."""
+    check = result.buffers
+    rows = [
+        [
+            b.name,
+            fmt(b.max_ulp_error_at_scale),
+            fmt(b.bound_ulps),
+            fmt(b.passed),
+            b.mistake if not isinstance(b.mistake, Undefined) else b.mistake.reason,
+        ]
+        for b in check.buffers
+    ]
+    table = grid(
+        f"Your buffers after the pass: {check.summary}",
+        ["buffer", "ULP at scale", "correct can leave", "passed", "explained by"],
+        rows,
+        left=(0, 4),
+    )
+    tried = [h for h in check.hypotheses if verbose or h.explains]
+    if not tried:
+        return table
+    rows = [[h.name, h.description, fmt(h.max_ulp_error_at_scale), fmt(h.explains)] for h in tried]
+    return Group(
+        table,
+        grid(
+            "Known buffer mistakes " + ("tried" if verbose else "that explain them"),
+            ["variant", "what it does", "ULP left", "explains"],
+            rows,
+            left=(0, 1),
+        ),
+    )

@@ -82,8 +82,7 @@ def _buffers_line(comparisons: tuple[Comparison, ...], dtype: str) -> Text:
     off = [c.name for c in comparisons if c.correctly_rounded is False]
     if off:
         text += (
-            f" ({' and '.join(off)} not correctly rounded: PyTorch rounds each term of the "
-            "update)"
+            f" ({' and '.join(off)} not correctly rounded: PyTorch rounds each term of the update)"
         )
     return Text(text)
 

@@ -67,8 +67,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
         unbiased_text = f"{fmt(m2)} / 0"
     if convention.stores == "unbiased":
         unbiased_note = (
-            f"unbiased (/(N-1)): {_who(convention)} stores it in running_var; it never "
-            "normalizes"
+            f"unbiased (/(N-1)): {_who(convention)} stores it in running_var; it never normalizes"
         )
         unbiased_differs = None
     else:

@@ -60,9 +60,7 @@ class ChannelReport:
     worst_index: tuple[int, ...] | Undefined  # where the elementwise ULP error is largest
     running_mean_scale: Number  # agreement.running_mean_scale: the update's largest term
     running_mean_abs_error: Number = field(metadata=column("mean\n|err|", BUFFERS, verbose=True))
-    running_mean_ulp_error_at_scale: Number = field(
-        metadata=column("mean ULP\nat scale", BUFFERS)
-    )
+    running_mean_ulp_error_at_scale: Number = field(metadata=column("mean ULP\nat scale", BUFFERS))
     running_mean_ulp_error: Number = field(
         metadata=column("mean ULP\nown value", BUFFERS, verbose=True)
     )
