@@ -184,7 +184,8 @@ def name_cause(
             for name, v in (("running_mean", running_mean), ("running_var", running_var))
             if v is not None and not np.all(np.isfinite(v))
         ]
-        return f"{' and '.join(bad)} hold NaN or Inf (channel {c}): eval mode outputs NaN"
+        verb = "holds" if len(bad) == 1 else "hold"
+        return f"{' and '.join(bad)} {verb} NaN or Inf (channel {c}): eval mode outputs NaN"
     if "one-value" in flags:
         return "one value per channel: train mode cannot run (PyTorch raises)"
     if max_own_gap is not None and max_own_gap < threshold <= max_gap:

@@ -246,7 +246,8 @@ def weights_layer_report(
             for n, v in (("running_mean", running_mean), ("running_var", running_var))
             if not np.all(np.isfinite(v))
         ]
-        cause = f"{' and '.join(bad)} hold NaN or Inf: eval mode outputs NaN"
+        verb = "holds" if len(bad) == 1 else "hold"
+        cause = f"{' and '.join(bad)} {verb} NaN or Inf: eval mode outputs NaN"
     return LayerReport(
         index=index,
         name=name,
@@ -281,7 +282,9 @@ def diverges(layer: LayerReport) -> bool:
     """The layer's gap (the whole network's, or its own where that is all there is) reaches
     its limit, or its buffers hold NaN."""
     gap = layer.max_gap if not isinstance(layer.max_gap, Undefined) else layer.max_own_gap
-    if "nan-buffers" in layer.flags and not isinstance(layer.gap_limit, Undefined):
+    if isinstance(layer.gap_limit, Undefined):  # no batch: --weights alone
+        return False
+    if "nan-buffers" in layer.flags or "one-value" in layer.flags:
         return True
     return not isinstance(gap, Undefined) and gap >= layer.gap_limit
 
@@ -341,13 +344,17 @@ def verdict(
             f"{passing} of {total} layers pass their limit; the network's output differs by "
             f"{_gap_text(output_gap)} of its scale between the modes"
         )
+        measured = (
+            f" (gap {_gap_text(first.max_gap)} of its output scale, limit "
+            f"{_gap_text(first.gap_limit)})"
+            if not isinstance(first.max_gap, Undefined)
+            else ""
+        )
         return Verdict(
             "diverges",
             (
-                f"train and eval part first at batch norm {position} of {total}, {first.name} "
-                f"(gap {_gap_text(first.max_gap)} of its output scale, limit "
-                f"{_gap_text(first.gap_limit)}): "
-                f"{first.cause}",
+                f"train and eval part first at batch norm {position} of {total}, "
+                f"{first.name}{measured}: {first.cause}",
                 second,
             ),
         )
@@ -359,11 +366,11 @@ def verdict(
             )
         return Verdict("ok", (f"all {total} batch norms' buffers look healthy",))
     gapped = [layer for layer in layers if not isinstance(layer.max_gap, Undefined)]
-    largest = max(gapped, key=lambda layer: layer.max_gap, default=None)
+    closest = max(gapped, key=lambda layer: layer.max_gap / layer.gap_limit, default=None)
     where = (
-        f"largest train/eval gap {_gap_text(largest.max_gap)} of the output scale at "
-        f"{_label(largest)} (threshold {threshold:g})"
-        if largest is not None
+        f"the closest, {_label(closest)}, has {_gap_text(closest.max_gap)} of its output scale "
+        f"against its limit {_gap_text(closest.gap_limit)}"
+        if closest is not None
         else "no train/eval gap could be measured"
     )
     if flagged:

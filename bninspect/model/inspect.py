@@ -177,6 +177,19 @@ def inspect_model(
         return inspect_weights(request)
     network, notes, loaded = load_network(request)
     batches, batch_source = load_batches(request, network)
+    return inspect_network(request, network, batches, batch_source, notes, loaded, progress)
+
+
+def inspect_network(
+    request: ModelRequest,
+    network,
+    batches: list[torch.Tensor],
+    batch_source: BatchSource,
+    notes: tuple[str, ...] = (),
+    loaded: int = 0,
+    progress: Callable[[str, int], Tick] | None = None,
+) -> ModelResult:
+    """The inspection of a loaded network (ModuleNetwork or ProgramNetwork) on ``batches``."""
     source = _source(request, network, notes, loaded)
     if request.dump_dir is not None:
         request.dump_dir.mkdir(exist_ok=True)
