@@ -95,3 +95,9 @@ def train_mode_copy(net: torch.nn.Module) -> torch.nn.Module:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.train()
     return other
+
+
+def exported(net: torch.nn.Module):
+    """``net`` in eval mode as a torch.export program taking any batch size."""
+    batch_size = torch.export.Dim("batch", min=1)
+    return torch.export.export(net.eval(), (batch(7, 16),), dynamic_shapes={"x": {0: batch_size}})

@@ -73,7 +73,9 @@ SCENARIOS = [
 
 
 @pytest.mark.parametrize(
-    ("name", "make", "x", "status", "first", "cause", "flags"), SCENARIOS, ids=[s[0] for s in SCENARIOS]
+    ("name", "make", "x", "status", "first", "cause", "flags"),
+    SCENARIOS,
+    ids=[s[0] for s in SCENARIOS],
 )
 def test_scenario_verdicts(name, make, x, status, first, cause, flags):
     net = make()
@@ -165,7 +167,9 @@ def test_population_against_update_bn_and_precise_bn():
     # torch.optim.swa_utils.update_bn itself, on a copy
     swa = copy.deepcopy(net)
     torch.optim.swa_utils.update_bn(batches, swa)
-    np.testing.assert_allclose(choices["update_bn"].mean, swa.bn2.running_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        choices["update_bn"].mean, swa.bn2.running_mean, rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(choices["update_bn"].var, swa.bn2.running_var, rtol=1e-5)
     # fvcore's precise BN as written (fvcore/nn/precise_bn.py, _PopulationVarianceEstimator),
     # on PyTorch's buffers with momentum 1

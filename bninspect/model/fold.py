@@ -297,6 +297,7 @@ def _fold_program(network, x, dtypes):
                 ):
                     def cast(t):
                         return None if t is None else t.to(d)
+
                     if kind == "Linear":
                         return fusion.fuse_linear_bn_weights(
                             cast(weight),
