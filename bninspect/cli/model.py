@@ -3,6 +3,7 @@ mode part."""
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -174,6 +175,9 @@ def model(
         read_header(path, "--input")
     from bninspect.render.model_output import layer_progress
 
+    # OpenMP's threads sleep as soon as a parallel loop ends (see inspection._quiet_openmp):
+    # spinning, they took the cores from the other run's thread here.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with layer_progress(json_output) as progress:
         from bninspect.model.inspect import inspect_model  # torch loads here
 

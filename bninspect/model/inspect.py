@@ -4,6 +4,7 @@ batches for the population statistics, fold if asked, and build the result."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -216,14 +217,12 @@ def inspect_network(
 
         folds, unpaired, pairing = fold_pairs(network, batches[0], request.fold_dtype)
     layers = _layer_reports(request, network, collector, folds)
-    if request.layer is not None:
-        layers = _only_layer(layers, request.layer)
     output_gap = (
         Undefined("no batch norm: the modes do not differ")
         if run is None or run.output_gap is None
         else run.output_gap
     )
-    return build.model_result(
+    result = build.model_result(
         source=source,
         batches=batch_source,
         layers=layers,
@@ -236,6 +235,14 @@ def inspect_network(
         else str(request.dump_dir),
         notices=(COPIES, TRAIN_MODE, *batch_source.notices),
     )
+    return _narrowed(result, request.layer)
+
+
+def _narrowed(result: ModelResult, wanted: str | None) -> ModelResult:
+    """The result with only the layer --layer names; the verdict stays the whole network's."""
+    if wanted is None:
+        return result
+    return dataclasses.replace(result, layers=_only_layer(result.layers, wanted))
 
 
 def _layer_reports(request, network, collector: _Collector, folds) -> tuple[LayerReport, ...]:
@@ -339,9 +346,7 @@ def inspect_weights(request: ModelRequest) -> ModelResult:
         torch_version=torch.__version__,
         other_norms=(),
     )
-    if request.layer is not None:
-        layers = list(_only_layer(tuple(layers), request.layer))
-    return build.model_result(
+    result = build.model_result(
         source=source,
         batches=build.NO_BATCH,
         layers=tuple(layers),
@@ -356,3 +361,4 @@ def inspect_weights(request: ModelRequest) -> ModelResult:
             *state.notes,
         ),
     )
+    return _narrowed(result, request.layer)

@@ -68,7 +68,7 @@ def _table(title: str, headers: list[str], rows: list[list[str]], left=(1,)) -> 
     for k, header in enumerate(headers):
         table.add_column(header, justify="left" if k in left else "right", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # plain text: "E[x^2]" is no markup
     return table
 
 
