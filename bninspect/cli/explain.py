@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.input.parsing import parse_index, resolve_index
 from bninspect.input.request import InspectRequest
@@ -41,12 +47,15 @@ def explain(
         ),
     ] = None,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Derive one output element step by step, with the real numbers, beside PyTorch's value.
 
     Ends with PyTorch's value: equal to the correctly rounded reference to the last bit, or the
     exact error; in train mode also the running-statistics update of the element's channel.
     """
+    detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
 
     def before(planned, settings):  # an element of the last step's batch, their value for it
@@ -65,4 +74,4 @@ def explain(
         resolved, theirs = extra
         return derive_element(inspection, resolved, precision, theirs)
 
-    emit(inspect(request, json_output, report, before), json_output)
+    emit(inspect(request, json_output, report, before), json_output, detail)
