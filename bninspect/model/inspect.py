@@ -157,7 +157,7 @@ class _Collector:
 def _source(request: ModelRequest, network, notes, loaded) -> ModelSource:
     return ModelSource(
         model=None if request.model is None else request.model.text,
-        kwargs=dict(request.kwargs),
+        kwargs={k: repr(v) for k, v in request.kwargs.items()},
         weights=None if request.weights is None else str(request.weights),
         program=None if request.program is None else str(request.program),
         checkpoint=notes,
@@ -173,7 +173,6 @@ def inspect_model(
     request: ModelRequest, progress: Callable[[str, int], Tick] | None = None
 ) -> ModelResult:
     """Everything ``bninspect model`` reports, for a request check_request accepted."""
-    torch.set_grad_enabled(False)
     if request.weights_alone:
         return inspect_weights(request)
     network, notes, loaded = load_network(request)

@@ -100,7 +100,7 @@ def _header(result: ModelResult) -> Text:
     if s.program is not None:
         lines.append(f"program {s.program} (torch.export), {s.dtype}")
     elif s.model is not None:
-        kwargs = ", ".join(f"{k}={v!r}" for k, v in s.kwargs.items())
+        kwargs = ", ".join(f"{k}={v}" for k, v in s.kwargs.items())
         lines.append(f"model   {s.model}({kwargs}), {s.dtype}, {s.mode} mode as given")
     if s.weights is not None:
         lines.append(f"weights {s.weights}: {s.loaded_tensors} tensors")

@@ -23,7 +23,7 @@ class ModelSource:
     """Where the network came from and what loading it did."""
 
     model: str | None  # "module:callable" as given
-    kwargs: dict[str, object]  # the callable's keyword arguments, parsed
+    kwargs: dict[str, str]  # the callable's keyword arguments, each as Python writes it (repr)
     weights: str | None  # the state_dict file
     program: str | None  # the torch.export .pt2 file
     checkpoint: tuple[str, ...]  # what was recognised: wrapper key, "module." prefix, ...
@@ -184,6 +184,7 @@ class ModelResult:
     (a layer's gap passes it), "no-batchnorm" (nothing to inspect)."""
 
     command: ClassVar[str] = "model"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("ok", "warnings", "diverges", "no-batchnorm")
 
     verdict: Verdict
     source: ModelSource
