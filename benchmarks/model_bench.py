@@ -40,12 +40,13 @@ def main() -> None:
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split(","))
 
-    from model_helpers import BASE
     from monai.networks.nets import DenseNet121
 
     from bninspect.model.inspect import inspect_network
     from bninspect.model.network import ModuleNetwork
     from bninspect.results.model import BatchSource
+
+    from model_helpers import BASE
 
     torch.manual_seed(0)
     net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)

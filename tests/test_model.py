@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import copy
 
-import model_scenarios as S
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import model_scenarios as S
 from model_helpers import inspect, layer
+from strategies import tensors
 
 BN = torch.nn.modules.batchnorm._BatchNorm
 
@@ -202,3 +206,41 @@ def test_population_against_update_bn_and_precise_bn():
         assert choice.max_output_move == pytest.approx(rms.max(), rel=1e-9, abs=1e-15)
     # update_bn's equal weights miss the third batch's smaller size and offset: it moves more
     assert choices["update_bn"].max_output_move > 10 * choices["precise_bn"].max_output_move
+
+
+MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
+           5: torch.nn.BatchNorm3d}  # fmt: skip
+
+
+@settings(max_examples=25)
+@given(
+    x=tensors(max_rank=5),
+    dtype=st.sampled_from(["float32", "float64", "float16", "bfloat16"]),
+    seed=st.integers(0, 2**16),
+    eps=st.sampled_from([1e-5, 1e-3, 0.1]),
+)
+def test_one_layer_property_against_its_own_module(x, dtype, seed, eps):
+    """Any shape, dtype, buffers: the batch statistics against float64 of the layer's input as
+    it ran (rounded to the dtype), the own gap against PyTorch's module in both modes."""
+    t = torch.from_numpy(x).to(getattr(torch, dtype))
+    channels = x.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    bn = MODULES[x.ndim](channels, eps=eps).to(t.dtype)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(channels, generator=g))
+        bn.running_var.copy_(torch.rand(channels, generator=g) * 3 + 0.01)
+        bn.weight.copy_(torch.randn(channels, generator=g))
+        bn.bias.copy_(torch.randn(channels, generator=g))
+    net = torch.nn.Sequential(bn).eval()
+    result = inspect(net, t, layer="0")
+    rows = result.layers[0].details
+    values = np.moveaxis(t.double().numpy(), 1, 0).reshape(channels, -1)
+    np.testing.assert_allclose([r.mean for r in rows], values.mean(axis=1), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(
+        [r.var_biased for r in rows], values.var(axis=1), rtol=1e-9, atol=1e-300
+    )
+    with torch.no_grad():
+        y_train = copy.deepcopy(bn).train()(t)
+        y_eval = copy.deepcopy(bn).eval()(t)
+    own = independent_gap(y_train, y_eval, bn.weight.detach().double().numpy())
+    np.testing.assert_allclose([r.own_gap for r in rows], own, rtol=1e-12)

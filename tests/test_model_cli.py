@@ -8,10 +8,11 @@ import copy
 import shlex
 from pathlib import Path
 
-import model_scenarios as S
 import numpy as np
 import pytest
 import torch
+
+import model_scenarios as S
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "samples" / "tiny_net.py") + ":make_net"
@@ -251,8 +252,9 @@ def test_monai_densenet121(cli):
 
 
 def test_monai_densenet_first_layer_against_its_own_module():
-    from model_helpers import inspect
     from monai.networks.nets import DenseNet121
+
+    from model_helpers import inspect
 
     torch.manual_seed(0)
     net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).eval()
