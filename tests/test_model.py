@@ -244,3 +244,23 @@ def test_one_layer_property_against_its_own_module(x, dtype, seed, eps):
         y_eval = copy.deepcopy(bn).eval()(t)
     own = independent_gap(y_train, y_eval, bn.weight.detach().double().numpy())
     np.testing.assert_allclose([r.own_gap for r in rows], own, rtol=1e-12)
+
+
+def test_sync_batch_norm_and_momentum_none_on_cpu():
+    """SyncBatchNorm's train mode needs a process group; bninspect's train run does not."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.SyncBatchNorm(4), torch.nn.BatchNorm2d(4, momentum=None)
+    ).eval()
+    result = inspect(net, S.batch(3, 8))
+    assert [(x.module, x.flags) for x in result.layers] == [
+        ("SyncBatchNorm", ("untrained",)),
+        ("BatchNorm2d", ("untrained", "cumulative")),
+    ]
+    plain = torch.nn.BatchNorm2d(4)  # the independent other run: a plain module, train mode
+    plain.load_state_dict(net[1].state_dict())
+    with torch.no_grad():
+        z = net[0](S.batch(3, 8))
+        y = plain.train()(z)
+    gap = independent_gap(y, net[1](z), net[1].weight.detach().double().numpy())
+    assert result.layers[0].max_gap == pytest.approx(gap.max(), rel=1e-12)

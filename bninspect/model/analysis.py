@@ -30,6 +30,8 @@ LEGEND = {
     "untrained": "never updated: num_batches_tracked 0, running_mean 0, running_var 1 (the "
     "initial values)",
     "frozen": "momentum 0: training never moves the running buffers",
+    "cumulative": "momentum None: the buffers are the plain average of every batch since the "
+    "start, the first as heavy as the last (stale once the weights have moved)",
     "keras-momentum": "momentum above 0.5 gives each new batch that weight in PyTorch; a "
     "Keras/TensorFlow momentum (the old value's weight, 0.99) ported as is? Use 1 - it",
     "eps": "eps is not PyTorch's default 1e-5 (1e-3 is Keras's and TensorFlow's: a ported model?)",
@@ -120,6 +122,8 @@ def layer_flags(
         flags.append("no-running-stats")
     if momentum == 0:
         flags.append("frozen")
+    elif momentum is None and track:
+        flags.append("cumulative")
     elif momentum is not None and momentum > 0.5:
         flags.append("keras-momentum")
     if eps != PYTORCH_EPS:
