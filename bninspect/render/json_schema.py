@@ -26,6 +26,7 @@ RESULT_CLASSES = {
     "explain": "bninspect.results.explain:ExplainResult",
     "check": "bninspect.results.check:CheckResult",
     "conventions": "bninspect.results.conventions:ConventionsResult",
+    "model": "bninspect.results.model:ModelResult",
 }
 _COMMENT = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.M)
 
