@@ -4,7 +4,6 @@ mode part."""
 from __future__ import annotations
 
 import os
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,8 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag
+from bninspect.cli.options import JsonFlag, QuietFlag, VerboseFlag, detail_level
+from bninspect.cli.output import emit
 from bninspect.input.parsing import parse_shape
 from bninspect.model.spec import (
     GAP_THRESHOLD,
@@ -131,6 +131,8 @@ def model(
         ),
     ] = GAP_THRESHOLD,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Every batch norm of a real network, in forward order: its settings, the batch against its
     running buffers, the buffers' health, and the train/eval gap (both modes run on copies:
@@ -140,6 +142,7 @@ def model(
     BN would store); --fold measures conv+BN folding; --dump-dir writes each layer's tensors
     with the commands that reproduce them.
     """
+    detail = detail_level(quiet, verbose, json_output)
     source, files = (None, ())
     if input:
         source, files = batch_files(list(input))
@@ -182,13 +185,4 @@ def model(
         from bninspect.model.inspect import inspect_model  # torch loads here
 
         result = inspect_model(request, progress)
-    if json_output:
-        from bninspect.render.json_output import to_json
-
-        sys.stdout.write(to_json(result) + "\n")
-        return
-    from rich.console import Console
-
-    from bninspect.render.model_output import render_model
-
-    Console().print(render_model(result, show_all), crop=False)
+    emit(result, json_output, detail, show_all=show_all)

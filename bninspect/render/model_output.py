@@ -284,13 +284,16 @@ def _layer_detail(layer: LayerReport) -> list[RenderableType]:
     return parts
 
 
-def render_model(result: ModelResult, show_all: bool = False) -> RenderableType:
-    verdict = result.verdict
-    style = {"ok": "green", "warnings": "yellow", "diverges": "red"}.get(verdict.status)
-    parts: list[RenderableType] = [Text("\n".join(verdict.summary), style=style), _header(result)]
+def render_model(
+    result: ModelResult, verbose: bool = False, show_all: bool = False
+) -> list[RenderableType]:
+    """The view under the verdict (render.screen prints that): what was inspected, the worst
+    layers (every one with --all or --verbose), then what was asked for."""
+    show_all = show_all or verbose
+    parts: list[RenderableType] = [_header(result)]
     layers = result.layers
     if not layers:
-        return Group(*parts)
+        return parts
     single = len(layers) == 1 and not isinstance(layers[0].details, Undefined)
     if single:
         parts += _layer_detail(layers[0])
@@ -323,7 +326,7 @@ def render_model(result: ModelResult, show_all: bool = False) -> RenderableType:
             Text("\n".join(f"{flag:<15} {meaning}" for flag, meaning in result.flag_legend.items()))
         )
     parts.append(Text("\n".join(f"note    {n}" for n in result.notices), style="dim"))
-    return Group(*parts)
+    return parts
 
 
 @contextmanager
