@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
+from bninspect.cli.grad import GRAD, GradOutput, check_grad_request, grad_output_for
 from bninspect.cli.options import JsonFlag, for_check, with_inspect_options
 from bninspect.cli.output import emit, inspect
+from bninspect.errors import OptionError
 from bninspect.input.request import InspectRequest
 
 
@@ -18,9 +20,9 @@ from bninspect.input.request import InspectRequest
 def check(
     request: InspectRequest,
     output: Annotated[
-        Path,
+        Path | None,
         typer.Option(help="Your batch norm's output for --input (.npy, same shape)."),
-    ],
+    ] = None,
     atol: Annotated[
         float | None,
         typer.Option(help="Absolute tolerance; default torch.testing's for the dtype."),
@@ -30,6 +32,23 @@ def check(
         typer.Option(help="Relative tolerance; default torch.testing's for the dtype."),
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="How many of the worst elements to list.")] = 5,
+    grad_input: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your backward's dx for --input and --grad-output (.npy, the input's shape): "
+            "checked instead of the forward output.",
+            rich_help_panel=GRAD,
+        ),
+    ] = None,
+    grad_weight: Annotated[
+        Path | None,
+        typer.Option(help="Your dweight (.npy, shape (C,)).", rich_help_panel=GRAD),
+    ] = None,
+    grad_bias: Annotated[
+        Path | None,
+        typer.Option(help="Your dbias (.npy, shape (C,)).", rich_help_panel=GRAD),
+    ] = None,
+    grad_output: GradOutput = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Test your batch norm's output against the reference, and name the mistake.
@@ -37,9 +56,37 @@ def check(
     Exit code 0 if every element is within atol + rtol * |reference|, 3 if not. Reports the
     mismatches, the worst elements, the error's shape per channel, the tolerance that would
     pass, and which known mistake (unbiased variance, eps outside the root, wrong axes, ...)
-    explains the output, if any.
+    explains the output, if any. With --grad-input (and --grad-weight, --grad-bias) the same
+    for your backward pass, and which known backward mistake (a term dropped, dweight divided
+    by M, ...) explains it.
     """
     checked = for_check(request, atol, rtol)
+    theirs = {"grad_input": grad_input, "grad_weight": grad_weight, "grad_bias": grad_bias}
+    given = {name: path for name, path in theirs.items() if path is not None}
+    if given or grad_output is not None:
+        if output is not None:
+            raise OptionError(
+                "--output checks the forward pass and --grad-input the backward; check one at "
+                "a time (run check twice)"
+            )
+        if not given:
+            raise OptionError(
+                "--grad-output is dy for checking your gradients; give --grad-input (and/or "
+                "--grad-weight, --grad-bias) too"
+            )
+        if grad_output is None:
+            raise OptionError(
+                "checking gradients needs --grad-output: the dy your backward was given (.npy, "
+                "the input's shape)"
+            )
+        check_grad_request(checked, grad_output, "--grad-input")
+        _check_gradients(checked, given, grad_output, atol, rtol, top, json_output)
+        return
+    if output is None:
+        raise OptionError(
+            "check needs --output (your forward output, .npy) or --grad-input (your backward's "
+            "dx) with --grad-output"
+        )
 
     def before(planned, _settings):
         from bninspect.input.their_output import check_memory, load_output
@@ -56,6 +103,55 @@ def check(
         return build_check_result(inspection, theirs, info, tolerance, top, progress)
 
     result = inspect(checked, json_output, report, before)
+    emit(result, json_output)
+    if not result.passed:
+        raise typer.Exit(3)
+
+
+OPTION_OF = {
+    "grad_input": "--grad-input",
+    "grad_weight": "--grad-weight",
+    "grad_bias": "--grad-bias",
+}
+
+
+def _check_gradients(request, given, grad_output, atol, rtol, top, json_output) -> None:
+    """``check`` on their gradients: load and vet every file before torch loads, then the
+    reference backward, autograd's, and the diagnosis."""
+    if request.affine is False and set(given) - {"grad_input"}:
+        raise OptionError(
+            "--no-affine: the layer has no weight or bias, so there is no dweight or dbias to "
+            "check; drop --grad-weight and --grad-bias"
+        )
+
+    def before(planned, _settings):
+        from bninspect.input.gradients import load_their_gradient
+        from bninspect.input.their_output import check_memory
+
+        check_memory(planned.shape, planned.dtype, request.input_path)
+        dy = grad_output_for(planned, request, grad_output)
+        loaded = []
+        for name, path in given.items():
+            what = {"grad_input": "dx", "grad_weight": "dweight", "grad_bias": "dbias"}[name]
+            expected = planned.shape if name == "grad_input" else (planned.shape[1],)
+            values, sha, dtype = load_their_gradient(
+                path, OPTION_OF[name], expected, planned.dtype, what
+            )
+            loaded.append((name, values, str(path), sha, dtype))
+        return dy, loaded
+
+    def report(inspection, extra, _progress):
+        from bninspect.check.report import tolerance_for
+        from bninspect.grad.backward import inspect_backward
+        from bninspect.grad.check import TheirGradient, build_grad_check
+
+        dy, loaded = extra
+        backward = inspect_backward(inspection, *dy)
+        tolerance = tolerance_for(inspection.tensor.info.dtype, atol, rtol)
+        theirs = [TheirGradient(*item) for item in loaded]
+        return build_grad_check(inspection, backward, theirs, tolerance, top)
+
+    result = inspect(request, json_output, report, before)
     emit(result, json_output)
     if not result.passed:
         raise typer.Exit(3)

@@ -220,6 +220,10 @@ def render_run(result: RunResult) -> RenderableType:
         legend = (f"flag {flag:<14} {meaning}" for flag, meaning in result.flag_legend.items())
         parts.append(Text("\n".join(legend)))
     parts.append(_run_summary(result))
+    if not isinstance(result.grad, Undefined):  # run --grad: the backward pass after the forward
+        from bninspect.render.grad_output import render_grad_run
+
+        parts.append(render_grad_run(result.grad, result.input.dtype))
     return Group(*parts)
 
 
@@ -445,6 +449,10 @@ def render_explain(result: ExplainResult) -> RenderableType:
         parts.append(Text(f"--precision: {result.precision.reason}", style="yellow"))
     if not isinstance(result.against, Undefined):
         parts.append(_against_table(result.against))
+    if not isinstance(result.grad, Undefined):  # explain --grad: the backward after the forward
+        from bninspect.render.grad_output import render_grad_explain
+
+        parts.append(render_grad_explain(result.grad, result.input.dtype))
     return Group(*parts)
 
 
@@ -454,6 +462,10 @@ def render(result: RunResult | ExplainResult | ConventionsResult) -> RenderableT
         from bninspect.render.card_output import render_card
 
         return render_card(result)
+    if result.command == "check" and hasattr(result, "gradients"):  # check --grad-input
+        from bninspect.render.grad_output import render_grad_check
+
+        return render_grad_check(result)
     if result.command == "check":
         from bninspect.render.check_output import render_check
 

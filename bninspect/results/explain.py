@@ -4,9 +4,12 @@ beside it, and the optional --precision and --against reports."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from bninspect.results.common import Comparison, InputInfo, Number, Settings, Undefined
+from bninspect.results.common import NOT_ASKED, Comparison, InputInfo, Number, Settings, Undefined
+
+if TYPE_CHECKING:  # results.grad imports Step from here
+    from bninspect.results.grad import GradExplain
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,4 @@ class ExplainResult:
     against: AgainstReport | Undefined  # with --against
     peer: str  # what PyTorch ran as, or why it could not
     step: int  # the training step whose batch holds the element (1 in eval mode)
+    grad: GradExplain | Undefined = Undefined(f"{NOT_ASKED}: --grad")  # the backward pass

@@ -1,0 +1,248 @@
+"""The backward pass's results as rich tables: ``run --grad``, ``explain --grad`` and ``check
+--grad-input``. Verdict first; every table fits 80 columns. Formats; never computes."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from bninspect.render.table_output import fmt, grid
+from bninspect.results.common import Undefined, Verdict
+from bninspect.results.grad import (
+    CS231N_CAVEAT,
+    CS231N_FORMULA,
+    Cs231nError,
+    GradCheckResult,
+    GradComparison,
+    GradExplain,
+    GradientCheck,
+    GradOutputInfo,
+    GradPrecision,
+    GradRun,
+)
+
+SHORT = {"grad_input": "dx", "grad_weight": "dweight", "grad_bias": "dbias"}
+SHOWN_HYPOTHESES = 4  # rejected ones beyond the explaining: the closest few; --json has all
+
+
+def verdict_text(verdict: Verdict, label: str) -> Text:
+    style = "green" if verdict.status in ("ok", "pass") else (
+        None if verdict.status == "reference only" else "red")  # fmt: skip
+    return Text(f"{label}: " + "\n".join(verdict.summary), style=style)
+
+
+def grad_output_text(info: GradOutputInfo) -> str:
+    if info.source == "generated":
+        return (
+            f"dy      standard normal, numpy.random.default_rng([{info.seed}, {info.stream}]) "
+            f"(--seed {info.seed}, stream {info.stream}), {info.dtype}"
+        )
+    return f"dy      {info.path} (sha256 {(info.sha256 or '')[:16]}...), {info.dtype}"
+
+
+def _cs231n_text(scores: dict[str, Cs231nError]) -> Text:
+    listed = ", ".join(
+        f"{SHORT[name]} {fmt(s.rel_error)} ({s.reading})" for name, s in scores.items()
+    )
+    return Text(
+        f"CS231n relative error, {CS231N_FORMULA}: {listed}\n"
+        f"(above 1e-2 reads wrong, below 1e-7 good; {CS231N_CAVEAT})",
+        style="dim",
+    )
+
+
+def render_grad_run(result: GradRun, dtype: str) -> RenderableType:
+    """The backward's verdict, then one table per channel, then the CS231n figures."""
+    parts: list[RenderableType] = [
+        verdict_text(result.verdict, "backward"),
+        Text(grad_output_text(result.grad_output)),
+    ]
+    headers = [
+        "ch",
+        "sum dy\n(= dbias)",
+        "sum dy*x_hat\n(= dweight)",
+        "dx ULP\nat scale",
+        "dweight ULP\nat scale",
+        "dbias ULP\nat scale",
+    ]
+    rows = [
+        [
+            str(c.channel),
+            fmt(c.sum_grad_output),
+            fmt(c.sum_grad_output_x_hat),
+            fmt(c.grad_input_ulp_error_at_scale),
+            fmt(c.grad_weight_ulp_error_at_scale),
+            fmt(c.grad_bias_ulp_error_at_scale),
+        ]
+        for c in result.channels
+    ]
+    title = f"Backward, {result.mode} mode: float64 reference; autograd's error in {dtype} ULPs"
+    parts.append(grid(title, headers, rows))
+    reasons = dict.fromkeys(
+        value.reason
+        for c in result.channels
+        for value in (c.grad_input_ulp_error_at_scale, c.grad_weight_ulp_error_at_scale)
+        if isinstance(value, Undefined)
+    )
+    if reasons:
+        parts.append(Text("\n".join(f"n/a: {reason}" for reason in reasons)))
+    if result.cs231n:
+        parts.append(_cs231n_text(result.cs231n))
+    return Group(*parts)
+
+
+def _steps_table(title: str, steps) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    table.add_column("formula, then with the numbers")
+    table.add_column("value", justify="right")
+    for step in steps:
+        computation = Text(f"{step.formula}\n  = {step.substitution}")
+        if step.note:
+            computation.append(f"\n{step.note}", style="dim")
+        table.add_row(step.name, computation, fmt(step.value))
+    return table
+
+
+def _comparisons_table(comparisons: tuple[GradComparison, ...], dtype: str) -> RenderableType:
+    measures = [
+        ("reference", lambda c: c.reference),
+        ("autograd", lambda c: c.torch),
+        ("|err|", lambda c: c.abs_error),
+        ("ULP at scale", lambda c: c.ulp_error_at_scale),
+        ("scale", lambda c: c.scale),
+        ("ULP at own value", lambda c: c.ulp_error),
+        ("correctly rounded", lambda c: c.correctly_rounded),
+    ]
+    headers = ["", *(c.name for c in comparisons)]
+    rows = [[label, *(fmt(value(c)) for c in comparisons)] for label, value in measures]
+    return grid(f"Autograd ({dtype}) vs the float64 reference", headers, rows, left=(0,))
+
+
+def _precision_table(report: GradPrecision, dtype: str) -> RenderableType:
+    title = (
+        f"Autograd's CPU backward redone ({report.path}; {report.cpu_capability} kernel, "
+        f"{report.threads} threads)"
+    )
+    rows = [[s.name, s.how, repr(s.torch_value), f"{s.exact:.9g}"] for s in report.steps]
+    table = grid(title, ["step", "how PyTorch computes it", "PyTorch", "exact"], rows,
+                 left=(0, 1))  # fmt: skip
+    if report.bit_exact:
+        line = "the emulation reproduces autograd's dx, dweight and dbias bit for bit"
+    else:
+        line = "the emulation does not reproduce autograd's values bit for bit here"
+    return Group(table, Text(f"{line}\nemulation on this path: {report.claim}"))
+
+
+def render_grad_explain(result: GradExplain, dtype: str) -> RenderableType:
+    """Verdict, dy, the staged derivation, the compact one, the three terms side by side,
+    autograd's values against the reference, and --precision's steps."""
+    index = ", ".join(map(str, result.index))
+    parts: list[RenderableType] = [
+        verdict_text(result.verdict, "backward"),
+        Text(
+            grad_output_text(result.grad_output)
+            + f"\n        dy[{index}] = {fmt(result.grad_output_value)}; M = {result.count} "
+            f"values per channel; {result.mode} mode"
+        ),
+        _steps_table(f"Backward through the graph, dx[{index}]", result.derivation),
+        _steps_table("The compact formula", result.compact_derivation),
+    ]
+    if result.terms:
+        rows = [[t.name, fmt(t.staged), fmt(t.compact)] for t in result.terms]
+        rows.append(
+            ["dx", fmt(sum(t.staged for t in result.terms)),
+             fmt(sum(t.compact for t in result.terms))]  # fmt: skip
+        )
+        parts.append(
+            grid("The three terms of dx, side by side", ["term", "staged", "compact"], rows,
+                 left=(0,), section_ends=frozenset({len(rows) - 2}))  # fmt: skip
+        )
+    if not isinstance(result.torch_version, Undefined):
+        parts.append(_comparisons_table(result.comparisons, dtype))
+        cs = result.cs231n
+        parts.append(
+            Text(
+                f"CS231n relative error of autograd's dx here: {fmt(cs.rel_error)} "
+                f"({cs.reading}); {CS231N_CAVEAT}",
+                style="dim",
+            )
+        )
+    if not isinstance(result.precision, Undefined):
+        parts.append(_precision_table(result.precision, dtype))
+    elif result.precision.asked_for:
+        parts.append(Text(f"--precision (backward): {result.precision.reason}", style="yellow"))
+    return Group(*parts)
+
+
+def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
+    status = "PASS" if g.passed else "FAIL"
+    title = (
+        f"{status} your {SHORT[g.name]} ({g.path}, {g.dtype}): {g.mismatches} of {g.elements} "
+        f"beyond tolerance; max {fmt(g.max_ulp_error_at_scale)} ULP of {dtype} at scale "
+        f"(autograd's: {fmt(g.torch_max_ulp_error_at_scale)})"
+    )
+    rows = [
+        [str(c.channel), fmt(c.max_abs_error), fmt(c.ulp_error_at_scale), str(c.mismatches),
+         fmt(c.scale)]  # fmt: skip
+        for c in g.channels
+    ]
+    parts: list[RenderableType] = [
+        grid(title, ["ch", "max |err|", "ULP at scale", "mismatches", "scale"], rows)
+    ]
+    worst = [e for e in g.worst if e.abs_error != 0]
+    if worst:
+        rows = [
+            ["[" + ", ".join(map(str, e.index)) + "]", fmt(e.theirs), fmt(e.reference),
+             fmt(e.torch), fmt(e.abs_error), fmt(e.ulp_error_at_scale)]  # fmt: skip
+            for e in worst
+        ]
+        parts.append(
+            grid(f"Largest errors of your {SHORT[g.name]}",
+                 ["index", "yours", "reference", "autograd", "|err|", "ULP at scale"], rows,
+                 left=(0,))  # fmt: skip
+        )
+    if not isinstance(g.suggested, Undefined) and not g.passed:
+        parts.append(Text(f"to pass as it is (vs {g.suggested.expected}):\n"
+                          f"  {g.suggested.assert_close}", style="dim"))  # fmt: skip
+    parts.append(
+        Text(f"CS231n relative error {fmt(g.cs231n.rel_error)} ({g.cs231n.reading})", style="dim")
+    )
+    return parts
+
+
+def render_grad_check(result: GradCheckResult) -> RenderableType:
+    """Verdict, dy, each gradient's tables, then the diagnosis."""
+    from bninspect.render.table_output import header
+
+    dtype = result.input.dtype
+    tol = result.tolerance
+    parts: list[RenderableType] = [
+        verdict_text(result.verdict, result.verdict.status.upper()),
+        header(result),
+        Text(
+            grad_output_text(result.grad_output)
+            + f"\ntolerance atol {fmt(tol.atol)} + rtol {fmt(tol.rtol)} * |reference| "
+            f"({tol.source}); rounding is up to {fmt(result.rounding_ulps)} ULP at scale"
+        ),
+    ]
+    for g in result.gradients:
+        parts += _gradient_tables(g, dtype)
+    hypotheses = result.diagnosis.hypotheses
+    explaining = [h for h in hypotheses if h.explains]
+    shown = explaining + [h for h in hypotheses if not h.explains][:SHOWN_HYPOTHESES]
+    rows = [
+        [h.name, fmt(h.max_ulp_error_at_scale), "yes" if h.explains else "no"] for h in shown
+    ]
+    table = grid(
+        "Known backward mistakes, best first (ULP at scale left under each)",
+        ["mistake", "ULP left", "explains"],
+        rows,
+        left=(0,),
+    )
+    if len(shown) < len(hypotheses):
+        table.table.caption = f"{len(hypotheses) - len(shown)} more rejected; --json has every one"
+        table.table.caption_justify = "left"
+    parts += [table, Text(result.diagnosis.summary, style="bold")]
+    return Group(*parts)
