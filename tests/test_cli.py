@@ -24,6 +24,7 @@ RUN_KEYS = {
     "variance_methods",
     "peer",
     "running_history",
+    "grad",  # the backward pass, with --grad
     "null_reasons",
 }
 EXPLAIN_KEYS = {
@@ -51,6 +52,7 @@ EXPLAIN_KEYS = {
     "against",
     "peer",
     "step",
+    "grad",  # the backward pass, with --grad
     "null_reasons",
 }
 CHANNEL_KEYS = {
@@ -164,6 +166,7 @@ def test_run_json_shape(cli):
     )
     assert doc["null_reasons"] == {
         "/variance_methods": "not asked for: add --var-method",
+        "/grad": "not asked for: --grad",
         **{
             f"/channels/{c}/{field}": gap
             for c in range(3)

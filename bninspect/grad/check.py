@@ -165,69 +165,80 @@ def _gradient_check(backward: Backward, their: TheirGradient, tolerance: Toleran
 
 def diagnose(inspection: Inspection, backward: Backward, theirs: list[TheirGradient]
              ) -> GradDiagnosis:  # fmt: skip
-    """Every applicable mistake with the error left under it, best first."""
+    """Every applicable mistake with the error left under it, best first (most gradients
+    explained, then least error left), and per wrong gradient the first one explaining it."""
     dtype = backward.dtype
     the_pass = pass_of(inspection, backward)
     order = {"grad_input": 0, "grad_weight": 1, "grad_bias": 2}
 
-    def left_under(candidate) -> dict[str, np.ndarray]:
+    def left_under(candidate) -> dict[str, float]:
         return {
-            t.name: scaled_by_channel(t.values, candidate[order[t.name]],
-                                      backward.scale_of(t.name), dtype)  # fmt: skip
+            t.name: float(scaled_by_channel(t.values, candidate[order[t.name]],
+                                            backward.scale_of(t.name), dtype).max(initial=0.0))
             for t in theirs
-        }
+        }  # fmt: skip
 
-    stated = left_under(
-        tuple(backward.reference_of(n) for n in ("grad_input", "grad_weight", "grad_bias"))
-    )
-    stated_max = max(float(v.max(initial=0.0)) for v in stated.values())
-    needed = stated_max > GRAD_ROUNDING_ULPS
+    stated = left_under(tuple(backward.reference_of(n) for n in order))
+    wrong = [name for name, v in stated.items() if v > GRAD_ROUNDING_ULPS]
     hypotheses = []
     for mistake in CATALOGUE:
         candidate = mistake.compute(the_pass)
         if candidate is None:
             continue
         left = left_under(candidate)
-        worst = max(float(v.max(initial=0.0)) for v in left.values())
+        keeps_right = all(left[n] <= GRAD_ROUNDING_ULPS for n in left if n not in wrong)
+        explains = tuple(n for n in wrong if left[n] <= GRAD_ROUNDING_ULPS) if keeps_right else ()
         hypotheses.append(
-            GradHypothesis(
-                mistake.name,
-                mistake.description,
-                worst,
-                {name: float(v.max(initial=0.0)) for name, v in left.items()},
-                bool(needed and worst <= GRAD_ROUNDING_ULPS),
-            )
+            GradHypothesis(mistake.name, mistake.description, max(left.values()), left, explains)
         )
-    hypotheses.sort(key=lambda h: (not h.explains, h.max_ulp_error_at_scale))
-    explaining = [h for h in hypotheses if h.explains]
-    given = ", ".join(SHORT[t.name] for t in theirs)
-    if not needed:
-        summary = (
-            f"your {given} match the stated formulas within {fmt(stated_max)} ULP of {dtype} at "
+    hypotheses.sort(key=lambda h: (-len(h.explains), h.max_ulp_error_at_scale))
+    best: dict[str, str | Undefined] = {}
+    for name in order:
+        if name not in stated:
+            continue
+        if name not in wrong:
+            best[name] = "stated formulas"
+            continue
+        fits = [h for h in hypotheses if name in h.explains]
+        best[name] = fits[0].name if fits else Undefined("no known mistake fits this gradient")
+    return GradDiagnosis(
+        explained=bool(wrong) and all(isinstance(best[n], str) for n in wrong),
+        summary=_summary(stated, wrong, best, hypotheses, dtype),
+        stated=stated,
+        best=best,
+        hypotheses=tuple(hypotheses),
+    )
+
+
+def _summary(stated, wrong, best, hypotheses, dtype: str) -> str:
+    given = ", ".join(SHORT[n] for n in stated)
+    if not wrong:
+        worst = max(stated.values())
+        return (
+            f"your {given} match the stated formulas within {fmt(worst)} ULP of {dtype} at "
             "each channel's scale: nothing to explain"
         )
-    elif explaining:
-        first = explaining[0]
-        summary = (
-            f"your backward {first.description}: under that mistake the error drops from "
-            f"{fmt(stated_max)} to {fmt(first.max_ulp_error_at_scale)} ULP at the channel's "
-            "scale"
+    described = {h.name: h for h in hypotheses}
+    sentences = []
+    for name in wrong:
+        fit = best[name]
+        if isinstance(fit, Undefined):
+            left = min((h.left[name] for h in hypotheses), default=stated[name])
+            closest = min(hypotheses, key=lambda h: h.left[name]) if hypotheses else None
+            near = f"; the closest, {closest.name}, leaves {fmt(left)}" if closest else ""
+            sentences.append(
+                f"no known mistake explains your {SHORT[name]} ({fmt(stated[name])} ULP at "
+                f"scale under the stated formulas{near})"
+            )
+            continue
+        h = described[fit]
+        others = [x.name for x in hypotheses if name in x.explains and x.name != fit]
+        also = f" (equally fitting here: {', '.join(others)})" if others else ""
+        sentences.append(
+            f"{SHORT[name]}: your backward {h.description}; under that mistake the error "
+            f"drops from {fmt(stated[name])} to {fmt(h.left[name])} ULP at scale{also}"
         )
-        if len(explaining) > 1:
-            others = ", ".join(h.name for h in explaining[1:])
-            summary += f" (also fitting, as these gradients cannot tell apart: {others})"
-    else:
-        closest = hypotheses[0] if hypotheses else None
-        near = (
-            f"; the closest, {closest.name}, leaves {fmt(closest.max_ulp_error_at_scale)} ULP"
-            if closest
-            else ""
-        )
-        summary = (
-            f"no known backward mistake explains this: {fmt(stated_max)} ULP at the channel's "
-            f"scale under the stated formulas{near}"
-        )
-    return GradDiagnosis(bool(explaining), summary, tuple(hypotheses))
+    return "; ".join(sentences)
 
 
 def build_grad_check(
@@ -275,7 +286,7 @@ def _verdict(checks, diagnosis: GradDiagnosis, passed: bool, dtype: str) -> Verd
             f"your gradients match the float64 reference within the tolerance: {listed} ULP "
             f"of {dtype} at each channel's scale"
         )
-        if diagnosis.explained:  # within atol/rtol, yet one mistake fits better than stated
+        if any(h.explains for h in diagnosis.hypotheses):  # within atol/rtol, yet a mistake fits
             return Verdict("pass", (first, diagnosis.summary))
         return Verdict("pass", (first,))
     failing = [g for g in checks if not g.passed]

@@ -239,9 +239,9 @@ def build_grad_explain(
                  "dmean = -inv_std * sum(dx_hat) + dvar * (-2/M) * sum(x - mean)",
                  f"-{fmt(inv_std)} * {term(sum_dxhat)} + {term(dvar)} * (-2/{M}) * "
                  f"{term(sum_dev)}", dmean,
-                 "the second part is 0 in exact arithmetic (deviations from the mean sum to "
-                 f"0; here {fmt(sum_dev)} from rounding x to the mean): "
-                 f"{fmt(dmean_direct)} + {term(dmean_var)}"),
+                 "the second part is 0 in exact arithmetic: the deviations from the mean sum "
+                 "to 0" + (" (here exactly)" if sum_dev == 0 else
+                           f" (here {fmt(sum_dev)}, from rounding the mean)")),
             Step("dx", "dx = dx_hat * inv_std + dvar * 2 * (x - mean) / M + dmean / M",
                  f"{fmt(t_direct)} + {term(t_var)} + {term(t_mean)}",
                  t_direct + t_var + t_mean, "three terms: direct, through the variance, "
@@ -250,8 +250,8 @@ def build_grad_explain(
         c_direct, c_var, c_mean = w * inv_std * dy_i, -w * inv_std * x_hat * s / M, (
             -w * inv_std * sum_dy / M)  # fmt: skip
         compact = [
-            Step("sum dy", "sum dy", f"over {where}", sum_dy, "= dbias"),
-            Step("sum dy*x_hat", "sum(dy * x_hat)", f"over {where}", s, "= dweight"),
+            Step("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
+            Step("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
             Step("dx", "dx = weight * inv_std / M * (M * dy - sum dy - x_hat * sum(dy * x_hat))",
                  f"{term(w)} * {fmt(inv_std)} / {M} * ({M} * {term(dy_i)} - {term(sum_dy)} - "
                  f"{term(x_hat)} * {term(s)})", float(ref.grad_input[index]),
@@ -275,15 +275,15 @@ def build_grad_explain(
                  "constants, so no gradient flows through them")
         )  # fmt: skip
         compact = [
-            Step("sum dy", "sum dy", f"over {where}", sum_dy, "= dbias"),
-            Step("sum dy*x_hat", "sum(dy * x_hat)", f"over {where}", s, "= dweight"),
+            Step("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
+            Step("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
             Step("dx", "dx = weight * inv_std * dy", f"{term(w)} * {fmt(inv_std)} * {term(dy_i)}",
                  float(ref.grad_input[index]), "the reference dx (float64)"),
         ]  # fmt: skip
     if backward.affine and not ref.passes_through:
         staged += [
-            Step("dweight", f"dweight[{c}] = sum(dy * x_hat)", f"over {where}", s),
-            Step("dbias", f"dbias[{c}] = sum dy", f"over {where}", sum_dy),
+            Step("dweight", f"dweight[{c}] = sum(dy * x_hat)", f"sum over {where}", s),
+            Step("dbias", f"dbias[{c}] = sum dy", f"sum over {where}", sum_dy),
         ]
     label = "grad_input[" + ", ".join(map(str, index)) + "]"
     comparisons = [_comparison(backward, "grad_input", label, index, c)]

@@ -135,9 +135,14 @@ def _eps_outside(p):
     return backward(p, std)
 
 
-def _divided_by_count(p):
+def _weight_divided(p):
     dx, dw, db = _stated(p)
-    return dx, dw / p.count, db / p.count
+    return dx, dw / p.count, db
+
+
+def _bias_divided(p):
+    dx, dw, db = _stated(p)
+    return dx, dw, db / p.count
 
 
 def _batch_axis_only(p):
@@ -222,9 +227,14 @@ CATALOGUE = (
         "eps-outside-sqrt", "puts eps outside the square root: 1 / (sqrt(var) + eps)", _eps_outside
     ),
     Mistake(
-        "params-divided-by-count",
-        "divides dweight and dbias by M (a mean instead of a sum)",
-        _divided_by_count,
+        "grad-weight-divided-by-count",
+        "divides dweight by M: a mean of dy * x_hat instead of the sum",
+        _weight_divided,
+    ),
+    Mistake(
+        "grad-bias-divided-by-count",
+        "divides dbias by M: a mean of dy instead of the sum",
+        _bias_divided,
     ),
     Mistake(
         "batch-axis-only",

@@ -194,7 +194,7 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
     worst = [e for e in g.worst if e.abs_error != 0]
     if worst:
         rows = [
-            ["[" + ", ".join(map(str, e.index)) + "]", fmt(e.theirs), fmt(e.reference),
+            [",".join(map(str, e.index)), fmt(e.theirs), fmt(e.reference),
              fmt(e.torch), fmt(e.abs_error), fmt(e.ulp_error_at_scale)]  # fmt: skip
             for e in worst
         ]
@@ -232,12 +232,15 @@ def render_grad_check(result: GradCheckResult) -> RenderableType:
     hypotheses = result.diagnosis.hypotheses
     explaining = [h for h in hypotheses if h.explains]
     shown = explaining + [h for h in hypotheses if not h.explains][:SHOWN_HYPOTHESES]
+    names = [g.name for g in result.gradients]
     rows = [
-        [h.name, fmt(h.max_ulp_error_at_scale), "yes" if h.explains else "no"] for h in shown
+        [h.name, *(fmt(h.left[n]) for n in names),
+         ", ".join(SHORT[n] for n in h.explains) or "-"]  # fmt: skip
+        for h in shown
     ]
     table = grid(
         "Known backward mistakes, best first (ULP at scale left under each)",
-        ["mistake", "ULP left", "explains"],
+        ["mistake", *(f"{SHORT[n]}\nleft" for n in names), "explains"],
         rows,
         left=(0,),
     )

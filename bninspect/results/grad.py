@@ -214,21 +214,28 @@ class GradientCheck:
 
 @dataclass(frozen=True)
 class GradHypothesis:
-    """One known backward mistake tried against their gradients: the error left under it (max
-    over the gradients given, in ULPs of the dtype at each channel's scale), per gradient,
-    and whether it is at the level of rounding while the stated formulas' error is not."""
+    """One known backward mistake tried against their gradients: the error left under it, in
+    ULPs of the dtype at each channel's scale, per gradient given and the max over them.
+    ``explains`` lists the gradients it explains: wrong under the stated formulas, within
+    rounding under the mistake, while every gradient right under the stated formulas stays
+    right under it."""
 
     name: str
     description: str
     max_ulp_error_at_scale: Number
     left: dict[str, Number]  # per gradient given
-    explains: bool
+    explains: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class GradDiagnosis:
+    """The catalogue tried, best first. ``explained``: every gradient that is wrong has a
+    mistake explaining it; ``best`` names it per gradient (or why none)."""
+
     explained: bool
     summary: str
+    stated: dict[str, Number]  # per gradient given: the error under the stated formulas
+    best: dict[str, str | Undefined]
     hypotheses: tuple[GradHypothesis, ...]
 
 
