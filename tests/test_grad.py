@@ -15,12 +15,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import shapes
 
 from bninspect.grad.backward import GRAD_ROUNDING_ULPS, channel_errors_at_scale
 from bninspect.grad.reference import reference_backward
 from bninspect.input.parameters import LayerParameters
 from bninspect.pytorch.autograd import run_backward
+
+from strategies import shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLE = ["--input", "samples/article.npy", "--weight", "0.5653,0.0322"]
@@ -65,15 +66,18 @@ def exact_backward(x: np.ndarray, dy: np.ndarray, w: np.ndarray, eps: Fraction, 
         x_hat = [(v - mean) * inv for v in xs]
         dx_hat = [g * wc for g in gs]
         if train:  # through the graph: d var, d mean, then the three paths
-            dvar = sum((d * (v - mean) for d, v in zip(dx_hat, xs)), Fraction(0)) * (
+            dvar = sum((d * (v - mean) for d, v in zip(dx_hat, xs, strict=True)), Fraction(0)) * (
                 Fraction(-1, 2) * inv**3
             )
             dmean = -inv * sum(dx_hat, Fraction(0))  # + dvar * mean(-2 (x - mean)) = 0
-            values = [d * inv + dvar * 2 * (v - mean) / M + dmean / M for d, v in zip(dx_hat, xs)]
+            values = [
+                d * inv + dvar * 2 * (v - mean) / M + dmean / M
+                for d, v in zip(dx_hat, xs, strict=True)
+            ]
         else:
             values = [d * inv for d in dx_hat]
         dx[:, c] = np.array(values, dtype=object).reshape(dx[:, c].shape)
-        dw.append(sum((g * h for g, h in zip(gs, x_hat)), Fraction(0)))
+        dw.append(sum((g * h for g, h in zip(gs, x_hat, strict=True)), Fraction(0)))
         db.append(sum(gs, Fraction(0)))
     return dx, dw, db
 
@@ -94,8 +98,8 @@ def test_reference_against_exact_rationals(shape, train):
     # float64 roundings of the exact ones; every later step rounds a few times more).
     for c in range(C):
         unit = float(np.spacing(ref.input_scale[c]))
-        errors = [abs(Fraction(float(a)) - e) for a, e in
-                  zip(ref.grad_input[:, c].reshape(-1), exact_dx[:, c].reshape(-1))]  # fmt: skip
+        pairs = zip(ref.grad_input[:, c].reshape(-1), exact_dx[:, c].reshape(-1), strict=True)
+        errors = [abs(Fraction(float(a)) - e) for a, e in pairs]
         assert max(errors) <= 16 * Fraction(unit), (c, float(max(errors)) / unit)
         assert abs(Fraction(float(ref.grad_weight[c])) - exact_dw[c]) <= 16 * Fraction(
             float(np.spacing(ref.weight_scale[c])))  # fmt: skip
