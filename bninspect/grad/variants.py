@@ -50,24 +50,43 @@ def backward(
     mean_term: bool = True,
     var_term: bool = True,
     weight_in_dx: bool = True,
+    batch_axis_only: bool = False,
 ) -> Gradients:
-    """The train-mode backward for normalizing with ``mean`` (default the pass's) and ``std``,
-    with the switches a mistake flips: the divisor of the variance path (M, or M - 1), the
-    sign the mean term enters with, either term dropped, the weight left out of dx."""
+    """The train-mode backward through the graph (x_hat, var, mean) for normalizing with
+    ``mean`` (default the pass's) and ``std``, with the switches a mistake flips: the divisor
+    of the variance path (M, or M - 1), the sign the mean term enters with, either term
+    dropped, the weight left out of dx, dx's sums over the batch axis only (N for M).
+
+    The mean's gradient keeps its part through the variance, dvar * (-2 / M) * sum(x - mean),
+    which vanishes only where ``mean`` is the batch's own (so this equals the compact formula
+    there); with the running mean, or per-position sums, it does not."""
     mean = p.mean if mean is None else mean
-    M = p.count
-    divisor = M if var_divisor is None else var_divisor
     x_hat = normalized_input(p.x, mean, std)
     with np.errstate(all="ignore"):
-        sum_dy = channel_sums(p.dy)
-        s = channel_sums(p.dy * x_hat)
-        k = p.along(1.0 / std) * (p.along(p.weight) if weight_in_dx else 1.0)
-        dx = p.dy.copy()
-        if mean_term:
-            dx = dx + mean_sign * p.along(sum_dy) / M
+        deviation = p.x - p.along(mean)
+        inv = p.along(1.0 / std)
+        dx_hat = p.dy * (p.along(p.weight) if weight_in_dx else 1.0)
+        if batch_axis_only:
+            M = p.x.shape[0]
+
+            def total(values):
+                return values.sum(axis=0, keepdims=True)
+        else:
+            M = p.count
+
+            def total(values):
+                return p.along(channel_sums(values))
+
+        divisor = M if var_divisor is None else var_divisor
+        dvar = -0.5 * total(dx_hat * deviation) * inv**3
+        dmean = -inv * total(dx_hat)
+        dx = dx_hat * inv
         if var_term:
-            dx = dx - x_hat * p.along(s) / divisor
-        return k * dx, s, sum_dy
+            dx = dx + 2.0 * deviation * dvar / divisor
+            dmean = dmean - 2.0 * dvar * total(deviation) / divisor
+        if mean_term:
+            dx = dx - mean_sign * dmean / M
+        return dx, channel_sums(p.dy * x_hat), channel_sums(p.dy)
 
 
 def _std(var: np.ndarray, eps: float, outside: bool = False) -> np.ndarray:
@@ -108,7 +127,7 @@ def _statistics_constant(p):
 def _unbiased_forward(p):
     if p.count < 2:
         return None
-    return backward(p, _std(p.var_unbiased, p.eps))
+    return backward(p, _std(p.var_unbiased, p.eps), var_divisor=p.count - 1)
 
 
 def _unbiased_backward(p):
@@ -149,15 +168,7 @@ def _batch_axis_only(p):
     """dx with its sums over axis 0 only, per channel and position, and N for M."""
     if p.x.ndim < 3 or p.x.size // (p.x.shape[0] * p.x.shape[1]) < 2:
         return None
-    std = _std(p.var, p.eps)
-    x_hat = normalized_input(p.x, p.mean, std)
-    N = p.x.shape[0]
-    with np.errstate(all="ignore"):
-        sum_dy = p.dy.sum(axis=0, keepdims=True)
-        s = (p.dy * x_hat).sum(axis=0, keepdims=True)
-        dx = p.along(p.weight / std) / N * (N * p.dy - sum_dy - x_hat * s)
-    _, dw, db = _stated(p)
-    return dx, dw, db
+    return backward(p, _std(p.var, p.eps), batch_axis_only=True)
 
 
 def _x_for_x_hat(p):
@@ -213,8 +224,8 @@ CATALOGUE = (
     ),
     Mistake(
         "unbiased-variance-forward",
-        "normalizes with the unbiased variance (divides by M - 1) in the forward pass its "
-        "backward differentiates",
+        "normalizes with the unbiased variance (divides by M - 1) and differentiates that "
+        "forward, as autograd does through torch.var's default (unbiased=True)",
         _train_only(_unbiased_forward),
     ),
     Mistake(
