@@ -360,3 +360,59 @@ def test_grad_errors_need_no_torch(tmp_path):
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
         assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+# --- --precision: the emulated kernel against autograd, every element -------------------------
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() != "AVX512",
+    reason="the emulation's fused operations were measured on the AVX512 kernel",
+)
+@pytest.mark.parametrize(
+    ("dtype", "shape", "train"),
+    [
+        ("float32", (3, 2, 5, 7), True),
+        ("float32", (3, 2, 5, 7), False),
+        ("float64", (2, 3, 11), True),
+        ("float64", (2, 2, 3, 3, 2), False),
+        ("float32", (7, 3), True),
+        ("float64", (7, 3), False),
+    ],
+)
+def test_emulated_backward_reproduces_autograd(dtype, shape, train):
+    from bninspect.grad.cpu_backward import emulate_channel_backward, emulate_grad_input
+
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[1]
+    w = rng.uniform(-2, 2, C).astype(dtype)
+    rm, rv = rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    module = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
+              5: torch.nn.BatchNorm3d}[len(shape)](C).to(getattr(torch, dtype))  # fmt: skip
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(w))
+        module.running_mean.copy_(torch.from_numpy(rm))
+        module.running_var.copy_(torch.from_numpy(rv))
+    module.train(train)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    module(xt).backward(torch.from_numpy(dy))
+    _, saved_mean, saved_invstd = torch.ops.aten.native_batch_norm(
+        torch.from_numpy(x), torch.from_numpy(w), None, None, None, True, 0.1, 1e-5
+    )
+    image = x.size // (shape[0] * C)
+    for c in range(C):
+        xc, dyc = x[:, c].reshape(shape[0], image), dy[:, c].reshape(shape[0], image)
+        mean = float(saved_mean[c]) if train else float(rm[c])
+        channel = emulate_channel_backward(
+            xc, dyc, dtype, mean, float(saved_invstd[c]), train, float(rv[c]), 1e-5,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        emulated = [
+            emulate_grad_input(float(a), float(g), channel, float(w[c]), train, dtype)
+            for a, g in zip(xc.reshape(-1), dyc.reshape(-1), strict=True)
+        ]
+        np.testing.assert_array_equal(emulated, xt.grad.numpy()[:, c].reshape(-1))
+        assert channel.grad_weight == float(module.weight.grad[c])
+        assert channel.grad_bias == float(module.bias.grad[c])

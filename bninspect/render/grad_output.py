@@ -77,7 +77,7 @@ def render_grad_run(result: GradRun, dtype: str) -> RenderableType:
         ]
         for c in result.channels
     ]
-    title = f"Backward, {result.mode} mode: float64 reference; autograd's error in {dtype} ULPs"
+    title = f"Backward ({result.mode} mode): autograd's error in ULP of {dtype} at scale"
     parts.append(grid(title, headers, rows))
     reasons = dict.fromkeys(
         value.reason
@@ -179,9 +179,7 @@ def render_grad_explain(result: GradExplain, dtype: str) -> RenderableType:
 def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
     status = "PASS" if g.passed else "FAIL"
     title = (
-        f"{status} your {SHORT[g.name]} ({g.path}, {g.dtype}): {g.mismatches} of {g.elements} "
-        f"beyond tolerance; max {fmt(g.max_ulp_error_at_scale)} ULP of {dtype} at scale "
-        f"(autograd's: {fmt(g.torch_max_ulp_error_at_scale)})"
+        f"{status} your {SHORT[g.name]}: {g.mismatches} of {g.elements} beyond tolerance"
     )
     rows = [
         [str(c.channel), fmt(c.max_abs_error), fmt(c.ulp_error_at_scale), str(c.mismatches),
@@ -189,7 +187,12 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
         for c in g.channels
     ]
     parts: list[RenderableType] = [
-        grid(title, ["ch", "max |err|", "ULP at scale", "mismatches", "scale"], rows)
+        Text(
+            f"yours   {g.path} ({g.dtype}, sha256 {g.sha256[:16]}...): max "
+            f"{fmt(g.max_ulp_error_at_scale)} ULP of {dtype} at scale (autograd's "
+            f"{fmt(g.torch_max_ulp_error_at_scale)})"
+        ),
+        grid(title, ["ch", "max |err|", "ULP at scale", "mismatches", "scale"], rows),
     ]
     worst = [e for e in g.worst if e.abs_error != 0]
     if worst:
@@ -239,7 +242,7 @@ def render_grad_check(result: GradCheckResult) -> RenderableType:
         for h in shown
     ]
     table = grid(
-        "Known backward mistakes, best first (ULP at scale left under each)",
+        "Known backward mistakes, best first",
         ["mistake", *(f"{SHORT[n]}\nleft" for n in names), "explains"],
         rows,
         left=(0,),
