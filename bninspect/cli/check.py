@@ -9,10 +9,19 @@ import typer
 
 from bninspect.cli.app import app
 from bninspect.cli.grad import GRAD, GradOutput, check_grad_request, grad_output_for
-from bninspect.cli.options import JsonFlag, for_check, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    for_check,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.errors import OptionError
 from bninspect.input.request import InspectRequest
+
+BUFFERS = "Your buffers after the pass"
 
 
 @app.command(short_help="Test your batch norm's output and name the mistake.")
@@ -25,11 +34,44 @@ def check(
     ] = None,
     atol: Annotated[
         float | None,
-        typer.Option(help="Absolute tolerance; default torch.testing's for the dtype."),
+        typer.Option(
+            help="Absolute tolerance. Default: neither --atol nor --rtol, derived per channel "
+            "from the dtype and the data (what a correct implementation can leave; "
+            "docs/check.md); one given, the other torch.testing's default."
+        ),
     ] = None,
     rtol: Annotated[
         float | None,
-        typer.Option(help="Relative tolerance; default torch.testing's for the dtype."),
+        typer.Option(help="Relative tolerance; see --atol for the default."),
+    ] = None,
+    allow_nonfinite_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-nonfinite-mismatch",
+            help="Do not count an element that is NaN or infinite on one side only (yours or "
+            "the reference) as a mismatch; it is still reported.",
+        ),
+    ] = False,
+    their_running_mean: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your running_mean after the pass (.npy, one value per channel): compared "
+            "with the reference's update, the mistake named.",
+            rich_help_panel=BUFFERS,
+        ),
+    ] = None,
+    their_running_var: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your running_var after the pass (.npy), as --their-running-mean.",
+            rich_help_panel=BUFFERS,
+        ),
+    ] = None,
+    their_num_batches_tracked: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Your num_batches_tracked after the pass.", rich_help_panel=BUFFERS
+        ),
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="How many of the worst elements to list.")] = 5,
     grad_input: Annotated[
@@ -50,16 +92,20 @@ def check(
     ] = None,
     grad_output: GradOutput = None,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Test your batch norm's output against the reference, and name the mistake.
 
-    Exit code 0 if every element is within atol + rtol * |reference|, 3 if not. Reports the
-    mismatches, the worst elements, the error's shape per channel, the tolerance that would
-    pass, and which known mistake (unbiased variance, eps outside the root, wrong axes, ...)
-    explains the output, if any. With --grad-input (and --grad-weight, --grad-bias) the same
-    for your backward pass, and which known backward mistake (a term dropped, dweight divided
-    by M, ...) explains it.
+    Exit code 0 if every element is within the tolerance (and your buffers, if given, match
+    the reference's update), 3 if not. By default the tolerance is what a correct
+    implementation in the dtype can leave on this data, per channel. Reports the mismatches,
+    the worst elements, the error's shape per channel, and which known mistake (unbiased
+    variance, eps outside the root, wrong axes, ...) explains the output, if any. With
+    --grad-input (and --grad-weight, --grad-bias) the same for your backward pass, and which
+    known backward mistake (a term dropped, dweight divided by M, ...) explains it.
     """
+    detail = detail_level(quiet, verbose, json_output)
     checked = for_check(request, atol, rtol)
     theirs = {"grad_input": grad_input, "grad_weight": grad_weight, "grad_bias": grad_bias}
     given = {name: path for name, path in theirs.items() if path is not None}
@@ -79,8 +125,15 @@ def check(
                 "checking gradients needs --grad-output: the dy your backward was given (.npy, "
                 "the input's shape)"
             )
+        for name, value in (
+            ("--their-running-mean", their_running_mean),
+            ("--their-running-var", their_running_var),
+            ("--their-num-batches-tracked", their_num_batches_tracked),
+        ):
+            if value is not None:
+                raise OptionError(f"{name} belongs to the forward check; drop it with --grad-input")
         check_grad_request(checked, grad_output, "--grad-input")
-        _check_gradients(checked, given, grad_output, atol, rtol, top, json_output)
+        _check_gradients(checked, given, grad_output, atol, rtol, top, json_output, detail)
         return
     if output is None:
         raise OptionError(
@@ -89,21 +142,35 @@ def check(
         )
 
     def before(planned, _settings):
+        from bninspect.check.buffers import load_buffers
         from bninspect.input.their_output import check_memory, load_output
 
         check_memory(planned.shape, planned.dtype, request.input_path)
-        return load_output(output, "--output", planned.shape, planned.dtype)
+        loaded = load_output(output, "--output", planned.shape, planned.dtype)
+        buffers = load_buffers(
+            their_running_mean, their_running_var, their_num_batches_tracked, planned.shape[1]
+        )
+        return loaded, buffers
 
     def report(inspection, loaded, progress):
         # Imported only now (~0.25 s): errors in the checks above stay quick.
-        from bninspect.check.report import build_check_result, tolerance_for
+        from bninspect.check.report import build_check_result
 
-        theirs, info = loaded
-        tolerance = tolerance_for(inspection.tensor.info.dtype, atol, rtol)
-        return build_check_result(inspection, theirs, info, tolerance, top, progress)
+        (theirs, info), buffers = loaded
+        return build_check_result(
+            inspection,
+            theirs,
+            info,
+            atol,
+            rtol,
+            top,
+            progress,
+            allow_nonfinite=allow_nonfinite_mismatch,
+            their_buffers=buffers,
+        )
 
     result = inspect(checked, json_output, report, before)
-    emit(result, json_output)
+    emit(result, json_output, detail)
     if not result.passed:
         raise typer.Exit(3)
 
@@ -115,7 +182,7 @@ OPTION_OF = {
 }
 
 
-def _check_gradients(request, given, grad_output, atol, rtol, top, json_output) -> None:
+def _check_gradients(request, given, grad_output, atol, rtol, top, json_output, detail) -> None:
     """``check`` on their gradients: load and vet every file before torch loads, then the
     reference backward, autograd's, and the diagnosis."""
     if request.affine is False and set(given) - {"grad_input"}:
@@ -141,17 +208,15 @@ def _check_gradients(request, given, grad_output, atol, rtol, top, json_output) 
         return dy, loaded
 
     def report(inspection, extra, _progress):
-        from bninspect.check.report import tolerance_for
         from bninspect.grad.backward import inspect_backward
         from bninspect.grad.check import TheirGradient, build_grad_check
 
         dy, loaded = extra
         backward = inspect_backward(inspection, *dy)
-        tolerance = tolerance_for(inspection.tensor.info.dtype, atol, rtol)
         theirs = [TheirGradient(*item) for item in loaded]
-        return build_grad_check(inspection, backward, theirs, tolerance, top)
+        return build_grad_check(inspection, backward, theirs, atol, rtol, top)
 
     result = inspect(request, json_output, report, before)
-    emit(result, json_output)
+    emit(result, json_output, detail)
     if not result.passed:
         raise typer.Exit(3)

@@ -16,7 +16,13 @@ from bninspect.cli.grad import (
     grad_output_for,
     refuse_grad_output_alone,
 )
-from bninspect.cli.options import JsonFlag, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.input.parsing import parse_index, resolve_index
 from bninspect.input.request import InspectRequest
@@ -51,6 +57,8 @@ def explain(
     grad: GradFlag = False,
     grad_output: GradOutput = None,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Derive one output element step by step, with the real numbers, beside PyTorch's value.
 
@@ -60,6 +68,7 @@ def explain(
     graph and by the compact formula, beside autograd's values (--precision: autograd's CPU
     backward redone step by step where it can be reproduced bit for bit).
     """
+    detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
     if grad:
         check_grad_request(request, grad_output, "--grad")
@@ -91,4 +100,4 @@ def explain(
         derived = build_grad_explain(inspection, backward, resolved, precision)
         return dataclasses.replace(result, grad=derived)
 
-    emit(inspect(request, json_output, report, before), json_output)
+    emit(inspect(request, json_output, report, before), json_output, detail)

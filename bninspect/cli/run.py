@@ -15,7 +15,14 @@ from bninspect.cli.grad import (
     grad_output_for,
     refuse_grad_output_alone,
 )
-from bninspect.cli.options import JsonFlag, for_stats_only, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    for_stats_only,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.input.request import InspectRequest
 
@@ -43,12 +50,15 @@ def run(
     grad: GradFlag = False,
     grad_output: GradOutput = None,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Per-channel statistics of PyTorch's batch norm beside an independent float64 reference.
 
     Count, mean, biased and unbiased variance, eps, weight, bias, the running buffers after the
     pass, channel health, and how far PyTorch's output and buffers are from the reference.
     """
+    detail = detail_level(quiet, verbose, json_output)
     if stats_only:
         request = for_stats_only(request)
     if grad:
@@ -72,4 +82,4 @@ def run(
         backward = inspect_backward(inspection, *dy)
         return dataclasses.replace(result, grad=build_grad_run(inspection, backward))
 
-    emit(inspect(request, json_output, report, before, compare_only=True), json_output)
+    emit(inspect(request, json_output, report, before, compare_only=True), json_output, detail)

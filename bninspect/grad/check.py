@@ -20,10 +20,12 @@ from bninspect.check.compare import (
     ulp_error,
     worst_indices,
 )
+from bninspect.check.report import tolerance_for
 from bninspect.grad.backward import GRAD_ROUNDING_ULPS, Backward, as_number, cs231n
 from bninspect.grad.variants import CATALOGUE, Pass
 from bninspect.numerics.agreement import ulp
 from bninspect.pytorch.inspection import Inspection
+from bninspect.pytorch.peer import describe_peer
 from bninspect.results.check import Tolerance
 from bninspect.results.common import Number, Undefined, Verdict
 from bninspect.results.grad import (
@@ -109,9 +111,29 @@ def _element(flat, grid_shape, per_channel, theirs, reference, torch_values, abs
     )
 
 
-def _gradient_check(backward: Backward, their: TheirGradient, tolerance: Tolerance, top: int,
+def gradient_tolerance(
+    dtype: str, scale: np.ndarray, atol: float | None, rtol: float | None
+) -> Tolerance:
+    """The given --atol/--rtol (the other torch.testing's default), or by default, per channel,
+    what a correct implementation in the dtype leaves: GRAD_ROUNDING_ULPS ULPs at the
+    channel's scale (autograd's own stays within 3), rtol 0."""
+    if atol is not None or rtol is not None:
+        return tolerance_for(dtype, atol, rtol)
+    with np.errstate(over="ignore"):
+        bounds = GRAD_ROUNDING_ULPS * ulp(scale, dtype)
+    return Tolerance(
+        float(bounds.max(initial=0.0)),
+        0.0,
+        f"derived: {GRAD_ROUNDING_ULPS:g} ULPs of {dtype} at each channel's scale, what a "
+        "correct implementation leaves (docs/grad.md)",
+        tuple(float(b) for b in bounds),
+    )
+
+
+def _gradient_check(backward: Backward, their: TheirGradient, atol, rtol, top: int,
                     torch_name: str) -> GradientCheck:  # fmt: skip
     dtype, name = backward.dtype, their.name
+    tolerance = gradient_tolerance(dtype, backward.scale_of(name), atol, rtol)
     per_channel = name != "grad_input"
     theirs = _as_grid(their.values)
     reference = _as_grid(backward.reference_of(name))
@@ -148,6 +170,7 @@ def _gradient_check(backward: Backward, their: TheirGradient, tolerance: Toleran
         path=their.path,
         sha256=their.sha256,
         dtype=their.dtype,
+        tolerance=tolerance,
         passed=bool(not mismatch.any()),
         elements=int(theirs.size),
         mismatches=int(mismatch.sum()),
@@ -245,7 +268,8 @@ def build_grad_check(
     inspection: Inspection,
     backward: Backward,
     theirs: list[TheirGradient],
-    tolerance: Tolerance,
+    atol: float | None,
+    rtol: float | None,
     top: int,
 ) -> GradCheckResult:
     """The whole ``check`` report for their gradients."""
@@ -253,7 +277,7 @@ def build_grad_check(
     torch_name = (
         f"autograd through torch.nn.{settings.module} in {settings.mode} mode, {backward.dtype}"
     )
-    checks = tuple(_gradient_check(backward, t, tolerance, top, torch_name) for t in theirs)
+    checks = tuple(_gradient_check(backward, t, atol, rtol, top, torch_name) for t in theirs)
     diagnosis = diagnose(inspection, backward, theirs)
     passed = all(g.passed for g in checks)
     torch_version = (
@@ -267,7 +291,7 @@ def build_grad_check(
         settings=settings,
         grad_output=backward.grad_output,
         torch_version=torch_version,
-        tolerance=tolerance,
+        torch_module=describe_peer(inspection),
         rounding_ulps=GRAD_ROUNDING_ULPS,
         passed=passed,
         gradients=checks,
@@ -283,7 +307,7 @@ def _verdict(checks, diagnosis: GradDiagnosis, passed: bool, dtype: str) -> Verd
     if passed:
         listed = ", ".join(f"{SHORT[g.name]} {at_scale(g)}" for g in checks)
         first = (
-            f"your gradients match the float64 reference within the tolerance: {listed} ULP "
+            f"your gradients match the float64 reference within tolerance: {listed} ULP "
             f"of {dtype} at each channel's scale"
         )
         if any(h.explains for h in diagnosis.hypotheses):  # within atol/rtol, yet a mistake fits

@@ -18,16 +18,15 @@ from bninspect.grad.backward import (
 )
 from bninspect.numerics.agreement import compare_value
 from bninspect.pytorch.inspection import Inspection
-from bninspect.results.common import NOT_ASKED, Number, Undefined, Verdict
-from bninspect.results.explain import Step
+from bninspect.results.common import NOT_ASKED, Comparison, Number, Undefined, Verdict
 from bninspect.results.grad import (
     CS231N_CAVEAT,
     CS231N_FORMULA,
     DxTerm,
     GradChannel,
-    GradComparison,
     GradExplain,
     GradRun,
+    GradStep,
 )
 from bninspect.text import number as fmt
 
@@ -133,7 +132,7 @@ def _run_verdict(backward: Backward, maxima: dict[str, Number], scores) -> Verdi
     dtype = backward.dtype
     if backward.torch is None:
         return Verdict(
-            "reference only",
+            "not-compared",
             (f"the float64 reference gradients alone: PyTorch was not run ({backward.no_torch})",),
         )
     given = [n for n in GRADIENTS if not isinstance(backward.torch_of(n), Undefined)]
@@ -153,14 +152,14 @@ def _run_verdict(backward: Backward, maxima: dict[str, Number], scores) -> Verdi
         )
         if dx_score is not None and dx_score.reading != "good":
             cs += ": that reading misleads here, see the caveat"
-        return Verdict("ok", (first, cs.lstrip("; ")) if cs else (first,))
+        return Verdict("agrees", (first, cs.lstrip("; ")) if cs else (first,))
     first = (
         f"autograd's gradients differ from the float64 reference beyond rounding: {listed} ULP "
         f"of {dtype} at each channel's scale (rounding is up to {GRAD_ROUNDING_ULPS:g})"
     )
     if unscaled:
         first += f"; {', '.join(unscaled)} differ where the gradient is 0"
-    return Verdict("problems", (first, cs.lstrip("; ")) if cs else (first,))
+    return Verdict("differs", (first, cs.lstrip("; ")) if cs else (first,))
 
 
 # explain --grad ------------------------------------------------------------------------------
@@ -171,25 +170,13 @@ def term(value: float) -> str:
     return f"({fmt(value)})" if math.copysign(1.0, value) < 0 else fmt(value)
 
 
-def _comparison(backward: Backward, name: str, label: str, where, c: int) -> GradComparison:
+def _comparison(backward: Backward, name: str, label: str, where, c: int) -> Comparison:
     reference = float(backward.reference_of(name)[where])
     torch_values = backward.torch_of(name)
     torch_value = torch_values if isinstance(torch_values, Undefined) else float(
         torch_values[where])  # fmt: skip
     scale = float(backward.scale_of(name)[c])
-    compared = compare_value(label, reference, torch_value, backward.dtype, scale)
-    return GradComparison(
-        name=label,
-        reference=compared.reference,
-        reference_rounded=compared.reference_rounded,
-        torch=compared.torch,
-        torch_hex=compared.torch_hex,
-        abs_error=compared.abs_error,
-        scale=compared.scale,
-        ulp_error_at_scale=compared.scaled_error,
-        ulp_error=compared.ulp_error,
-        correctly_rounded=compared.correctly_rounded,
-    )
+    return compare_value(label, reference, torch_value, backward.dtype, scale)
 
 
 def build_grad_explain(
@@ -210,10 +197,10 @@ def build_grad_explain(
     train = ref.train and not ref.passes_through
     where = f"the {M} values of channel {c}"
     staged = [
-        Step("x_hat", "x_hat = (x - mean) * inv_std",
+        GradStep("x_hat", "x_hat = (x - mean) * inv_std",
              f"({fmt(x)} - {term(mean)}) * {fmt(inv_std)}", x_hat,
              "the normalized input, as the forward pass computed it"),
-        Step("dx_hat", "dx_hat = dy * weight", f"{fmt(dy_i)} * {term(w)}", dy_i * w,
+        GradStep("dx_hat", "dx_hat = dy * weight", f"{fmt(dy_i)} * {term(w)}", dy_i * w,
              "the gradient flowing into x_hat: y = x_hat * weight + bias"),
     ]  # fmt: skip
     terms: list[DxTerm] = []
@@ -232,17 +219,17 @@ def build_grad_explain(
         t_direct, t_var, t_mean = (
             (dy_i * w) * inv_std, dvar * 2.0 * (x - mean) / M, dmean / M)  # fmt: skip
         staged += [
-            Step("dvar", "dvar = sum(dx_hat * (x - mean)) * -1/2 * (var + eps)^(-3/2)",
+            GradStep("dvar", "dvar = sum(dx_hat * (x - mean)) * -1/2 * (var + eps)^(-3/2)",
                  f"{fmt(sum_dxhat_dev)} * -0.5 * ({fmt(var)} + {fmt(eps)})^(-1.5)", dvar,
                  f"summed over {where}"),
-            Step("dmean",
+            GradStep("dmean",
                  "dmean = -inv_std * sum(dx_hat) + dvar * (-2/M) * sum(x - mean)",
                  f"-{fmt(inv_std)} * {term(sum_dxhat)} + {term(dvar)} * (-2/{M}) * "
                  f"{term(sum_dev)}", dmean,
                  "the second part is 0 in exact arithmetic: the deviations from the mean sum "
                  "to 0" + (" (here exactly)" if sum_dev == 0 else
                            f" (here {fmt(sum_dev)}, from rounding the mean)")),
-            Step("dx", "dx = dx_hat * inv_std + dvar * 2 * (x - mean) / M + dmean / M",
+            GradStep("dx", "dx = dx_hat * inv_std + dvar * 2 * (x - mean) / M + dmean / M",
                  f"{fmt(t_direct)} + {term(t_var)} + {term(t_mean)}",
                  t_direct + t_var + t_mean, "three terms: direct, through the variance, "
                  "through the mean"),
@@ -250,9 +237,10 @@ def build_grad_explain(
         c_direct, c_var, c_mean = w * inv_std * dy_i, -w * inv_std * x_hat * s / M, (
             -w * inv_std * sum_dy / M)  # fmt: skip
         compact = [
-            Step("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
-            Step("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
-            Step("dx", "dx = weight * inv_std / M * (M * dy - sum dy - x_hat * sum(dy * x_hat))",
+            GradStep("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
+            GradStep("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
+            GradStep("dx",
+                     "dx = weight * inv_std / M * (M * dy - sum dy - x_hat * sum(dy * x_hat))",
                  f"{term(w)} * {fmt(inv_std)} / {M} * ({M} * {term(dy_i)} - {term(sum_dy)} - "
                  f"{term(x_hat)} * {term(s)})", float(ref.grad_input[index]),
                  "the reference dx (float64)"),
@@ -265,25 +253,26 @@ def build_grad_explain(
                    "-weight * inv_std * sum dy / M", c_mean),
         ]  # fmt: skip
     elif ref.passes_through:
-        staged = [Step("dx", "dx = dy", f"{fmt(dy_i)}", dy_i,
+        staged = [GradStep("dx", "dx = dy", f"{fmt(dy_i)}", dy_i,
                        "the layer copied x to y (one value per channel): dx = dy")]  # fmt: skip
         compact = list(staged)
     else:
         staged.append(
-            Step("dx", "dx = dx_hat * inv_std", f"{fmt(dy_i * w)} * {fmt(inv_std)}",
+            GradStep("dx", "dx = dx_hat * inv_std", f"{fmt(dy_i * w)} * {fmt(inv_std)}",
                  dy_i * w * inv_std, "eval mode: mean and var are the running statistics, "
                  "constants, so no gradient flows through them")
         )  # fmt: skip
         compact = [
-            Step("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
-            Step("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
-            Step("dx", "dx = weight * inv_std * dy", f"{term(w)} * {fmt(inv_std)} * {term(dy_i)}",
+            GradStep("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
+            GradStep("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
+            GradStep("dx", "dx = weight * inv_std * dy",
+                     f"{term(w)} * {fmt(inv_std)} * {term(dy_i)}",
                  float(ref.grad_input[index]), "the reference dx (float64)"),
         ]  # fmt: skip
     if backward.affine and not ref.passes_through:
         staged += [
-            Step("dweight", f"dweight[{c}] = sum(dy * x_hat)", f"sum over {where}", s),
-            Step("dbias", f"dbias[{c}] = sum dy", f"sum over {where}", sum_dy),
+            GradStep("dweight", f"dweight[{c}] = sum(dy * x_hat)", f"sum over {where}", s),
+            GradStep("dbias", f"dbias[{c}] = sum dy", f"sum over {where}", sum_dy),
         ]
     label = "grad_input[" + ", ".join(map(str, index)) + "]"
     comparisons = [_comparison(backward, "grad_input", label, index, c)]
@@ -323,11 +312,11 @@ def build_grad_explain(
     )
 
 
-def _explain_verdict(backward: Backward, comparisons: list[GradComparison]) -> Verdict:
+def _explain_verdict(backward: Backward, comparisons: list[Comparison]) -> Verdict:
     dtype = backward.dtype
     if backward.torch is None:
         return Verdict(
-            "reference only",
+            "not-compared",
             (f"the float64 reference gradients alone: PyTorch was not run ({backward.no_torch})",),
         )
     parts, ok = [], True
@@ -339,7 +328,8 @@ def _explain_verdict(backward: Backward, comparisons: list[GradComparison]) -> V
             continue
         ok = ok and value <= GRAD_ROUNDING_ULPS
         parts.append(f"{cmp.name} {fmt(value)}")
-    status = "ok" if ok else "differs"
+    exact = all(c.correctly_rounded is True for c in comparisons)
+    status = ("exact" if exact else "within-rounding") if ok else "differs"
     how = "agree with" if ok else "differ from"
     return Verdict(
         status,

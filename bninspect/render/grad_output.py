@@ -7,14 +7,13 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bninspect.render.table_output import fmt, grid
-from bninspect.results.common import Undefined, Verdict
+from bninspect.render.cells import fmt, grid
+from bninspect.results.common import Comparison, Undefined, Verdict
 from bninspect.results.grad import (
     CS231N_CAVEAT,
     CS231N_FORMULA,
     Cs231nError,
     GradCheckResult,
-    GradComparison,
     GradExplain,
     GradientCheck,
     GradOutputInfo,
@@ -26,9 +25,13 @@ SHORT = {"grad_input": "dx", "grad_weight": "dweight", "grad_bias": "dbias"}
 SHOWN_HYPOTHESES = 4  # rejected ones beyond the explaining: the closest few; --json has all
 
 
+GOOD = ("pass", "agrees", "exact", "within-rounding")
+
+
 def verdict_text(verdict: Verdict, label: str) -> Text:
-    style = "green" if verdict.status in ("ok", "pass") else (
-        None if verdict.status == "reference only" else "red")  # fmt: skip
+    """A section's own verdict (the backward's, under run's or explain's), labelled."""
+    style = "bold green" if verdict.status in GOOD else (
+        "bold" if verdict.status == "not-compared" else "bold red")  # fmt: skip
     return Text(f"{label}: " + "\n".join(verdict.summary), style=style)
 
 
@@ -52,7 +55,7 @@ def _cs231n_text(scores: dict[str, Cs231nError]) -> Text:
     )
 
 
-def render_grad_run(result: GradRun, dtype: str) -> RenderableType:
+def render_grad_run(result: GradRun, dtype: str) -> list[RenderableType]:
     """The backward's verdict, then one table per channel, then the CS231n figures."""
     parts: list[RenderableType] = [
         verdict_text(result.verdict, "backward"),
@@ -89,7 +92,7 @@ def render_grad_run(result: GradRun, dtype: str) -> RenderableType:
         parts.append(Text("\n".join(f"n/a: {reason}" for reason in reasons)))
     if result.cs231n:
         parts.append(_cs231n_text(result.cs231n))
-    return Group(*parts)
+    return parts
 
 
 def _steps_table(title: str, steps) -> Table:
@@ -105,7 +108,7 @@ def _steps_table(title: str, steps) -> Table:
     return table
 
 
-def _comparisons_table(comparisons: tuple[GradComparison, ...], dtype: str) -> RenderableType:
+def _comparisons_table(comparisons: tuple[Comparison, ...], dtype: str) -> RenderableType:
     measures = [
         ("reference", lambda c: c.reference),
         ("autograd", lambda c: c.torch),
@@ -135,7 +138,7 @@ def _precision_table(report: GradPrecision, dtype: str) -> RenderableType:
     return Group(table, Text(f"{line}\nemulation on this path: {report.claim}"))
 
 
-def render_grad_explain(result: GradExplain, dtype: str) -> RenderableType:
+def render_grad_explain(result: GradExplain, dtype: str) -> list[RenderableType]:
     """Verdict, dy, the staged derivation, the compact one, the three terms side by side,
     autograd's values against the reference, and --precision's steps."""
     index = ", ".join(map(str, result.index))
@@ -173,7 +176,7 @@ def render_grad_explain(result: GradExplain, dtype: str) -> RenderableType:
         parts.append(_precision_table(result.precision, dtype))
     elif result.precision.asked_for:
         parts.append(Text(f"--precision (backward): {result.precision.reason}", style="yellow"))
-    return Group(*parts)
+    return parts
 
 
 def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
@@ -186,8 +189,16 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
          fmt(c.scale)]  # fmt: skip
         for c in g.channels
     ]
+    tol = g.tolerance
+    if tol.per_channel_atol is not None:
+        tolerance = f"tolerance {tol.source}"
+    else:
+        tolerance = (
+            f"tolerance atol {fmt(tol.atol)} + rtol {fmt(tol.rtol)} * |reference| ({tol.source})"
+        )
     parts: list[RenderableType] = [
         Text(
+            f"{tolerance}\n"
             f"yours   {g.path} ({g.dtype}, sha256 {g.sha256[:16]}...): max "
             f"{fmt(g.max_ulp_error_at_scale)} ULP of {dtype} at scale (autograd's "
             f"{fmt(g.torch_max_ulp_error_at_scale)})"
@@ -215,26 +226,17 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
     return parts
 
 
-def render_grad_check(result: GradCheckResult) -> RenderableType:
-    """Verdict, dy, each gradient's tables, then the diagnosis."""
-    from bninspect.render.table_output import header
-
+def render_grad_check(result: GradCheckResult, verbose: bool = False) -> list[RenderableType]:
+    """(Under the verdict and what was inspected, from screen.py:) dy, each gradient's tables,
+    then the diagnosis; every rejected mistake with --verbose."""
     dtype = result.input.dtype
-    tol = result.tolerance
-    parts: list[RenderableType] = [
-        verdict_text(result.verdict, result.verdict.status.upper()),
-        header(result),
-        Text(
-            grad_output_text(result.grad_output)
-            + f"\ntolerance atol {fmt(tol.atol)} + rtol {fmt(tol.rtol)} * |reference| "
-            f"({tol.source}); rounding is up to {fmt(result.rounding_ulps)} ULP at scale"
-        ),
-    ]
+    parts: list[RenderableType] = [Text(grad_output_text(result.grad_output))]
     for g in result.gradients:
         parts += _gradient_tables(g, dtype)
     hypotheses = result.diagnosis.hypotheses
     explaining = [h for h in hypotheses if h.explains]
-    shown = explaining + [h for h in hypotheses if not h.explains][:SHOWN_HYPOTHESES]
+    rejected = [h for h in hypotheses if not h.explains]
+    shown = explaining + (rejected if verbose else rejected[:SHOWN_HYPOTHESES])
     names = [g.name for g in result.gradients]
     rows = [
         [h.name, *(fmt(h.left[n]) for n in names),
@@ -247,8 +249,9 @@ def render_grad_check(result: GradCheckResult) -> RenderableType:
         rows,
         left=(0,),
     )
+    parts.append(table)
     if len(shown) < len(hypotheses):
-        table.table.caption = f"{len(hypotheses) - len(shown)} more rejected; --json has every one"
-        table.table.caption_justify = "left"
-    parts += [table, Text(result.diagnosis.summary, style="bold")]
-    return Group(*parts)
+        more = len(hypotheses) - len(shown)
+        parts.append(Text(f"{more} more rejected: --verbose shows them", style="dim"))
+    parts.append(Text(result.diagnosis.summary, style="bold"))
+    return parts

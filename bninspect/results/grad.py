@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bninspect.results.check import SuggestedTolerance, Tolerance
-from bninspect.results.common import InputInfo, Number, Settings, Undefined, Verdict
-from bninspect.results.explain import Step
+from bninspect.results.common import Comparison, InputInfo, Number, Settings, Undefined, Verdict
 
 # The CS231n relative error's usual reading (the course's gradient-check notes).
 CS231N_WRONG, CS231N_GOOD = 1e-2, 1e-7
@@ -74,6 +73,8 @@ class GradChannel:
 class GradRun:
     """``run --grad``: autograd's backward against the float64 reference, per channel."""
 
+    # agrees/differs: autograd's dx, dweight, dbias within rounding of the reference or not;
+    # not-compared: PyTorch could not run (run's statuses: one Verdict schema per document)
     verdict: Verdict
     grad_output: GradOutputInfo
     mode: str
@@ -89,19 +90,15 @@ class GradRun:
 
 
 @dataclass(frozen=True)
-class GradComparison:
-    """One gradient value of autograd beside the float64 reference."""
+class GradStep:
+    """One row of a gradient's derivation: ``name = formula`` with the numbers, and its value
+    (explain's Step, for the backward)."""
 
-    name: str  # e.g. "grad_input[0, 0, 0, 0]"
-    reference: Number
-    reference_rounded: Number
-    torch: Number
-    torch_hex: str | Undefined
-    abs_error: Number
-    scale: Number
-    ulp_error_at_scale: Number
-    ulp_error: Number
-    correctly_rounded: bool | Undefined
+    name: str
+    formula: str
+    substitution: str  # the formula with the actual numbers, rounded for people
+    value: Number  # full precision
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,10 +155,10 @@ class GradExplain:
     x: float
     x_hat: float
     grad_output_value: float  # dy at the element
-    derivation: tuple[Step, ...]  # staged, through the graph
-    compact_derivation: tuple[Step, ...]  # the compact formula
+    derivation: tuple[GradStep, ...]  # staged, through the graph
+    compact_derivation: tuple[GradStep, ...]  # the compact formula
     terms: tuple[DxTerm, ...]  # empty in eval mode, where dx has one term
-    comparisons: tuple[GradComparison, ...]  # dx, dweight, dbias
+    comparisons: tuple[Comparison, ...]  # dx, dweight, dbias
     cs231n: Cs231nError  # of autograd's dx at the element
     precision: GradPrecision | Undefined
     torch_version: str | Undefined
@@ -200,6 +197,7 @@ class GradientCheck:
     path: str
     sha256: str
     dtype: str
+    tolerance: Tolerance  # derived per channel unless --atol/--rtol given
     passed: bool
     elements: int
     mismatches: int
@@ -243,14 +241,16 @@ class GradDiagnosis:
 class GradCheckResult:
     """Everything ``bninspect check --grad-input`` reports."""
 
-    command: ClassVar[str] = "check"
+    # A document of its own beside check's forward one (its schema: check-grad.schema.json)
+    command: ClassVar[str] = "check-grad"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("pass", "fail")
 
-    verdict: Verdict
+    verdict: Verdict  # pass: every gradient given within tolerance; fail: not
     input: InputInfo
     settings: Settings
     grad_output: GradOutputInfo
     torch_version: str | Undefined
-    tolerance: Tolerance
+    torch_module: str  # what PyTorch's module ran as, or why it could not
     rounding_ulps: float
     passed: bool
     gradients: tuple[GradientCheck, ...]
