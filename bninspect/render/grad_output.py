@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
-from bninspect.render.cells import fmt, grid
+from bninspect.render.cells import fmt, grid, listing
 from bninspect.results.common import Comparison, Undefined, Verdict
 from bninspect.results.grad import (
     CS231N_CAVEAT,
@@ -95,11 +94,9 @@ def render_grad_run(result: GradRun, dtype: str) -> list[RenderableType]:
     return parts
 
 
-def _steps_table(title: str, steps) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("step")
-    table.add_column("formula, then with the numbers")
-    table.add_column("value", justify="right")
+def _steps_table(title: str, steps) -> RenderableType:
+    """A derivation as explain's: step, the formula with the numbers, the value."""
+    table = listing(title, ["step", "formula, with the numbers", "value"], wraps=1, right=(2,))
     for step in steps:
         computation = Text(f"{step.formula}\n  = {step.substitution}")
         if step.note:
