@@ -144,8 +144,8 @@ def diagnose(
         how = f" ({first.detail})" if first.detail else ""
         detail = (
             f"your output {first.description}{how}: under that mistake the error drops from "
-            f"{stated_max:.3g} to {first.max_ulp_error:.3g} {at_scale}, within what a correct "
-            "implementation can leave"
+            f"{stated_max:.3g} to {first.max_ulp_error_at_scale:.3g} {at_scale}, within what a "
+            "correct implementation can leave"
         )
     elif len(unexplained) < len(groups) or not unexplained:
         parts = []
@@ -166,7 +166,7 @@ def diagnose(
     else:
         closest = next((h for h in hypotheses if _ratio(h) < stated_ratio), None)
         near = (
-            f"; the closest, {closest.name}, leaves {closest.max_ulp_error:.3g} ULP"
+            f"; the closest, {closest.name}, leaves {closest.max_ulp_error_at_scale:.3g} ULP"
             if closest is not None
             else ""
         )
