@@ -27,6 +27,7 @@ RESULT_CLASSES = {
     "check": "bninspect.results.check:CheckResult",
     "check-grad": "bninspect.results.grad:GradCheckResult",  # check --grad-input
     "conventions": "bninspect.results.conventions:ConventionsResult",
+    "model": "bninspect.results.model:ModelResult",
 }
 _COMMENT = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.M)
 
