@@ -37,6 +37,7 @@ def test_run_json_shape(cli):
     )
     assert doc["null_reasons"] == {
         "/variance_methods": "not asked for: add --var-method",
+        "/grad": "not asked for: --grad",
         **{
             f"/channels/{c}/{field}": gap
             for c in range(3)
@@ -215,6 +216,7 @@ def test_eval_mode_accepts_one_value_per_channel(cli):
     )
     assert doc["null_reasons"] == {
         "/variance_methods": "not asked for: add --var-method",
+        "/grad": "not asked for: --grad",
         **{
             f"/channels/{c}/var_unbiased": "one value per channel: dividing by N - 1 = 0"
             for c in range(3)

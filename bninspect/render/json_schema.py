@@ -25,6 +25,7 @@ RESULT_CLASSES = {
     "run": "bninspect.results.run:RunResult",
     "explain": "bninspect.results.explain:ExplainResult",
     "check": "bninspect.results.check:CheckResult",
+    "check-grad": "bninspect.results.grad:GradCheckResult",  # check --grad-input
     "conventions": "bninspect.results.conventions:ConventionsResult",
     "model": "bninspect.results.model:ModelResult",
 }

@@ -23,6 +23,7 @@ VIEWS = {
     "run": ("bninspect.render.run_view", "render_run"),
     "explain": ("bninspect.render.explain_view", "render_explain"),
     "check": ("bninspect.render.check_view", "render_check"),
+    "check-grad": ("bninspect.render.grad_output", "render_grad_check"),  # check --grad-input
     "conventions": ("bninspect.render.card_view", "render_card"),
     "model": ("bninspect.render.model_output", "render_model"),
 }

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from bninspect.results.common import InputInfo, Number, Settings, Undefined, Verdict, column
+from bninspect.results.common import (
+    NOT_ASKED,
+    InputInfo,
+    Number,
+    Settings,
+    Undefined,
+    Verdict,
+    column,
+)
+from bninspect.results.grad import GradRun
 
 STATS = "Batch statistics (float64 reference)"
 LAYER = "What normalizes; running buffers after the pass"
@@ -168,3 +177,4 @@ class RunResult:
     variance_methods: tuple[VarianceMethods, ...] | Undefined  # with --var-method
     torch_module: str  # what PyTorch's module ran as, or why it could not
     running_history: tuple[StepRecord, ...]  # every training step; empty in eval mode
+    grad: GradRun | Undefined = Undefined(f"{NOT_ASKED}: --grad")  # the backward pass
