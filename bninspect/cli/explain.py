@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bninspect.cli.app import app
+from bninspect.cli.grad import (
+    GradFlag,
+    GradOutput,
+    check_grad_request,
+    grad_output_for,
+    refuse_grad_output_alone,
+)
 from bninspect.cli.options import (
     JsonFlag,
     QuietFlag,
@@ -46,6 +54,8 @@ def explain(
             "derivation, and the step where the numbers would have to differ.",
         ),
     ] = None,
+    grad: GradFlag = False,
+    grad_output: GradOutput = None,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
@@ -54,24 +64,40 @@ def explain(
 
     Ends with PyTorch's value: equal to the correctly rounded reference to the last bit, or the
     exact error; in train mode also the running-statistics update of the element's channel.
+    With --grad, also dx at the element and dweight, dbias of its channel, derived through the
+    graph and by the compact formula, beside autograd's values (--precision: autograd's CPU
+    backward redone step by step where it can be reproduced bit for bit).
     """
     detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
+    if grad:
+        check_grad_request(request, grad_output, "--grad")
+    else:
+        refuse_grad_output_alone(grad_output, "--grad")
 
     def before(planned, settings):  # an element of the last step's batch, their value for it
         batch_shape = (settings.batch_size, *planned.shape[1:])
         resolved = resolve_index(wanted, batch_shape)
+        dy = grad_output_for(planned, request, grad_output) if grad else None
         if against is None:
-            return resolved, None
+            return resolved, None, dy
         from bninspect.input.their_output import load_output
 
         # every step's output, stacked, as --save-output writes it
-        return resolved, load_output(against, "--against", planned.shape, planned.dtype)
+        return resolved, load_output(against, "--against", planned.shape, planned.dtype), dy
 
     def report(inspection, extra, _progress):
         from bninspect.report.explain import derive_element  # late, as in run
 
-        resolved, theirs = extra
-        return derive_element(inspection, resolved, precision, theirs)
+        resolved, theirs, dy = extra
+        result = derive_element(inspection, resolved, precision, theirs)
+        if dy is None:
+            return result
+        from bninspect.grad.backward import inspect_backward
+        from bninspect.grad.report import build_grad_explain
+
+        backward = inspect_backward(inspection, *dy)
+        derived = build_grad_explain(inspection, backward, resolved, precision)
+        return dataclasses.replace(result, grad=derived)
 
     emit(inspect(request, json_output, report, before), json_output, detail)
