@@ -89,7 +89,10 @@ CHANNEL_KEYS = {
     "train_eval_mean_gap",
     "eval_max_abs_error",
 }
-INPUT_KEYS = {"source", "shape", "dtype", "seed", "path", "sha256", "notices", "offset", "scale"}
+INPUT_KEYS = {
+    *("source", "shape", "dtype", "seed", "path", "sha256", "notices", "offset", "scale"),
+    "channel_axis",
+}
 SETTINGS_KEYS = {
     "module",
     "mode",
@@ -105,6 +108,7 @@ SETTINGS_KEYS = {
     "batch_size",
     "torch_momentum",
     "notices",
+    "num_batches_tracked",
 }
 STEP_KEYS = {
     "step",
@@ -155,7 +159,7 @@ def test_run_json_shape(cli):
     assert [ch["channel"] for ch in doc["channels"]] == [0, 1, 2]
     assert doc["input"] == {
         "source": "generated", "shape": [2, 3, 4], "dtype": "float32", "seed": 0, "path": None,
-        "sha256": None, "notices": [], "offset": 0.0, "scale": 1.0,
+        "sha256": None, "notices": [], "offset": 0.0, "scale": 1.0, "channel_axis": 1,
     }  # fmt: skip
     assert doc["settings"]["module"] == "BatchNorm1d"
     gap = (

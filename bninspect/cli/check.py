@@ -14,22 +14,31 @@ from bninspect.input.request import InspectRequest
 
 
 @app.command(short_help="Test your batch norm's output and name the mistake.")
-@with_inspect_options
+@with_inspect_options("check")
 def check(
     request: InspectRequest,
     output: Annotated[
         Path,
-        typer.Option(help="Your batch norm's output for --input (.npy, same shape)."),
+        typer.Option(
+            metavar="PATH",
+            help="Your batch norm's output for --input (.npy, the same shape and layout).",
+        ),
     ],
     atol: Annotated[
         float | None,
-        typer.Option(help="Absolute tolerance; default torch.testing's for the dtype."),
+        typer.Option(
+            metavar="X", help="Absolute tolerance; default torch.testing's for the dtype."
+        ),
     ] = None,
     rtol: Annotated[
         float | None,
-        typer.Option(help="Relative tolerance; default torch.testing's for the dtype."),
+        typer.Option(
+            metavar="X", help="Relative tolerance; default torch.testing's for the dtype."
+        ),
     ] = None,
-    top: Annotated[int, typer.Option(min=1, help="How many of the worst elements to list.")] = 5,
+    top: Annotated[
+        int, typer.Option(min=1, metavar="N", help="How many of the worst elements to list.")
+    ] = 5,
     json_output: JsonFlag = False,
 ) -> None:
     """Test your batch norm's output against the reference, and name the mistake.
@@ -44,8 +53,10 @@ def check(
     def before(planned, _settings):
         from bninspect.input.their_output import check_memory, load_output
 
-        check_memory(planned.shape, planned.dtype, request.input_path)
-        return load_output(output, "--output", planned.shape, planned.dtype)
+        check_memory(planned.user_shape, planned.dtype, request.input_path)
+        return load_output(
+            output, "--output", planned.user_shape, planned.dtype, planned.channel_axis
+        )
 
     def report(inspection, loaded, progress):
         # Imported only now (~0.25 s): errors in the checks above stay quick.

@@ -360,10 +360,16 @@ def _history_tables(result: RunResult) -> list[Table]:
 
 
 def _against_table(against: AgainstReport) -> RenderableType:
-    title = (
-        f"Your value from {against.path}: {_full(against.theirs)}, |err| "
-        f"{fmt(against.abs_error)} ({fmt(against.ulp_error)} ULP at the channel's scale)"
-    )
+    if isinstance(against.path, Undefined):  # typed: judged to its digits, not in ULPs
+        title = (
+            f"Your value: {against.theirs!r}, |err| {fmt(against.abs_error)} "
+            f"({fmt(against.digit_error)} units of your last digit, {fmt(against.digit_unit)})"
+        )
+    else:
+        title = (
+            f"Your value from {against.path}: {_full(against.theirs)}, |err| "
+            f"{fmt(against.abs_error)} ({fmt(against.ulp_error)} ULP at the channel's scale)"
+        )
     rows = [
         [step.name, fmt(step.reference), fmt(step.implied), step.note or ""]
         for step in against.implied
