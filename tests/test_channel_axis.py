@@ -35,10 +35,13 @@ STAT_FIELDS = ("count", "mean", "var_biased", "var_unbiased", "std", "inv_std", 
 
 
 @contextlib.contextmanager
-def small_tiles(tile: int, slab: int):
-    """Gather a moved layout in tiles and slabs of these many bytes (normally 64 KiB, 4 MiB)."""
-    with mock.patch.object(kernels, "TILE_BYTES", tile), mock.patch.object(
-        kernels, "SLAB_BYTES", slab
+def small_tiles(tile: int, slab: int, channels: int = 2):
+    """Gather a moved layout in tiles and slabs of these many bytes (normally 64 KiB, 4 MiB),
+    tiles of at most ``channels`` channels (normally 64)."""
+    with (
+        mock.patch.object(kernels, "TILE_BYTES", tile),
+        mock.patch.object(kernels, "SLAB_BYTES", slab),
+        mock.patch.object(kernels, "CHANNEL_TILE", channels),
     ):
         yield
 
@@ -279,11 +282,12 @@ def test_explain_takes_and_gives_the_index_in_the_users_layout(cli, tmp_path):
     reference = cli.json("explain", "--input", plain, "--index", "1,3,2,3")
     assert doc["index"] == [1, 2, 3, 3] and doc["channel"] == 3
     assert doc["x"] == float(u[1, 2, 3, 3]) == reference["x"]
-    values = {s["name"]: s["value"] for s in doc["steps"]}
-    assert values == {s["name"]: s["value"] for s in reference["steps"]}
-    assert doc["y_reference"] == reference["y_reference"]
-    assert doc["steps"][0]["substitution"] == "input[1, 2, 3, 3]"
-    assert doc["steps"][1]["formula"] == "count = values in channel 3 (every axis but 3)"
+    values = {s["name"]: s["value"] for s in doc["derivation"]}
+    assert values == {s["name"]: s["value"] for s in reference["derivation"]}
+    assert doc["y"]["reference"] == reference["y"]["reference"]
+    assert doc["derivation"][0]["substitution"] == "input[1, 2, 3, 3]"
+    assert doc["derivation"][1]["formula"] == "count = values in channel 3 (every axis but 3)"
+    assert doc["verdict"]["summary"][0].startswith("output[1, 2, 3, 3] = ")
     precision = cli.json(
         "explain", "--input", moved, "--channel-axis", "-1", "--index", "0,0,0,0", "--precision"
     )

@@ -18,7 +18,7 @@ CHANNEL_0 = [-2.4308, -1.0281, -1.1322, 0.9819, -0.4069, 0.7973, 1.6296, 1.6797,
 
 
 def _steps(doc):
-    return {step["name"]: step for step in doc["steps"]}
+    return {step["name"]: step for step in doc["derivation"]}
 
 
 def test_the_articles_sum_is_written_out_term_by_term(cli):
@@ -34,10 +34,9 @@ def test_the_articles_m2_is_written_out_and_adds_up(cli):
     terms = [float(t.strip("()")) for t in steps["m2"]["substitution"].split(" + ")]
     mean = float(np.mean(np.float32(CHANNEL_0).astype(np.float64)))
     expected = [(np.float64(np.float32(v)) - mean) ** 2 for v in CHANNEL_0]
-    np.testing.assert_allclose(terms, expected, rtol=1e-4)  # 5 significant digits each
-    assert sum(terms) == pytest.approx(steps["m2"]["value"], rel=1e-4)
+    np.testing.assert_allclose(terms, expected, rtol=5e-3)  # 3 significant digits each
+    assert sum(terms) == pytest.approx(steps["m2"]["value"], rel=5e-3)
     assert round(steps["m2"]["value"] / 12, 4) == 1.6730  # the article's variance
-    assert steps["m2"]["note"] == "each term (x_i - 0.14007)^2, in the order of the sum"
 
 
 def test_a_longer_channel_is_summarized(cli):
@@ -84,7 +83,7 @@ def test_a_hand_value_no_mistake_explains(cli):
 
 def test_every_digit_is_judged_as_a_file_would_be(cli):
     """PyTorch's own float32 y typed in full: within rounding of float32, in ULPs."""
-    y_torch = cli.json(*ARTICLE)["y_torch"]
+    y_torch = cli.json(*ARTICLE)["y"]["torch"]
     against = cli.json(*ARTICLE, "--against-value", repr(y_torch))["against"]
     assert against["verdict"].startswith("your value matches the reference to rounding")
     assert "ULP at the channel's scale" in against["verdict"]

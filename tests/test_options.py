@@ -96,7 +96,7 @@ def test_explain_shows_the_counters_weight(cli):
         "explain", "--shape", "2x2x3", "--index", "0,0,0", "--momentum", "none",
         "--num-batches-tracked", "3", "--running-mean", "1,1",
     )  # fmt: skip
-    step = next(s for s in doc["steps"] if s["name"] == "running_mean")
+    step = next(s for s in doc["derivation"] if s["name"] == "running_mean")
     assert step["substitution"].startswith("0.75 * 1 + 0.25 * ")
     assert step["substitution"].endswith(", n = 4")
 
@@ -189,14 +189,29 @@ def test_check_notices_what_it_does_not_compare(cli, tmp_path):
     result = cli(*args, "--momentum", "0.2", "--num-batches-tracked", "2", "--running-var", "2,2")
     assert result.stderr.splitlines() == [
         "Notice: --momentum and --num-batches-tracked have no effect on check: they only set "
-        "the running statistics' update, and check compares the output alone",
+        "the running statistics' update, and check compares the output alone (give "
+        "--their-running-mean, --their-running-var to compare the update)",
         "Notice: --running-var has no effect on check in train mode: the output is normalized "
         "with the batch's statistics, and the running buffers only feed the update, which "
-        "check does not compare",
+        "check compares only with --their-running-mean or --their-running-var",
     ]
     # in eval mode the running statistics normalize: no notice for them
     result = cli(*args, "--mode", "eval", "--running-var", "1,1", code=3)
     assert "Notice" not in result.stderr
+    # given their buffers, check compares the update, which these options set
+    np.save(tmp_path / "mean.npy", np.zeros(2))
+    result = cli(*args, "--momentum", "none", "--num-batches-tracked", "2",
+                 "--running-var", "2,2", "--their-running-mean", tmp_path / "mean.npy", code=3)
+    assert "Notice" not in result.stderr
+    # and their counter after the pass is compared with --num-batches-tracked + 1
+    result = cli(*args, "--num-batches-tracked", "2", "--their-num-batches-tracked", "3")
+    assert "Notice" not in result.stderr
+    result = cli(*args, "--momentum", "0.2", "--their-num-batches-tracked", "1")
+    assert result.stderr == (
+        "Notice: --momentum has no effect on check: it only sets the running statistics' "
+        "update, and check compares the output alone (give --their-running-mean, "
+        "--their-running-var to compare the update)\n"
+    )
 
 
 def test_one_value_per_channel_outputs_the_bias(cli):
@@ -275,9 +290,15 @@ def test_notices_follow_the_command():
 # --- --help, --version, --shape ------------------------------------------------------------
 
 OWN_OPTIONS = {
-    "check": {"--output", "--atol", "--rtol", "--top", "--json"},
-    "explain": {"--index", "--precision", "--against", "--against-value", "--json"},
-    "run": {"--stats-only", "--var-method", "--json"},
+    "check": {
+        *("--output", "--atol", "--rtol", "--top", "--json", "--allow-nonfinite-mismatch"),
+        *("--their-running-mean", "--their-running-var", "--their-num-batches-tracked"),
+        *("--quiet", "--verbose"),
+    },
+    "explain": {"--index", "--precision", "--against", "--against-value", "--json"} | {
+        "--quiet", "--verbose"
+    },
+    "run": {"--stats-only", "--var-method", "--json", "--quiet", "--verbose"},
 }
 SHARED = {
     "--input", "--seed", "--channel-axis", "--dtype", "--convention", "--eps", "--momentum",
@@ -303,7 +324,7 @@ def _help(cli, *command: str, columns: int = 80) -> str:
 @pytest.mark.parametrize("command", ["run", "explain", "check"])
 def test_each_command_lists_only_its_own_options(cli, command):
     text = _help(cli, command)
-    listed = set(re.findall(r"^  (--[a-z-]+)", text, flags=re.M)) - {"--help"}
+    listed = set(re.findall(r"^  (?:-[a-z], )?(--[a-z-]+)", text, flags=re.M)) - {"--help"}
     expected = OWN_OPTIONS[command] | SHARED | (GENERATING if command != "check" else set())
     assert listed == expected
 

@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.errors import OptionError
 from bninspect.input.layout import batch_axis, to_core_index
@@ -54,12 +60,15 @@ def explain(
         ),
     ] = None,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Derive one output element step by step, with the real numbers, beside PyTorch's value.
 
     Ends with PyTorch's value: equal to the correctly rounded reference to the last bit, or the
     exact error; in train mode also the running-statistics update of the element's channel.
     """
+    detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
     if against is not None and against_value is not None:
         raise OptionError("--against and --against-value both give your value; give one")
@@ -88,4 +97,4 @@ def explain(
             theirs = given_value(theirs.value, theirs.digit_unit)
         return derive_element(inspection, resolved, precision, theirs)
 
-    emit(inspect(request, json_output, report, before), json_output)
+    emit(inspect(request, json_output, report, before), json_output, detail)

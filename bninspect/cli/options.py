@@ -55,6 +55,22 @@ VECTOR_FORMS = (
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")
 ]
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="Print the verdict alone.")]
+VerboseFlag = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Also print the exhaustive tables (per step, per element, ...)."
+    ),
+]
+
+
+def detail_level(quiet: bool, verbose: bool, as_json: bool) -> str:
+    """How much of the result to print: "quiet", "normal" or "verbose"."""
+    if quiet and verbose:
+        raise OptionError("--quiet and --verbose contradict each other; give one")
+    if as_json and (quiet or verbose):
+        raise OptionError("--json prints the whole result; drop --quiet/--verbose")
+    return "quiet" if quiet else "verbose" if verbose else "normal"
 
 
 INSPECTING = frozenset({"run", "explain", "check"})
@@ -201,8 +217,8 @@ SHARED_OPTIONS = [
         "moving_average_fraction), or none: PyTorch's cumulative average.  [default: the "
         "convention's, 0.1 for PyTorch]",
         help_for={
-            "check": "The momentum of the layer, as for run: it weighs only the running "
-            "statistics' update, which check does not compare yet (a notice says so)."
+            "check": "The layer's momentum, as for run: it weighs only the running "
+            "statistics' update, compared with --their-running-mean/--their-running-var."
         },
         show_default=False,
         rich_help_panel=LAYER,
@@ -217,7 +233,7 @@ SHARED_OPTIONS = [
         "average of N batches.  [default: 0]",
         help_for={
             "check": "PyTorch's num_batches_tracked before the pass, as for run: it sets only "
-            "the running statistics' update, which check does not compare yet.  [default: 0]"
+            "the running statistics' update (see --momentum).  [default: 0]"
         },
         show_default=False,
         rich_help_panel=LAYER,
@@ -444,8 +460,15 @@ def build_request(command: str = "run", **values: Any) -> InspectRequest:
     return dataclasses.replace(request, notices=option_notices(request, command))
 
 
-def for_check(request: InspectRequest, atol: float | None, rtol: float | None) -> InspectRequest:
-    """The request for ``check``; refuse what it cannot compare."""
+def for_check(
+    request: InspectRequest,
+    atol: float | None,
+    rtol: float | None,
+    compared: frozenset[str] = frozenset(),
+) -> InspectRequest:
+    """The request for ``check``; refuse what it cannot compare. ``compared``: the options of
+    their buffers given (--their-running-mean, ...), which make the update's options count
+    (option_effects)."""
     if request.input_path is None:
         raise OptionError(
             "check needs --input: the tensor your batch norm was given, as .npy (a generated "
@@ -454,6 +477,8 @@ def for_check(request: InspectRequest, atol: float | None, rtol: float | None) -
     for name, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise OptionError(f"{name} {short(value)}: must be a finite number >= 0")
+    if compared:
+        request = dataclasses.replace(request, notices=option_notices(request, "check", compared))
     return request
 
 

@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag, for_stats_only, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    for_stats_only,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.input.request import InspectRequest
 
@@ -33,12 +40,15 @@ def run(
         ),
     ] = False,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Per-channel statistics of PyTorch's batch norm beside an independent float64 reference.
 
     Count, mean, biased and unbiased variance, eps, weight, bias, the running buffers after the
     pass, channel health, and how far PyTorch's output and buffers are from the reference.
     """
+    detail = detail_level(quiet, verbose, json_output)
     if stats_only:
         request = for_stats_only(request)
 
@@ -48,4 +58,4 @@ def run(
 
         return build_run_result(inspection, progress, var_method)
 
-    emit(inspect(request, json_output, report, compare_only=True), json_output)
+    emit(inspect(request, json_output, report, compare_only=True), json_output, detail)

@@ -34,26 +34,38 @@ def _names(options: list[str]) -> str:
     return options[0] if len(options) == 1 else " and ".join(options)
 
 
-def option_notices(request: InspectRequest, command: str) -> tuple[str, ...]:
+def option_notices(
+    request: InspectRequest, command: str, compared: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     """The notices for options given (``request.given``) that change nothing under the others,
-    for ``command`` ("run", "explain" or "check")."""
+    for ``command`` ("run", "explain" or "check"; ``compared``: the buffers check is given to
+    compare, as their options, e.g. "--their-running-mean", so the update counts as in run)."""
     given, convention, notices = request.given, request.convention, []
     train, momentum = request.mode == "train", request.momentum
     tracked = request.num_batches_tracked
     running = [o for o in ("--running-mean", "--running-var") if o in given]
-    if command == "check":
+    compares_buffers = bool(compared & {"--their-running-mean", "--their-running-var"})
+    if command == "check" and not compares_buffers:
         unused = [o for o in ("--momentum", "--num-batches-tracked") if o in given]
+        if "--their-num-batches-tracked" in compared:  # the count after the pass is compared
+            unused = [o for o in unused if o != "--num-batches-tracked"]
         if unused:
             notices.append(
-                f"{_names(unused)} {'has' if len(unused) == 1 else 'have'} no effect on check: "
-                "they only set the running statistics' update, and check compares the output "
-                "alone"
+                f"{_names(unused)} "
+                + (
+                    "has no effect on check: it only sets"
+                    if len(unused) == 1
+                    else "have no effect on check: they only set"
+                )
+                + " the running statistics' update, and check compares the output alone (give "
+                "--their-running-mean, --their-running-var to compare the update)"
             )
         if train and running:
             notices.append(
                 f"{_names(running)} {'has' if len(running) == 1 else 'have'} no effect on check "
                 "in train mode: the output is normalized with the batch's statistics, and the "
-                "running buffers only feed the update, which check does not compare"
+                "running buffers only feed the update, which check compares only with "
+                "--their-running-mean or --their-running-var"
             )
         running = []  # said already
     elif not train:
@@ -67,7 +79,11 @@ def option_notices(request: InspectRequest, command: str) -> tuple[str, ...]:
                 f"--num-batches-tracked {tracked} has no effect in eval mode: the counter is "
                 "neither read nor incremented"
             )
-    elif "--num-batches-tracked" in given and momentum is not None:
+    elif (
+        "--num-batches-tracked" in given
+        and momentum is not None
+        and "--their-num-batches-tracked" not in compared  # then the count after is compared
+    ):
         rule = (
             f"with --momentum {short(momentum)}"
             if convention is PYTORCH

@@ -91,6 +91,10 @@ def channels_moved(array: np.ndarray) -> np.ndarray | None:
 # pages of a memory map are released every SLAB_BYTES of it.
 TILE_BYTES = 64 << 10
 SLAB_BYTES = 4 << 20
+# Channels per tile: a tile writes this many rows of the gathered block, each a run of
+# positions; hundreds of rows 64 KiB apart evict each other from the cache (measured 1.5x
+# slower at 256 channels than tiles of 64).
+CHANNEL_TILE = 64
 
 
 def _values_of(moved: np.ndarray, c0: int, c1: int, t0: int, t1: int) -> np.ndarray:
@@ -148,13 +152,17 @@ def gathered_region(
             values = _values_of(moved, r.c0, r.c1, n * S, m * S)
             out[n - r.n0 : m - r.n0] = values.reshape(channels, m - n, S).transpose(1, 0, 2)
             done(Region(n, m, r.c0, r.c1, 0, S), (m - n) * S)
-    else:  # row by row, a tile of positions at a time
+    else:  # row by row, a tile of positions (and of channels, where many) at a time
+        group = min(channels, CHANNEL_TILE)
+        positions = max(1, TILE_BYTES // (itemsize * group))
         for n in range(r.n0, r.n1):
-            for s in range(r.s0, r.s1, tile):
-                e = min(r.s1, s + tile)
-                out[n - r.n0, :, s - r.s0 : e - r.s0] = _values_of(
-                    moved, r.c0, r.c1, n * S + s, n * S + e
-                )
+            for s in range(r.s0, r.s1, positions):
+                e = min(r.s1, s + positions)
+                for c in range(r.c0, r.c1, group):
+                    d = min(r.c1, c + group)
+                    out[n - r.n0, c - r.c0 : d - r.c0, s - r.s0 : e - r.s0] = _values_of(
+                        moved, c, d, n * S + s, n * S + e
+                    )
                 done(Region(n, n + 1, r.c0, r.c1, s, e), e - s)
     if pending is not None and after_read is not None:
         after_read(pending)

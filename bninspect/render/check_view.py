@@ -1,4 +1,6 @@
-"""``check``'s result as rich tables and a small histogram. Formats; never computes."""
+"""``check``'s result as tables: the largest errors, the error per channel, the mistakes that
+explain it; every element's decade, the rejected mistakes and, for a pass, the worst elements
+under --verbose. Formats; never computes."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import dataclasses
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from bninspect.render.table_output import fmt, grid, header
+from bninspect.render.cells import fmt, grid, reasons_note
 from bninspect.results.check import WHERE_FINITE, ChannelCheck, CheckResult, ElementError
 from bninspect.results.common import Undefined
 from bninspect.text import number_apart
@@ -57,35 +59,26 @@ def _histogram(result: CheckResult) -> Text:
     return Text("\n".join(lines))
 
 
-def render_check(result: CheckResult) -> RenderableType:
-    """Header, verdict, worst elements, per-channel table, histogram, diagnosis."""
+def yours_line(result: CheckResult) -> str:
+    out = result.output
+    return f"{out.path} ({out.dtype}, sha256 {out.sha256[:16]}...)"
+
+
+def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableType]:
+    """The largest errors, the worst elements, the per-channel table, the tolerance that would
+    pass (only where that is the right fix), the diagnosis; the histogram under --verbose."""
     out = result.output
     tol = result.tolerance
-    parts: list[RenderableType] = [
-        header(result),
-        Text(f"yours   {out.path} ({out.dtype}, sha256 {out.sha256[:16]}...)"),
-    ]
-    if result.passed:
-        verdict = Text(
-            f"PASS: every one of {result.elements} elements within atol {fmt(tol.atol)}"
-            f" + rtol {fmt(tol.rtol)} * |reference| ({tol.source})",
-            style="green",
-        )
-    else:
-        verdict = Text(
-            f"FAIL: {result.mismatches} of {result.elements} elements beyond atol "
-            f"{fmt(tol.atol)} + rtol {fmt(tol.rtol)} * |reference| ({tol.source})",
-            style="red",
-        )
-    parts.append(verdict)
+    parts: list[RenderableType] = []
     largest_abs = getattr(result.max_abs_error, "abs_error", result.max_abs_error)
     largest_rel = getattr(result.max_rel_error, "rel_error", result.max_rel_error)
     lines = [
         f"largest |err| {fmt(largest_abs)} {_where(result.max_abs_error)}",
-        f"largest relative error {fmt(largest_rel)} {_where(result.max_rel_error)}",
-        f"error at the channel's scale: {fmt(result.max_scaled_error)} ULP of "
-        f"{result.input.dtype} (PyTorch's own output: {fmt(result.torch_max_scaled_error)})",
+        f"at the channel's scale: {fmt(result.max_scaled_error)} ULP of {result.input.dtype} "
+        f"(PyTorch's own output: {fmt(result.torch_max_scaled_error)})",
     ]
+    if verbose:
+        lines.insert(1, f"largest relative error {fmt(largest_rel)} {_where(result.max_rel_error)}")
     parts.append(Text("\n".join(lines)))
     rows = [
         [
@@ -99,13 +92,14 @@ def render_check(result: CheckResult) -> RenderableType:
         ]
         for e in result.worst
     ]
-    parts.append(
-        grid(
-            f"The {len(result.worst)} largest errors",
-            ["index", "yours", "reference", "PyTorch", "|err|", "rel err", "ULP"],
-            rows,
+    if rows and (verbose or not result.passed):
+        parts.append(
+            grid(
+                f"The {len(result.worst)} largest errors",
+                ["index", "yours", "reference", "PyTorch", "|err|", "rel err", "ULP"],
+                rows,
+            )
         )
-    )
     fields = [
         f
         for f in dataclasses.fields(ChannelCheck)
@@ -126,17 +120,25 @@ def render_check(result: CheckResult) -> RenderableType:
             rows,
         )
     )
-    reasons = dict.fromkeys(  # why a cell reads n/a, once per column and reason
-        (f.metadata["label"].replace("\n", " "), value.reason)
-        for f in fields
-        for c in result.channels
-        if isinstance(value := getattr(c, f.name), Undefined)
+    note = reasons_note(
+        [(f.metadata["label"], getattr(c, f.name)) for f in fields for c in result.channels]
     )
-    if reasons:
-        parts.append(Text("\n".join(f"n/a {label}: {reason}" for label, reason in reasons)))
-    parts.append(_histogram(result))
+    if note:
+        parts.append(note)
+    if verbose:
+        parts.append(_histogram(result))
+    if not isinstance(result.non_finite, Undefined):
+        nf = result.non_finite
+        shown = "; ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
+        parts.append(
+            Text(
+                f"NaN/Inf on one side only: {nf.reference_only} where the reference is, "
+                f"{nf.theirs_only} where yours is (first at {shown}): {nf.reason}"
+            )
+        )
     if isinstance(result.suggested, Undefined):
-        parts.append(Text(f"no tolerance passes it: {result.suggested.reason}"))
+        if not result.passed:
+            parts.append(Text(f"no assert_close line: {result.suggested.reason}"))
     elif not result.passed:
         suggested = result.suggested
         other = (
@@ -151,10 +153,8 @@ def render_check(result: CheckResult) -> RenderableType:
             )
         )
     diagnosis = result.diagnosis
-    parts.append(
-        Text(f"diagnosis: {diagnosis.summary}", style="bold" if diagnosis.explained else None)
-    )
-    if not result.passed or diagnosis.explained:
+    tried = diagnosis.hypotheses if verbose else [h for h in diagnosis.hypotheses if h.explains]
+    if tried:
         dtype = result.input.dtype
         rows = [
             [
@@ -163,15 +163,61 @@ def render_check(result: CheckResult) -> RenderableType:
                 fmt(h.max_ulp_error) + (f" {h.precision}" if h.precision != dtype else ""),
                 fmt(h.explains),
             ]
-            for h in diagnosis.hypotheses
+            for h in tried
         ]
+        title = (
+            "Known mistakes tried, best first, fitted ones last"
+            if verbose
+            else "Known mistakes that explain it"
+        )
         parts.append(
             grid(
-                "Known mistakes tried, best first, fitted ones last (error left: ULPs of "
-                f"{dtype}, or the dtype named, at the channel's scale)",
+                f"{title} (error left: ULPs of {dtype} at the channel's scale)",
                 ["variant", "what it does", "error left", "explains"],
                 rows,
                 left=(0, 1),
             )
         )
-    return Group(*parts)
+    if not isinstance(result.buffers, Undefined):
+        parts.append(_buffers(result, verbose))
+    if not verbose and len(tried) < len(diagnosis.hypotheses):
+        rejected = len(diagnosis.hypotheses) - len(tried)
+        parts.append(
+            Text(f"--verbose lists the {rejected} other known mistakes tried", style="dim")
+        )
+    return parts
+
+
+def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
+    """Their running buffers against the reference's update; the buffer mistakes that explain
+    them (every one tried under --verbose)."""
+    check = result.buffers
+    rows = [
+        [
+            b.name,
+            fmt(b.max_ulp_error_at_scale),
+            fmt(b.bound_ulps),
+            fmt(b.passed),
+            b.mistake if not isinstance(b.mistake, Undefined) else b.mistake.reason,
+        ]
+        for b in check.buffers
+    ]
+    table = grid(
+        f"Your buffers after the pass: {check.summary}",
+        ["buffer", "ULP at scale", "correct can leave", "passed", "explained by"],
+        rows,
+        left=(0, 4),
+    )
+    tried = [h for h in check.hypotheses if verbose or h.explains]
+    if not tried:
+        return table
+    rows = [[h.name, h.description, fmt(h.max_ulp_error), fmt(h.explains)] for h in tried]
+    return Group(
+        table,
+        grid(
+            "Known buffer mistakes " + ("tried" if verbose else "that explain them"),
+            ["variant", "what it does", "ULP left", "explains"],
+            rows,
+            left=(0, 1),
+        ),
+    )
