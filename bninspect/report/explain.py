@@ -76,7 +76,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     count, m2 = stats.count, float(stats.m2[c])
     mean = float(stats.mean[c])
     if count <= TERMS_LISTED and bool(np.all(np.isfinite(values))):
-        count_text = f"{axes} = {count}"
+        count_text = f"{axes} = {count}" if " * " in axes else f"{count}"
         sum_text = _sum_text(values)
         with np.errstate(over="ignore"):
             squares = (values - mean) ** 2
