@@ -318,7 +318,7 @@ def test_check_on_channels_last_files_equals_check_on_the_transpose(cli, tmp_pat
     for mine, theirs_worst in zip(doc["worst"], reference["worst"], strict=True):
         assert mine["index"] == list(to_user_index(tuple(theirs_worst["index"]), 3))
         assert mine["theirs"] == theirs_worst["theirs"] == float(theirs[tuple(mine["index"])])
-    for name in ("max_abs_error", "max_rel_error", "max_ulp_error"):
+    for name in ("worst_by_abs_error", "worst_by_rel_error", "worst_by_ulp_error"):
         assert doc[name]["index"] == list(to_user_index(tuple(reference[name]["index"]), 3))
     # and explain --against on one of them, indexed channels last
     worst = doc["worst"][0]["index"]
@@ -415,3 +415,33 @@ def test_indices_go_back_to_the_users_layout():
     assert moved.shape == (5, 6, 7, 8)  # not an index: left alone
     assert user_indices(result, 1, 4) is result
     assert to_core_index(to_user_index((1, 2, 3, 4), 0), 0) == (1, 2, 3, 4)
+
+
+def test_the_backward_pass_channels_last(cli, tmp_path):
+    """--grad with dy channels last: the reference's derivation is that of the transposed
+    files, value for value, named in the file's layout; check --grad-input takes dx channels
+    last (here the compact formula, written out below in float64: it passes)."""
+    u = np.random.default_rng(9).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    dy = np.random.default_rng(10).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    moved, plain = _files(tmp_path, u, -1)
+    np.save(tmp_path / "dy_moved.npy", dy)
+    np.save(tmp_path / "dy.npy", np.ascontiguousarray(np.moveaxis(dy, -1, 1)))
+    mine = cli.json("explain", "--input", moved, "--channel-axis", "-1", "--index", "1,2,3,4",
+                    "--grad", "--grad-output", tmp_path / "dy_moved.npy")["grad"]  # fmt: skip
+    theirs = cli.json("explain", "--input", plain, "--index", "1,4,2,3",
+                      "--grad", "--grad-output", tmp_path / "dy.npy")["grad"]  # fmt: skip
+    assert mine["index"] == [1, 2, 3, 4]
+    assert mine["comparisons"][0]["name"] == "grad_input[1, 2, 3, 4]"
+    for field in ("derivation", "compact_derivation", "x", "x_hat", "grad_output_value"):
+        assert mine[field] == theirs[field], field
+    assert [c["reference"] for c in mine["comparisons"]] == [
+        c["reference"] for c in theirs["comparisons"]
+    ]
+    x, g = u.astype(np.float64), dy.astype(np.float64)
+    axes, M = (0, 1, 2), u.size // u.shape[-1]
+    x_hat = (x - x.mean(axes)) / np.sqrt(x.var(axes) + 1e-5)
+    dx = (M * g - g.sum(axes) - x_hat * (g * x_hat).sum(axes)) / (M * np.sqrt(x.var(axes) + 1e-5))
+    np.save(tmp_path / "dx.npy", dx.astype(np.float32))
+    doc = cli.json("check", "--input", moved, "--channel-axis", "-1", "--grad-output",
+                   tmp_path / "dy_moved.npy", "--grad-input", tmp_path / "dx.npy")  # fmt: skip
+    assert doc["passed"] is True

@@ -289,16 +289,15 @@ def test_notices_follow_the_command():
 
 # --- --help, --version, --shape ------------------------------------------------------------
 
+EVERY = {"--json", "--quiet", "--verbose", "--grad-output"}
 OWN_OPTIONS = {
-    "check": {
-        *("--output", "--atol", "--rtol", "--top", "--json", "--allow-nonfinite-mismatch"),
+    "check": EVERY | {
+        *("--output", "--atol", "--rtol", "--top", "--allow-nonfinite-mismatch"),
         *("--their-running-mean", "--their-running-var", "--their-num-batches-tracked"),
-        *("--quiet", "--verbose"),
+        *("--grad-input", "--grad-weight", "--grad-bias"),
     },
-    "explain": {"--index", "--precision", "--against", "--against-value", "--json"} | {
-        "--quiet", "--verbose"
-    },
-    "run": {"--stats-only", "--var-method", "--json", "--quiet", "--verbose"},
+    "explain": EVERY | {"--index", "--precision", "--against", "--against-value", "--grad"},
+    "run": EVERY | {"--stats-only", "--var-method", "--grad"},
 }
 SHARED = {
     "--input", "--seed", "--channel-axis", "--dtype", "--convention", "--eps", "--momentum",

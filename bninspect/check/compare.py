@@ -268,7 +268,7 @@ def channel_checks(
             ChannelCheck(
                 channel=c,
                 max_abs_error=float(e.max()),
-                max_ulp_error=scaled,
+                max_ulp_error_at_scale=scaled,
                 mismatches=int(mismatch[:, c].sum()),
                 non_finite=int((~np.isfinite(t) & np.isfinite(r)).sum()),
                 pattern=pattern,

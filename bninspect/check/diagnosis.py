@@ -29,7 +29,9 @@ def channel_list(channels: list[int] | tuple[int, ...], total: int) -> str:
     """ "all 16 channels", "channel 7", "channels 1, 3 and 5", "channels 0-6 and 8-15"."""
     channels = sorted(channels)
     if len(channels) == total:
-        return "its one channel" if total == 1 else f"all {total} channels"
+        if total <= 2:
+            return "its one channel" if total == 1 else "both channels"
+        return f"all {total} channels"
     runs: list[list[int]] = []
     for c in channels:
         if runs and c == runs[-1][-1] + 1:
@@ -144,8 +146,8 @@ def diagnose(
         how = f" ({first.detail})" if first.detail else ""
         detail = (
             f"your output {first.description}{how}: under that mistake the error drops from "
-            f"{stated_max:.3g} to {first.max_ulp_error:.3g} {at_scale}, within what a correct "
-            "implementation can leave"
+            f"{stated_max:.3g} to {first.max_ulp_error_at_scale:.3g} {at_scale}, within what a "
+            "correct implementation can leave"
         )
     elif len(unexplained) < len(groups) or not unexplained:
         parts = []
@@ -166,7 +168,7 @@ def diagnose(
     else:
         closest = next((h for h in hypotheses if _ratio(h) < stated_ratio), None)
         near = (
-            f"; the closest, {closest.name}, leaves {closest.max_ulp_error:.3g} ULP"
+            f"; the closest, {closest.name}, leaves {closest.max_ulp_error_at_scale:.3g} ULP"
             if closest is not None
             else ""
         )

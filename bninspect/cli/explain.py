@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bninspect.cli.app import app
+from bninspect.cli.grad import (
+    GradFlag,
+    GradOutput,
+    check_grad_request,
+    grad_output_for,
+    refuse_grad_output_alone,
+)
 from bninspect.cli.options import (
     JsonFlag,
     QuietFlag,
@@ -59,6 +67,8 @@ def explain(
             "as --against, judged to the digits you give.",
         ),
     ] = None,
+    grad: GradFlag = False,
+    grad_output: GradOutput = None,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
@@ -67,34 +77,50 @@ def explain(
 
     Ends with PyTorch's value: equal to the correctly rounded reference to the last bit, or the
     exact error; in train mode also the running-statistics update of the element's channel.
+    With --grad, also dx at the element and dweight, dbias of its channel, derived through the
+    graph and by the compact formula, beside autograd's values (--precision: autograd's CPU
+    backward redone step by step where it can be reproduced bit for bit).
     """
     detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
     if against is not None and against_value is not None:
         raise OptionError("--against and --against-value both give your value; give one")
     typed = parse_against_value(against_value) if against_value is not None else None
+    if grad:
+        check_grad_request(request, grad_output, "--grad")
+    else:
+        refuse_grad_output_alone(grad_output, "--grad")
 
     def before(planned, settings):  # an element of the last step's batch, their value for it
-        user_batch = list(planned.user_shape)
+        user_batch = list(planned.user_shape)  # the index is in the user's layout
         user_batch[batch_axis(planned.channel_axis)] = settings.batch_size
         resolved = to_core_index(resolve_index(wanted, tuple(user_batch)), planned.channel_axis)
+        dy = grad_output_for(planned, request, grad_output) if grad else None
         if against is None:
-            return resolved, typed
+            return resolved, typed, dy
         from bninspect.input.their_output import load_output
 
         # every step's output, stacked, as --save-output writes it
         loaded = load_output(
             against, "--against", planned.user_shape, planned.dtype, planned.channel_axis
         )
-        return resolved, loaded
+        return resolved, loaded, dy
 
     def report(inspection, extra, _progress):
         from bninspect.check.against import given_value
         from bninspect.report.explain import derive_element  # late, as in run
 
-        resolved, theirs = extra
-        if theirs is not None and not isinstance(theirs, tuple):
+        resolved, theirs, dy = extra
+        if theirs is not None and not isinstance(theirs, tuple):  # typed by hand
             theirs = given_value(theirs.value, theirs.digit_unit)
-        return derive_element(inspection, resolved, precision, theirs)
+        result = derive_element(inspection, resolved, precision, theirs)
+        if dy is None:
+            return result
+        from bninspect.grad.backward import inspect_backward
+        from bninspect.grad.report import build_grad_explain
+
+        backward = inspect_backward(inspection, *dy)
+        derived = build_grad_explain(inspection, backward, resolved, precision)
+        return dataclasses.replace(result, grad=derived)
 
     emit(inspect(request, json_output, report, before), json_output, detail)

@@ -38,6 +38,7 @@ from bninspect.cli import run  # noqa: E402, F401
 from bninspect.cli import explain  # noqa: E402, F401
 from bninspect.cli import check  # noqa: E402, F401
 from bninspect.cli import conventions  # noqa: E402, F401
+from bninspect.cli import model  # noqa: E402, F401
 
 # isort: on
 

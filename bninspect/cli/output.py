@@ -11,7 +11,7 @@ from bninspect.input.request import InspectRequest
 from bninspect.render.progress_bar import progress_bar
 
 
-def emit(result: Any, as_json: bool, detail: str = "normal") -> None:
+def emit(result: Any, as_json: bool, detail: str = "normal", **view_options: Any) -> None:
     """Print the result: JSON alone on stdout, or the verdict and tables at ``detail`` ("quiet",
     "normal" or "verbose"); notices go to stderr."""
     notices = [
@@ -28,7 +28,7 @@ def emit(result: Any, as_json: bool, detail: str = "normal") -> None:
         return
     from bninspect.render.screen import print_result
 
-    print_result(result, detail)
+    print_result(result, detail, **view_options)
 
 
 def inspect(request: InspectRequest, as_json: bool, report, before=None, compare_only=False):

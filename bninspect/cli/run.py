@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
 
 from bninspect.cli.app import app
+from bninspect.cli.grad import (
+    GradFlag,
+    GradOutput,
+    check_grad_request,
+    grad_output_for,
+    refuse_grad_output_alone,
+)
 from bninspect.cli.options import (
     JsonFlag,
     QuietFlag,
@@ -39,6 +47,8 @@ def run(
             "naive one-pass (E[x^2] - E[x]^2) and Welford in working precision.",
         ),
     ] = False,
+    grad: GradFlag = False,
+    grad_output: GradOutput = None,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
@@ -51,11 +61,25 @@ def run(
     detail = detail_level(quiet, verbose, json_output)
     if stats_only:
         request = for_stats_only(request)
+    if grad:
+        check_grad_request(request, grad_output, "--grad")
+    else:
+        refuse_grad_output_alone(grad_output, "--grad")
 
-    def report(inspection, _extra, progress):
+    def before(planned, _settings):  # dy, checked before torch loads
+        return grad_output_for(planned, request, grad_output) if grad else None
+
+    def report(inspection, dy, progress):
         # Report modules load only now (~0.25 s): errors in the checks stay quick.
         from bninspect.report.run import build_run_result
 
-        return build_run_result(inspection, progress, var_method)
+        result = build_run_result(inspection, progress, var_method)
+        if dy is None:
+            return result
+        from bninspect.grad.backward import inspect_backward
+        from bninspect.grad.report import build_grad_run
 
-    emit(inspect(request, json_output, report, compare_only=True), json_output, detail)
+        backward = inspect_backward(inspection, *dy)
+        return dataclasses.replace(result, grad=build_grad_run(inspection, backward))
+
+    emit(inspect(request, json_output, report, before, compare_only=True), json_output, detail)

@@ -107,6 +107,12 @@ def parse_vector_spec(option: str, text: str) -> VectorSpec:
         return VectorSpec(kind=stripped, text=stripped)
     if stripped.endswith(".npy"):
         return VectorSpec(kind="file", text=stripped, path=stripped)
+    if stripped.endswith((".pt", ".pth", ".ckpt", ".pt2")):
+        raise OptionError(
+            f"{option} '{text}': a PyTorch file, not a .npy of one value per channel; for a "
+            f"model's batch norms run bninspect model --weights {stripped} (with --model to run "
+            "a batch)"
+        )
     values = []
     for position, part in enumerate(p.strip() for p in stripped.split(",")):
         try:

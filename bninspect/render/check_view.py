@@ -70,15 +70,16 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
     out = result.output
     tol = result.tolerance
     parts: list[RenderableType] = []
-    largest_abs = getattr(result.max_abs_error, "abs_error", result.max_abs_error)
-    largest_rel = getattr(result.max_rel_error, "rel_error", result.max_rel_error)
+    largest_abs = getattr(result.worst_by_abs_error, "abs_error", result.worst_by_abs_error)
+    largest_rel = getattr(result.worst_by_rel_error, "rel_error", result.worst_by_rel_error)
     lines = [
-        f"largest |err| {fmt(largest_abs)} {_where(result.max_abs_error)}",
-        f"at the channel's scale: {fmt(result.max_scaled_error)} ULP of {result.input.dtype} "
-        f"(PyTorch's own output: {fmt(result.torch_max_scaled_error)})",
+        f"largest |err| {fmt(largest_abs)} {_where(result.worst_by_abs_error)}",
+        f"at the channel's scale: {fmt(result.max_ulp_error_at_scale)} ULP of {result.input.dtype} "
+        f"(PyTorch's own output: {fmt(result.torch_max_ulp_error_at_scale)})",
     ]
     if verbose:
-        lines.insert(1, f"largest relative error {fmt(largest_rel)} {_where(result.max_rel_error)}")
+        where = _where(result.worst_by_rel_error)
+        lines.insert(1, f"largest relative error {fmt(largest_rel)} {where}")
     parts.append(Text("\n".join(lines)))
     rows = [
         [
@@ -137,7 +138,8 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
             )
         )
     if isinstance(result.suggested, Undefined):
-        if not result.passed:
+        # The verdict already says to fix the mistake, not the tolerance; the reason in full:
+        if not result.passed and verbose:
             parts.append(Text(f"no assert_close line: {result.suggested.reason}"))
     elif not result.passed:
         suggested = result.suggested
@@ -160,7 +162,7 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
             [
                 h.name,
                 h.description + (f" ({h.detail})" if h.detail else ""),
-                fmt(h.max_ulp_error) + (f" {h.precision}" if h.precision != dtype else ""),
+                fmt(h.max_ulp_error_at_scale) + (f" {h.precision}" if h.precision != dtype else ""),
                 fmt(h.explains),
             ]
             for h in tried
@@ -172,7 +174,7 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
         )
         parts.append(
             grid(
-                f"{title} (error left: ULPs of {dtype} at the channel's scale)",
+                f"{title} (ULPs of {dtype} left at scale)",
                 ["variant", "what it does", "error left", "explains"],
                 rows,
                 left=(0, 1),
@@ -211,7 +213,7 @@ def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
     tried = [h for h in check.hypotheses if verbose or h.explains]
     if not tried:
         return table
-    rows = [[h.name, h.description, fmt(h.max_ulp_error), fmt(h.explains)] for h in tried]
+    rows = [[h.name, h.description, fmt(h.max_ulp_error_at_scale), fmt(h.explains)] for h in tried]
     return Group(
         table,
         grid(

@@ -172,4 +172,8 @@ def render_explain(result: ExplainResult, verbose: bool = False) -> list[Rendera
         parts.append(Text(f"--precision: {result.precision.reason}", style="yellow"))
     if not isinstance(result.against, Undefined):
         parts.append(_against_table(result.against))
+    if not isinstance(result.grad, Undefined):  # explain --grad: the backward, after the forward
+        from bninspect.render.grad_output import render_grad_explain
+
+        parts += render_grad_explain(result.grad, dtype)
     return parts

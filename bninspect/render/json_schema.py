@@ -25,7 +25,9 @@ RESULT_CLASSES = {
     "run": "bninspect.results.run:RunResult",
     "explain": "bninspect.results.explain:ExplainResult",
     "check": "bninspect.results.check:CheckResult",
+    "check-grad": "bninspect.results.grad:GradCheckResult",  # check --grad-input
     "conventions": "bninspect.results.conventions:ConventionsResult",
+    "model": "bninspect.results.model:ModelResult",
 }
 _COMMENT = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.M)
 

@@ -66,7 +66,7 @@ class ChannelCheck:
 
     channel: int
     max_abs_error: Number = field(metadata=column("max |err|", CHANNELS))
-    max_ulp_error: Number = field(metadata=column("max ULP\nat scale", CHANNELS))
+    max_ulp_error_at_scale: Number = field(metadata=column("max ULP\nat scale", CHANNELS))
     mismatches: int = field(metadata=column("mismatches", CHANNELS))
     non_finite: int = field(metadata=column("NaN/Inf\nof yours", CHANNELS))  # where ref finite
     pattern: str = field(metadata=column("error\nlooks like", CHANNELS))
@@ -109,7 +109,7 @@ class Hypothesis:
     name: str
     description: str
     precision: str  # the dtype whose ULPs measure it
-    max_ulp_error: Number
+    max_ulp_error_at_scale: Number  # in ULPs of ``precision`` at each channel's scale
     explains: bool
     detail: str | None = None
     fitted: bool = False  # estimated from their output (ranks after the mistakes that are not)
@@ -201,15 +201,19 @@ class CheckResult:
     passed: bool
     elements: int
     mismatches: int
-    max_abs_error: ElementError | Undefined
-    max_rel_error: ElementError | Undefined
-    max_ulp_error: ElementError | Undefined  # at each element's own magnitude
-    max_scaled_error: Number  # in ULPs at the channel's scale: the headline
+    max_ulp_error_at_scale: Number  # in ULPs at the channel's scale: the headline
+    max_abs_error: Number
+    # the elements where |err|, the relative error and the ULP error at the element's own
+    # magnitude are largest
+    worst_by_abs_error: ElementError | Undefined
+    worst_by_rel_error: ElementError | Undefined
+    worst_by_ulp_error: ElementError | Undefined
     worst: tuple[ElementError, ...]  # the --top largest absolute errors
     channels: tuple[ChannelCheck, ...]
     suggested: SuggestedTolerance | Undefined
     histogram: tuple[HistogramBin, ...]
-    torch_max_scaled_error: Number  # PyTorch's own output against the reference, for scale
+    # PyTorch's own output against the reference, in the same ULPs: what a correct output leaves
+    torch_max_ulp_error_at_scale: Number
     diagnosis: Diagnosis
     # What a correct implementation can leave, in ULPs at the channel's scale: the largest over
     # the channels (each channel's in channels[].bound_ulps)

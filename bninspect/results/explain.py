@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bninspect.results.common import (
+    NOT_ASKED,
     Comparison,
     InputInfo,
     Number,
@@ -14,6 +15,7 @@ from bninspect.results.common import (
     Undefined,
     Verdict,
 )
+from bninspect.results.grad import GradExplain
 
 
 @dataclass(frozen=True)
@@ -121,3 +123,4 @@ class ExplainResult:
     against: AgainstReport | Undefined  # with --against
     torch_module: str  # what PyTorch's module ran as, or why it could not
     training_step: int  # the training step whose batch holds the element (1 in eval mode)
+    grad: GradExplain | Undefined = Undefined(f"{NOT_ASKED}: --grad")  # the backward pass
