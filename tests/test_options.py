@@ -363,3 +363,12 @@ def test_version(cli):
 def test_shape_as_the_tool_prints_it(cli, text):
     doc = cli.json("run", "--shape", text)
     assert doc["input"]["shape"] == [2, 3, 4, 4]
+
+
+def test_the_header_names_the_counter_and_the_channel_axis(cli):
+    stdout = cli("run", "--shape", "2x3x4x5", "--channel-axis", "-1", "--momentum", "none",
+                 "--num-batches-tracked", "4").stdout  # fmt: skip
+    assert "input   2x3x4x5 float32, channels on axis 3: generated" in stdout
+    assert "momentum none (cumulative average), num_batches_tracked 4," in stdout
+    stdout = cli("run", "--shape", "2x3x4x5").stdout
+    assert "channels on axis" not in stdout and "num_batches_tracked" not in stdout
