@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -117,10 +116,9 @@ def explain(
         if dy is None:
             return result
         from bninspect.grad.backward import inspect_backward
-        from bninspect.grad.report import build_grad_explain
+        from bninspect.grad.report import build_grad_explain, with_backward
 
         backward = inspect_backward(inspection, *dy)
-        derived = build_grad_explain(inspection, backward, resolved, precision)
-        return dataclasses.replace(result, grad=derived)
+        return with_backward(result, build_grad_explain(inspection, backward, resolved, precision))
 
     emit(inspect(request, json_output, report, before), json_output, detail)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 import typer
@@ -77,9 +76,9 @@ def run(
         if dy is None:
             return result
         from bninspect.grad.backward import inspect_backward
-        from bninspect.grad.report import build_grad_run
+        from bninspect.grad.report import build_grad_run, with_backward
 
         backward = inspect_backward(inspection, *dy)
-        return dataclasses.replace(result, grad=build_grad_run(inspection, backward))
+        return with_backward(result, build_grad_run(inspection, backward))
 
     emit(inspect(request, json_output, report, before, compare_only=True), json_output, detail)

@@ -3,6 +3,7 @@ channel and for one element derived step by step."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -27,7 +28,7 @@ from bninspect.results.grad import (
     GradChannel,
     GradExplain,
     GradRun,
-    GradStep,
+    Step,
 )
 from bninspect.text import number as fmt
 
@@ -198,10 +199,10 @@ def build_grad_explain(
     train = ref.train and not ref.passes_through
     where = f"the {M} values of channel {c}"
     staged = [
-        GradStep("x_hat", "x_hat = (x - mean) * inv_std",
+        Step("x_hat", "x_hat = (x - mean) * inv_std",
              f"({fmt(x)} - {term(mean)}) * {fmt(inv_std)}", x_hat,
              "the normalized input, as the forward pass computed it"),
-        GradStep("dx_hat", "dx_hat = dy * weight", f"{fmt(dy_i)} * {term(w)}", dy_i * w,
+        Step("dx_hat", "dx_hat = dy * weight", f"{fmt(dy_i)} * {term(w)}", dy_i * w,
              "the gradient flowing into x_hat: y = x_hat * weight + bias"),
     ]  # fmt: skip
     terms: list[DxTerm] = []
@@ -220,17 +221,17 @@ def build_grad_explain(
         t_direct, t_var, t_mean = (
             (dy_i * w) * inv_std, dvar * 2.0 * (x - mean) / M, dmean / M)  # fmt: skip
         staged += [
-            GradStep("dvar", "dvar = sum(dx_hat * (x - mean)) * -1/2 * (var + eps)^(-3/2)",
+            Step("dvar", "dvar = sum(dx_hat * (x - mean)) * -1/2 * (var + eps)^(-3/2)",
                  f"{fmt(sum_dxhat_dev)} * -0.5 * ({fmt(var)} + {fmt(eps)})^(-1.5)", dvar,
                  f"summed over {where}"),
-            GradStep("dmean",
+            Step("dmean",
                  "dmean = -inv_std * sum(dx_hat) + dvar * (-2/M) * sum(x - mean)",
                  f"-{fmt(inv_std)} * {term(sum_dxhat)} + {term(dvar)} * (-2/{M}) * "
                  f"{term(sum_dev)}", dmean,
                  "the second part is 0 in exact arithmetic: the deviations from the mean sum "
                  "to 0" + (" (here exactly)" if sum_dev == 0 else
                            f" (here {fmt(sum_dev)}, from rounding the mean)")),
-            GradStep("dx", "dx = dx_hat * inv_std + dvar * 2 * (x - mean) / M + dmean / M",
+            Step("dx", "dx = dx_hat * inv_std + dvar * 2 * (x - mean) / M + dmean / M",
                  f"{fmt(t_direct)} + {term(t_var)} + {term(t_mean)}",
                  t_direct + t_var + t_mean, "three terms: direct, through the variance, "
                  "through the mean"),
@@ -238,9 +239,9 @@ def build_grad_explain(
         c_direct, c_var, c_mean = w * inv_std * dy_i, -w * inv_std * x_hat * s / M, (
             -w * inv_std * sum_dy / M)  # fmt: skip
         compact = [
-            GradStep("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
-            GradStep("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
-            GradStep("dx",
+            Step("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
+            Step("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
+            Step("dx",
                      "dx = weight * inv_std / M * (M * dy - sum dy - x_hat * sum(dy * x_hat))",
                  f"{term(w)} * {fmt(inv_std)} / {M} * ({M} * {term(dy_i)} - {term(sum_dy)} - "
                  f"{term(x_hat)} * {term(s)})", float(ref.grad_input[index]),
@@ -254,26 +255,26 @@ def build_grad_explain(
                    "-weight * inv_std * sum dy / M", c_mean),
         ]  # fmt: skip
     elif ref.passes_through:
-        staged = [GradStep("dx", "dx = dy", f"{fmt(dy_i)}", dy_i,
+        staged = [Step("dx", "dx = dy", f"{fmt(dy_i)}", dy_i,
                        "the layer copied x to y (one value per channel): dx = dy")]  # fmt: skip
         compact = list(staged)
     else:
         staged.append(
-            GradStep("dx", "dx = dx_hat * inv_std", f"{fmt(dy_i * w)} * {fmt(inv_std)}",
+            Step("dx", "dx = dx_hat * inv_std", f"{fmt(dy_i * w)} * {fmt(inv_std)}",
                  dy_i * w * inv_std, "eval mode: mean and var are the running statistics, "
                  "constants, so no gradient flows through them")
         )  # fmt: skip
         compact = [
-            GradStep("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
-            GradStep("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
-            GradStep("dx", "dx = weight * inv_std * dy",
+            Step("sum dy", "sum dy", f"sum over {where}", sum_dy, "= dbias"),
+            Step("sum dy*x_hat", "sum(dy * x_hat)", f"sum over {where}", s, "= dweight"),
+            Step("dx", "dx = weight * inv_std * dy",
                      f"{term(w)} * {fmt(inv_std)} * {term(dy_i)}",
                  float(ref.grad_input[index]), "the reference dx (float64)"),
         ]  # fmt: skip
     if backward.affine and not ref.passes_through:
         staged += [
-            GradStep("dweight", f"dweight[{c}] = sum(dy * x_hat)", f"sum over {where}", s),
-            GradStep("dbias", f"dbias[{c}] = sum dy", f"sum over {where}", sum_dy),
+            Step("dweight", f"dweight[{c}] = sum(dy * x_hat)", f"sum over {where}", s),
+            Step("dbias", f"dbias[{c}] = sum dy", f"sum over {where}", sum_dy),
         ]
     user_index = to_user_index(index, inspection.tensor.info.channel_axis)  # as the user gave it
     label = "grad_input[" + ", ".join(map(str, user_index)) + "]"
@@ -342,3 +343,18 @@ def _explain_verdict(backward: Backward, comparisons: list[Comparison]) -> Verdi
             f"{GRAD_ROUNDING_ULPS:g})",
         ),
     )
+
+
+# The order in which a verdict's status outranks another when the forward and the backward are
+# folded into one: a difference anywhere is the answer; then a value not compared; then a value
+# only within rounding.
+_STATUS_RANK = ("differs", "not-compared", "within-rounding", "exact", "agrees", "statistics")
+
+
+def with_backward(result, grad):
+    """``result`` (run's or explain's) with its backward report, the two verdicts folded into
+    one: the worse status, the forward's first line, then the backward's."""
+    forward, backward = result.verdict, grad.verdict
+    status = min(forward.status, backward.status, key=_STATUS_RANK.index)
+    summary = (forward.summary[0], backward.summary[0], *forward.summary[1:])
+    return dataclasses.replace(result, grad=grad, verdict=Verdict(status, summary))

@@ -108,3 +108,17 @@ class Comparison:
     ulp_error_at_scale: Number  # in ULPs of the dtype at ``scale``: the headline
     ulp_error: Number  # in ULPs of the dtype at the reference value
     correctly_rounded: bool | Undefined  # torch == reference_rounded: equal to the last bit
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a derivation (explain's, forward or backward): ``name = formula`` with the
+    numbers put in, and its value."""
+
+    name: str
+    formula: str
+    substitution: str  # the formula with the actual numbers, rounded for people
+    value: Number  # full precision
+    note: str | None = None
+    rule: str | None = None  # the convention's rule applied here, where frameworks differ
+    differs_from_pytorch: str | None = None  # what PyTorch does instead, where it differs

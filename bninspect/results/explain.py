@@ -12,23 +12,11 @@ from bninspect.results.common import (
     InputInfo,
     Number,
     Settings,
+    Step,
     Undefined,
     Verdict,
 )
 from bninspect.results.grad import GradExplain
-
-
-@dataclass(frozen=True)
-class Step:
-    """One line of a derivation: ``name = formula`` with the numbers put in, and its value."""
-
-    name: str
-    formula: str
-    substitution: str  # the formula with the actual numbers, rounded for people
-    value: Number  # full precision
-    note: str | None = None
-    rule: str | None = None  # the convention's rule applied here, where frameworks differ
-    differs_from_pytorch: str | None = None  # what PyTorch does instead, where it differs
 
 
 @dataclass(frozen=True)

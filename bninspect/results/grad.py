@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bninspect.results.check import SuggestedTolerance, Tolerance
-from bninspect.results.common import Comparison, InputInfo, Number, Settings, Undefined, Verdict
+from bninspect.results.common import (
+    Comparison,
+    InputInfo,
+    Number,
+    Settings,
+    Step,
+    Undefined,
+    Verdict,
+)
 
 # The CS231n relative error's usual reading (the course's gradient-check notes).
 CS231N_WRONG, CS231N_GOOD = 1e-2, 1e-7
@@ -90,18 +98,6 @@ class GradRun:
 
 
 @dataclass(frozen=True)
-class GradStep:
-    """One row of a gradient's derivation: ``name = formula`` with the numbers, and its value
-    (explain's Step, for the backward)."""
-
-    name: str
-    formula: str
-    substitution: str  # the formula with the actual numbers, rounded for people
-    value: Number  # full precision
-    note: str | None = None
-
-
-@dataclass(frozen=True)
 class DxTerm:
     """One of the three terms dx is the sum of, as the staged derivation and the compact
     formula each give it (equal in exact arithmetic)."""
@@ -155,8 +151,8 @@ class GradExplain:
     x: float
     x_hat: float
     grad_output_value: float  # dy at the element
-    derivation: tuple[GradStep, ...]  # staged, through the graph
-    compact_derivation: tuple[GradStep, ...]  # the compact formula
+    derivation: tuple[Step, ...]  # staged, through the graph
+    compact_derivation: tuple[Step, ...]  # the compact formula
     terms: tuple[DxTerm, ...]  # empty in eval mode, where dx has one term
     comparisons: tuple[Comparison, ...]  # dx, dweight, dbias
     cs231n: Cs231nError  # of autograd's dx at the element
