@@ -28,7 +28,7 @@ def test_run_json_shape(cli):
     assert [ch["channel"] for ch in doc["channels"]] == [0, 1, 2]
     assert doc["input"] == {
         "source": "generated", "shape": [2, 3, 4], "dtype": "float32", "seed": 0, "path": None,
-        "sha256": None, "notices": [], "offset": 0.0, "scale": 1.0,
+        "sha256": None, "notices": [], "offset": 0.0, "scale": 1.0, "channel_axis": 1,
     }  # fmt: skip
     assert doc["settings"]["module"] == "BatchNorm1d"
     gap = (

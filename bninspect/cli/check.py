@@ -25,16 +25,20 @@ BUFFERS = "Your buffers after the pass"
 
 
 @app.command(short_help="Test your batch norm's output and name the mistake.")
-@with_inspect_options
+@with_inspect_options("check")
 def check(
     request: InspectRequest,
     output: Annotated[
         Path | None,
-        typer.Option(help="Your batch norm's output for --input (.npy, same shape)."),
+        typer.Option(
+            metavar="PATH",
+            help="Your batch norm's output for --input (.npy, the same shape and layout).",
+        ),
     ] = None,
     atol: Annotated[
         float | None,
         typer.Option(
+            metavar="X",
             help="Absolute tolerance. Default: neither --atol nor --rtol, derived per channel "
             "from the dtype and the data (what a correct implementation can leave; "
             "docs/check.md); one given, the other torch.testing's default."
@@ -42,7 +46,7 @@ def check(
     ] = None,
     rtol: Annotated[
         float | None,
-        typer.Option(help="Relative tolerance; see --atol for the default."),
+        typer.Option(metavar="X", help="Relative tolerance; see --atol for the default."),
     ] = None,
     allow_nonfinite_mismatch: Annotated[
         bool,
@@ -55,6 +59,7 @@ def check(
     their_running_mean: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="Your running_mean after the pass (.npy, one value per channel): compared "
             "with the reference's update, the mistake named.",
             rich_help_panel=BUFFERS,
@@ -63,6 +68,7 @@ def check(
     their_running_var: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="Your running_var after the pass (.npy), as --their-running-mean.",
             rich_help_panel=BUFFERS,
         ),
@@ -70,13 +76,19 @@ def check(
     their_num_batches_tracked: Annotated[
         int | None,
         typer.Option(
-            min=0, help="Your num_batches_tracked after the pass.", rich_help_panel=BUFFERS
+            min=0,
+            metavar="N",
+            help="Your num_batches_tracked after the pass.",
+            rich_help_panel=BUFFERS,
         ),
     ] = None,
-    top: Annotated[int, typer.Option(min=1, help="How many of the worst elements to list.")] = 5,
+    top: Annotated[
+        int, typer.Option(min=1, metavar="N", help="How many of the worst elements to list.")
+    ] = 5,
     grad_input: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="Your backward's dx for --input and --grad-output (.npy, the input's shape): "
             "checked instead of the forward output.",
             rich_help_panel=GRAD,
@@ -84,11 +96,13 @@ def check(
     ] = None,
     grad_weight: Annotated[
         Path | None,
-        typer.Option(help="Your dweight (.npy, shape (C,)).", rich_help_panel=GRAD),
+        typer.Option(
+            metavar="PATH", help="Your dweight (.npy, shape (C,)).", rich_help_panel=GRAD
+        ),
     ] = None,
     grad_bias: Annotated[
         Path | None,
-        typer.Option(help="Your dbias (.npy, shape (C,)).", rich_help_panel=GRAD),
+        typer.Option(metavar="PATH", help="Your dbias (.npy, shape (C,)).", rich_help_panel=GRAD),
     ] = None,
     grad_output: GradOutput = None,
     json_output: JsonFlag = False,
@@ -106,7 +120,13 @@ def check(
     known backward mistake (a term dropped, dweight divided by M, ...) explains it.
     """
     detail = detail_level(quiet, verbose, json_output)
-    checked = for_check(request, atol, rtol)
+    buffers = {
+        "--their-running-mean": their_running_mean,
+        "--their-running-var": their_running_var,
+        "--their-num-batches-tracked": their_num_batches_tracked,
+    }
+    compared = frozenset(option for option, given in buffers.items() if given is not None)
+    checked = for_check(request, atol, rtol, compared)
     theirs = {"grad_input": grad_input, "grad_weight": grad_weight, "grad_bias": grad_bias}
     given = {name: path for name, path in theirs.items() if path is not None}
     if given or grad_output is not None:
@@ -145,8 +165,10 @@ def check(
         from bninspect.check.buffers import load_buffers
         from bninspect.input.their_output import check_memory, load_output
 
-        check_memory(planned.shape, planned.dtype, request.input_path)
-        loaded = load_output(output, "--output", planned.shape, planned.dtype)
+        check_memory(planned.user_shape, planned.dtype, request.input_path)
+        loaded = load_output(
+            output, "--output", planned.user_shape, planned.dtype, planned.channel_axis
+        )
         buffers = load_buffers(
             their_running_mean, their_running_var, their_num_batches_tracked, planned.shape[1]
         )
@@ -195,14 +217,14 @@ def _check_gradients(request, given, grad_output, atol, rtol, top, json_output, 
         from bninspect.input.gradients import load_their_gradient
         from bninspect.input.their_output import check_memory
 
-        check_memory(planned.shape, planned.dtype, request.input_path)
+        check_memory(planned.user_shape, planned.dtype, request.input_path)
         dy = grad_output_for(planned, request, grad_output)
         loaded = []
         for name, path in given.items():
             what = {"grad_input": "dx", "grad_weight": "dweight", "grad_bias": "dbias"}[name]
-            expected = planned.shape if name == "grad_input" else (planned.shape[1],)
+            expected = planned.user_shape if name == "grad_input" else (planned.shape[1],)
             values, sha, dtype = load_their_gradient(
-                path, OPTION_OF[name], expected, planned.dtype, what
+                path, OPTION_OF[name], expected, planned.dtype, what, planned.channel_axis
             )
             loaded.append((name, values, str(path), sha, dtype))
         return dy, loaded

@@ -58,6 +58,8 @@ def refuse_grad_output_alone(grad_output: Path | None, flag: str) -> None:
 def grad_output_for(planned, request: InspectRequest, grad_output: Path | None):
     """dy for the planned input, loaded and checked (or drawn from --seed), and its info;
     refuses a tensor whose backward would not fit in memory."""
+    import numpy as np
+
     from bninspect.input.gradients import (
         generated_grad_output,
         generated_info,
@@ -73,12 +75,14 @@ def grad_output_for(planned, request: InspectRequest, grad_output: Path | None):
         f"the backward pass on {shape_text(planned.shape)}",
         "inspect a slice of the input (x[:n]) and of dy",
     )
+    # dy is drawn, and read, in the input's own layout (--channel-axis); the core takes it with
+    # the channels on axis 1, as it takes the input (a view)
+    axis = planned.channel_axis
     if grad_output is None:
-        return (
-            generated_grad_output(planned.shape, request.seed, planned.dtype),
-            generated_info(request.seed, planned.dtype),
-        )
+        dy = generated_grad_output(planned.user_shape, request.seed, planned.dtype)
+        return np.moveaxis(dy, axis, 1), generated_info(request.seed, planned.dtype)
     accepted = {planned.dtype}
     if request.input_path is not None:
         accepted.add(read_header(request.input_path, "--input").dtype.name)
-    return load_grad_output(grad_output, planned.shape, accepted, planned.dtype)
+    dy, info = load_grad_output(grad_output, planned.user_shape, accepted, planned.dtype)
+    return np.moveaxis(dy, axis, 1), info

@@ -27,7 +27,7 @@ from bninspect.input.request import InspectRequest
 
 
 @app.command(short_help="Per-channel statistics: PyTorch beside a float64 reference.")
-@with_inspect_options
+@with_inspect_options("run")
 def run(
     request: InspectRequest,
     stats_only: Annotated[

@@ -17,6 +17,7 @@ from bninspect.grad.backward import (
     channel_errors_at_scale,
     cs231n,
 )
+from bninspect.input.layout import to_user_index
 from bninspect.numerics.agreement import compare_value
 from bninspect.pytorch.inspection import Inspection
 from bninspect.results.common import NOT_ASKED, Comparison, Number, Undefined, Verdict
@@ -275,7 +276,8 @@ def build_grad_explain(
             Step("dweight", f"dweight[{c}] = sum(dy * x_hat)", f"sum over {where}", s),
             Step("dbias", f"dbias[{c}] = sum dy", f"sum over {where}", sum_dy),
         ]
-    label = "grad_input[" + ", ".join(map(str, index)) + "]"
+    user_index = to_user_index(index, inspection.tensor.info.channel_axis)  # as the user gave it
+    label = "grad_input[" + ", ".join(map(str, user_index)) + "]"
     comparisons = [_comparison(backward, "grad_input", label, index, c)]
     if backward.affine:
         comparisons += [

@@ -81,12 +81,13 @@ def load_grad_output(
 
 
 def load_their_gradient(
-    path: Path, option: str, expected: tuple[int, ...], dtype: str, what: str
+    path: Path, option: str, expected: tuple[int, ...], dtype: str, what: str, channel_axis=1
 ) -> tuple[np.ndarray, str, str]:
     """Their gradient as float64 (exact), with its sha256 and stored dtype; its shape must be
-    ``expected``: the input's for dx (``what`` "dx"), (C,) for dweight and dbias."""
+    ``expected``: the input's for dx (``what`` "dx", in the input's layout, channels on
+    ``channel_axis``, given back with them on axis 1), (C,) for dweight and dbias."""
     if what == "dx":
-        values, info = load_output(path, option, expected, dtype)
+        values, info = load_output(path, option, expected, dtype, channel_axis)
         return values, info.sha256, info.dtype
     header = read_header(path, option)
     if header.dtype.kind not in "fiu":

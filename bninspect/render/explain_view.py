@@ -138,10 +138,17 @@ def _precision_table(report: PrecisionReport, dtype: str) -> RenderableType:
 
 
 def _against_table(against: AgainstReport) -> RenderableType:
-    title = (
-        f"Your value from {against.path}: {full(against.theirs)}, |err| "
-        f"{fmt(against.abs_error)} ({fmt(against.ulp_error_at_scale)} ULP at the channel's scale)"
-    )
+    if isinstance(against.path, Undefined):  # typed by hand: judged to its last digit
+        title = (
+            f"Your value: {full(against.theirs)}, |err| {fmt(against.abs_error)} "
+            f"({fmt(against.digit_error)} units of your last digit, {fmt(against.digit_unit)})"
+        )
+    else:
+        title = (
+            f"Your value from {against.path}: {full(against.theirs)}, |err| "
+            f"{fmt(against.abs_error)} ({fmt(against.ulp_error_at_scale)} ULP at the channel's "
+            "scale)"
+        )
     rows = [
         [step.name, fmt(step.reference), fmt(step.implied), step.note or ""]
         for step in against.implied

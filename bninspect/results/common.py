@@ -62,6 +62,7 @@ class InputInfo:
     notices: tuple[str, ...] = ()  # conversions applied on loading, e.g. int64 -> float32
     offset: float | None = None  # generated input: offset + scale * standard normal
     scale: float | None = None
+    channel_axis: int = 1  # the axis of shape that holds the channels (indices are in this layout)
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,14 @@ class Settings:
     batch_size: int  # samples per batch (axis 0)
     torch_momentum: Number  # PyTorch's momentum for the same rule
     notices: tuple[str, ...] = ()  # e.g. eps raised to the convention's floor
+    num_batches_tracked: int = 0  # PyTorch's counter before the first step
 
 
 # Why --momentum none has no number.
-CUMULATIVE = "--momentum none: PyTorch's cumulative average, step k weighs the batch 1/k"
+CUMULATIVE = (
+    "--momentum none: PyTorch's cumulative average, step k after --num-batches-tracked N weighs "
+    "the batch 1/(N + k)"
+)
 
 
 @dataclass(frozen=True)

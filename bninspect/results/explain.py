@@ -66,15 +66,18 @@ class ImpliedStep:
 
 @dataclass(frozen=True)
 class AgainstReport:
-    """``explain --against``: their value for the element, and where the steps would have to
-    differ to produce it."""
+    """``explain --against`` or ``--against-value``: their value for the element, and where the
+    steps would have to differ to produce it."""
 
-    path: str
+    path: str | Undefined  # their output file; undefined for a value typed with --against-value
     theirs: Number
     abs_error: Number
     ulp_error_at_scale: Number  # in ULPs of the input dtype at the channel's scale
     implied: tuple[ImpliedStep, ...]
     verdict: str
+    # a typed value: the unit of its last digit (1e-4 for 0.0142), and abs_error in those units
+    digit_unit: Number = Undefined("a value from a file is exact")
+    digit_error: Number = Undefined("a value from a file is exact")
 
 
 @dataclass(frozen=True)
