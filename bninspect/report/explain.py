@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from bninspect.check.against import TheirValue, against_report, from_file
-from bninspect.check.compare import ROUNDING_ULPS
+from bninspect.check.buffers import buffer_bounds
+from bninspect.check.tolerance import channel_bound, in_ulps, inspection_conditioning
 from bninspect.conventions.rules import (
     PYTORCH,
     UPDATE_WEIGHTS,
@@ -408,11 +409,29 @@ def _buffer_scales(forward: ReferenceForward, c: int, dtype: str) -> tuple[float
     return float(mean_scale[c]), abs(float(forward.running_var[c]))
 
 
-def _against(inspection: Inspection, index: tuple[int, ...], against, first: int):
+def _against(
+    inspection: Inspection, index: tuple[int, ...], against, first: int, bound_ulps: float
+):
     if against is None:
         return NO_AGAINST
     their = against if isinstance(against, TheirValue) else from_file(*against, index, first)
-    return against_report(inspection, index, their)
+    return against_report(inspection, index, their, bound_ulps)
+
+
+def _buffer_bound_ulps(
+    inspection: Inspection, cond, c: int, scales: tuple[float, float]
+) -> tuple[Number, Number]:
+    """What a correct update can leave on channel c's running mean and variance, in ULPs at
+    each one's scale (check.buffers' bound; Caffe's sums divided by its scale factor)."""
+    dtype, forward = inspection.tensor.info.dtype, inspection.forward
+    bounds = buffer_bounds(inspection, cond, dtype)
+    factor = forward.update.after.scale_factor if forward.update else 1.0
+    out = []
+    for bound, scale in zip(bounds, scales, strict=True):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = float(in_ulps(np.array([bound[c] / factor]), np.array([scale]), dtype)[0])
+        out.append(value if math.isfinite(value) else Undefined("no finite bound here"))
+    return out[0], out[1]
 
 
 def derive_element(
@@ -441,9 +460,12 @@ def derive_element(
     steps += _output_steps(inspection, c, x, train)
     torch_run = inspection.torch_run
     missing = no_torch_value(inspection)
+    cond = inspection_conditioning(inspection)
     running = ()
     if train:
         steps += _running_steps(inspection, c)
+        scales = _buffer_scales(forward, c, dtype)
+        bounds = _buffer_bound_ulps(inspection, cond, c, scales)
         running = tuple(
             compare_value(
                 name,
@@ -451,20 +473,27 @@ def derive_element(
                 missing if torch_run is None else getattr(torch_run, name)[c],
                 dtype,
                 scale,
+                bound,
             )
-            for name, scale in zip(
-                ("running_mean", "running_var"), _buffer_scales(forward, c, dtype), strict=True
+            for name, scale, bound in zip(
+                ("running_mean", "running_var"), scales, bounds, strict=True
             )
         )
     channel_y = forward_output(forward, channel_values(inspection.batch, c), c, w, b)
+    scale = output_scale(channel_y, w)
+    y_bound = float(in_ulps(channel_bound(cond.only(c), [scale], dtype).total, [scale], dtype)[0])
+    y_bound_ulps: Number = y_bound if math.isfinite(y_bound) else Undefined(
+        "the channel's spread is below what the dtype's sums resolve: any value is rounding"
+    )
     output = compare_value(
         "y",
         y,
         missing if torch_run is None else float(torch_run.output[index]),
         dtype,
-        output_scale(channel_y, w),
+        scale,
+        y_bound_ulps,
     )
-    against_result = _against(inspection, index, against, first)
+    against_result = _against(inspection, index, against, first, y_bound)
     return ExplainResult(
         verdict=explain_verdict(inspection, index, output, against_result),
         input=inspection.tensor.info,
@@ -510,13 +539,16 @@ def explain_verdict(
                 "correctly rounded, equal to the last bit."
             )
         else:
-            scaled = output.ulp_error_at_scale
-            within = not isinstance(scaled, Undefined) and scaled <= ROUNDING_ULPS
+            scaled, bound = output.ulp_error_at_scale, output.bound_ulps
+            within = isinstance(bound, Undefined) or (
+                not isinstance(scaled, Undefined) and scaled <= bound
+            )
             status = "within-rounding" if within else "differs"
             how = "within rounding of" if within else "beyond rounding from"
+            limit = "" if isinstance(bound, Undefined) else f" (bound {bound:.3g})"
             lines.append(
-                f"{y}: {fmt_ulps(scaled)} of {dtype} at the channel's scale {how} the float64 "
-                f"reference {output.reference:.9g}."
+                f"{y}: {fmt_ulps(scaled)} of {dtype} at the channel's scale{limit}, {how} the "
+                f"float64 reference {output.reference:.9g}."
             )
     if not isinstance(against, Undefined):
         lines.append(f"Yours ({against.theirs!r}): {against.verdict}.")
