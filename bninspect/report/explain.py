@@ -30,7 +30,7 @@ from bninspect.pytorch.peer import describe_peer, no_torch_value
 from bninspect.report.precision import precision_report
 from bninspect.results.common import CUMULATIVE, NOT_ASKED, Comparison, Number, Undefined, Verdict
 from bninspect.results.explain import AgainstReport, ExplainResult, Step
-from bninspect.text import number
+from bninspect.text import digits_to_resolve, number
 
 PREVIEW_VALUES = 12  # a channel this small is listed in full, as the article does
 # The sum and m2 list their terms up to this many values (the article's channel has 12).
@@ -40,13 +40,25 @@ TERMS_LISTED = 16
 fmt = number  # a number inside a formula reads as it does in the tables
 
 
-def term(value: float) -> str:
+def term(value: float, digits: int = 5) -> str:
     """A number as a later operand: negatives in parentheses, so '0.9 * (-2)' reads right."""
-    return f"({fmt(value)})" if math.copysign(1.0, value) < 0 else fmt(value)
+    text = fmt(value, digits)
+    return f"({text})" if math.copysign(1.0, value) < 0 else text
 
 
-def _values_preview(values: np.ndarray) -> str:
-    shown = ", ".join(fmt(v) for v in values[:PREVIEW_VALUES])
+def location_digits(
+    inspection: Inspection, c: int, value: float | None = None, spread_share: float = 1.0
+) -> int:
+    """Digits that show ``value`` (default channel c's mean: its values alike) to 1e-4 of the
+    channel's spread (times ``spread_share``, for a sum): at --offset 1e4, x = 10000.5678 and
+    mean = 9999.2345 show the 1.333 between them, which 10001 and 9999.2 would hide."""
+    forward = inspection.forward
+    value = float(forward.mean[c]) if value is None else value
+    return digits_to_resolve([value], 1e-4 * float(forward.std[c]) * spread_share)
+
+
+def _values_preview(values: np.ndarray, digits: int = 5) -> str:
+    shown = ", ".join(fmt(v, digits) for v in values[:PREVIEW_VALUES])
     more = ", ..." if values.size > PREVIEW_VALUES else ""
     return f"[{shown}{more}]"
 
@@ -76,15 +88,16 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     channel_axis = inspection.tensor.info.channel_axis
     count, m2 = stats.count, float(stats.m2[c])
     mean = float(stats.mean[c])
+    digits = location_digits(inspection, c)
     if count <= TERMS_LISTED and bool(np.all(np.isfinite(values))):
         count_text = f"{axes} = {count}" if " * " in axes else f"{count}"
-        sum_text = _sum_text(values)
+        sum_text = _sum_text(values, digits)
         with np.errstate(over="ignore"):
             squares = (values - mean) ** 2
         # 3 digits: the article's twelve squares take two lines, its screen 80 x 40
         m2_text = _sum_text(squares, 3)
     else:
-        count_text = f"{axes} = {count}: {_values_preview(values)}"
+        count_text = f"{axes} = {count}: {_values_preview(values, digits)}"
         sum_text, m2_text = f"sum of the {count} values", f"sum over the {count} values"
     unbiased_formula = "var_unbiased = m2 / (count - 1)"
     if count > 1:
@@ -125,7 +138,8 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
         Step(
             "mean",
             "mean = sum / count",
-            f"{fmt(stats.total[c])} / {count}",
+            f"{fmt(stats.total[c], location_digits(inspection, c, stats.total[c], count))} / "
+            f"{count}",
             float(stats.mean[c]),
             "the exact sum / count, rounded once",
         ),
@@ -196,6 +210,7 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
     new = float(getattr(update, f"batch_{buffer}")[c])
     momentum = inspection.settings.momentum
     name = convention.momentum_parameter
+    digits = location_digits(inspection, c) if buffer == "mean" else 5
     keep, take = coefficients(
         convention, None if isinstance(momentum, Undefined) else momentum, after.num_batches_tracked
     )
@@ -205,12 +220,15 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
             f"running_{buffer} = (1 - 1/n) * running_{buffer} + (1/n) * {batch_symbol}, "
             "n = num_batches_tracked"
         )
-        numbers = f"{fmt(keep)} * {term(old)} + {fmt(take)} * {term(new)}, n = {n}"
+        numbers = f"{fmt(keep)} * {term(old, digits)} + {fmt(take)} * {term(new, digits)}, n = {n}"
         return formula, numbers, CUMULATIVE, None
     keep_name, take_name = (w.format(m=name) for w in UPDATE_WEIGHTS[convention.momentum_meaning])
     if convention.has_scale_factor:
         formula = f"running_{buffer} = ({batch_symbol} + {name} * {buffer}_sum) / scale_factor"
-        numbers = f"({fmt(new)} + {fmt(keep)} * {term(old)}) / {fmt(after.scale_factor)}"
+        numbers = (
+            f"({fmt(new, digits)} + {fmt(keep)} * {term(old, digits)}) / "
+            f"{fmt(after.scale_factor)}"
+        )
         differs = (
             "PyTorch has no scale factor: its momentum would be 1 / scale_factor = "
             f"{fmt(update.batch_weight)} for this step"
@@ -218,7 +236,7 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
         rule = f"Caffe: {buffer}_sum = {batch_symbol} + {name} * {buffer}_sum, then divide"
         return formula, numbers, rule, differs
     formula = f"running_{buffer} = {keep_name} * running_{buffer} + {take_name} * {batch_symbol}"
-    numbers = f"{fmt(keep)} * {term(old)} + {fmt(take)} * {term(new)}"
+    numbers = f"{fmt(keep)} * {term(old, digits)} + {fmt(take)} * {term(new, digits)}"
     differs = None
     if convention.momentum_meaning == "keep":
         differs = (
@@ -336,6 +354,7 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
     if train and inspection.stats.count == 1:
         one_value = "PyTorch refuses one value per channel in train mode; here var is 0, y = bias"
     var_name = "var" if train else "running_var"
+    digits = location_digits(inspection, c)
     return [
         Step(
             "std",
@@ -349,7 +368,7 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
         Step(
             "x_hat",
             "x_hat = (x - mean) / std",
-            f"({fmt(x)} - {term(mean)}) / {term(std)}",
+            f"({fmt(x, digits)} - {term(mean, digits)}) / {term(std)}",
             float(normalize(x, mean, std, 1.0, 0.0)),
         ),
         Step(
