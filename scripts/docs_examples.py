@@ -27,7 +27,10 @@ machine rather than on bninspect, in both texts (NORMALIZATIONS below):
     length moves;
   - durations and rates ("0.31 s", "12 ms", "19.5 GB/s");
   - absolute paths of the repository and of the scratch folders.
-Everything else must match character for character.
+Everything else must match character for character. Checked against runs forced to AVX2 and one
+thread (ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1): the examples match. A CPU without FMA
+(PyTorch's DEFAULT capability) rounds `x * alpha + beta` twice: the --precision example then
+shows other numbers, rightly, and differs.
 """
 
 from __future__ import annotations
