@@ -27,10 +27,16 @@ machine rather than on bninspect, in both texts (NORMALIZATIONS below):
     length moves;
   - durations and rates ("0.31 s", "12 ms", "19.5 GB/s");
   - absolute paths of the repository and of the scratch folders.
-Everything else must match character for character. Checked against runs forced to AVX2 and one
-thread (ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1): the examples match. A CPU without FMA
-(PyTorch's DEFAULT capability) rounds `x * alpha + beta` twice: the --precision example then
-shows other numbers, rightly, and differs.
+Everything else must match character for character.
+
+Some outputs depend on the machine beyond those labels, rightly: PyTorch's per-thread partial
+sums for (N, C) and channels-last input depend on the thread count, and `explain --grad
+--precision` emulates the backward only for the kernel it was measured against. Such an example
+says what it needs on the line before its fence, `<!-- needs AVX512, 2 threads -->` (a CPU
+capability as PyTorch names it, and/or a thread count); on a machine without it, the example is
+not run, and both modes say so. Forced to AVX2 (ATEN_CPU_CAPABILITY=avx2) or one thread
+(OMP_NUM_THREADS=1), every other example matches; a CPU without FMA (PyTorch's DEFAULT
+capability) rounds `x * alpha + beta` twice, and the --precision examples show it.
 """
 
 from __future__ import annotations
@@ -49,7 +55,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"^```\n(\$ bninspect [^\n]*)\n(.*?)^```$", re.S | re.M)
+# An example: an optional "<!-- needs AVX512, 2 threads -->" line, then the fenced block.
+BLOCK = re.compile(
+    r"^(<!-- needs ([^>\n]*) -->\n)?```\n(\$ bninspect [^\n]*)\n(.*?)^```$", re.S | re.M
+)
+MACHINE = "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
 SCRATCH_PREFIX = "bninspect-docs-"
 SHELL_SYNTAX = re.compile(r"[|<>;&`$]")
 ENV = {"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb", "PYTHONUNBUFFERED": "1"}
@@ -96,16 +106,42 @@ class Example:
     line: int  # of the `$ bninspect` line, from 1
     command: str
     shown: str  # the output as the page shows it
+    needs: str = ""  # what the machine must have for the output to be this page's, if anything
     output: str = ""  # the output of this run, cut to the page's excerpt
     problem: str = ""  # why the output could not be cut to the excerpt
+    skipped: str = ""  # what this machine lacks that the example needs: not compared here
 
 
 def examples_of(page: Path, text: str) -> list[Example]:
     found = []
     for match in BLOCK.finditer(text):
         line = text.count("\n", 0, match.start()) + 2
-        found.append(Example(page, line, match.group(1), match.group(2)))
+        line += 1 if match.group(1) else 0
+        found.append(Example(page, line, match.group(3), match.group(4), match.group(2) or ""))
     return found
+
+
+def machine() -> tuple[str, int]:
+    """The CPU capability PyTorch dispatches to here (AVX512, AVX2, DEFAULT, ...), its threads."""
+    env = {k: v for k, v in os.environ.items() if k != "BNINSPECT_DEBUG"} | ENV
+    done = subprocess.run(
+        [sys.executable, "-c", MACHINE], env=env, capture_output=True, text=True, check=True
+    )
+    capability, threads = done.stdout.split()
+    return capability, int(threads)
+
+
+def unmet(needs: str, here: tuple[str, int]) -> str:
+    """What of ``needs`` ("AVX512", "2 threads", comma-separated) this machine lacks, or ""."""
+    capability, threads = here
+    lacking = []
+    for need in filter(None, (part.strip() for part in needs.split(","))):
+        count = re.fullmatch(r"(\d+) threads?", need)
+        if count and int(count.group(1)) != threads:
+            lacking.append(f"{need} (this machine: {threads})")
+        elif not count and need != capability:
+            lacking.append(f"{need} (this machine: {capability})")
+    return ", ".join(lacking)
 
 
 def run(command: str, folder: Path) -> str:
@@ -170,7 +206,7 @@ def excerpt(old: str, new: str) -> tuple[str, str]:
     return "\n".join(cut), ""
 
 
-def run_page(page: Path) -> list[Example]:
+def run_page(page: Path, here: tuple[str, int]) -> list[Example]:
     found = examples_of(page, page.read_text())
     if not found:
         return found
@@ -178,8 +214,12 @@ def run_page(page: Path) -> list[Example]:
         folder = Path(scratch)
         shutil.copytree(ROOT / "samples", folder / "samples")  # a copy: examples may write
         for example in found:
-            output = run(example.command, folder)
-            example.output, example.problem = excerpt(example.shown, output)
+            output = run(example.command, folder)  # always: later examples may need its files
+            example.skipped = unmet(example.needs, here)
+            if example.skipped:
+                example.output = example.shown.rstrip("\n")
+            else:
+                example.output, example.problem = excerpt(example.shown, output)
     return found
 
 
@@ -189,12 +229,14 @@ def rewrite(page: Path, found: list[Example]) -> None:
     def replace(match: re.Match) -> str:
         example = next(outputs)
         output = f"{example.output}\n" if example.output else ""
-        return f"```\n{example.command}\n{output}```"
+        return f"{match.group(1) or ''}```\n{example.command}\n{output}```"
 
     page.write_text(BLOCK.sub(replace, page.read_text()))
 
 
 def differences(example: Example) -> list[str]:
+    if example.skipped:
+        return []
     shown, got = normalize(example.shown.rstrip("\n")), normalize(example.output)
     if shown == got and not example.problem:
         return []
@@ -215,10 +257,16 @@ def main() -> None:
     chosen = [p.resolve() for p in args.pages] or pages()
     # The pages with the most examples first, so the slowest does not start last.
     by_cost = sorted(chosen, key=lambda page: -len(examples_of(page, page.read_text())))
+    here = machine()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        done = dict(zip(by_cost, pool.map(run_page, by_cost), strict=True))
+        runs = pool.map(lambda page: run_page(page, here), by_cost)
+        done = dict(zip(by_cost, runs, strict=True))
     results = {page: done[page] for page in chosen}
     count = sum(len(found) for found in results.values())
+    skipped = [e for found in results.values() for e in found if e.skipped]
+    for example in skipped:
+        where = f"{example.page.relative_to(ROOT)}:{example.line}: {example.command}"
+        print(f"{where}: not compared here: it needs {example.skipped}")
     if not args.check:
         for page, found in results.items():
             problems = [e for e in found if e.problem]
@@ -226,7 +274,7 @@ def main() -> None:
                 print(f"{example.page.relative_to(ROOT)}:{example.line}: {example.problem}")
             if found and not problems:
                 rewrite(page, found)
-        print(f"{count} examples re-run in {len(chosen)} pages")
+        print(f"{count - len(skipped)} examples re-run and rewritten in {len(chosen)} pages")
         return
     report = [line for found in results.values() for e in found for line in differences(e)]
     if report:
@@ -234,7 +282,8 @@ def main() -> None:
         failed = sum(1 for line in report if not line.startswith("    "))
         print(f"{failed} of {count} examples differ from their pages")
         sys.exit(1)
-    print(f"{count} examples in {len(chosen)} pages match their output")
+    tail = f" ({len(skipped)} not compared: this machine lacks what they need)" if skipped else ""
+    print(f"{count - len(skipped)} examples in {len(chosen)} pages match their output{tail}")
 
 
 if __name__ == "__main__":

@@ -122,3 +122,19 @@ def test_excerpts_resume_at_their_anchor():
     cut, problem = excerpt("line 0\n...\nline 5 x\n...", output)
     assert cut == "line 0 of the output\n...\nline 5 of the output\n..." and not problem
     assert excerpt("...\nno such line", output)[1]
+
+
+def test_an_example_says_what_machine_its_output_needs(tmp_path):
+    script = load_script()
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- needs AVX512, 2 threads -->\n```\n$ bninspect run -q\nout\n```\n\n"
+        "```\n$ bninspect conventions -q\nmore\n```\n"
+    )
+    first, second = script.examples_of(page, page.read_text())
+    assert (first.needs, first.line, first.shown) == ("AVX512, 2 threads", 3, "out\n")
+    assert (second.needs, second.line) == ("", 8)
+    assert script.unmet("AVX512, 2 threads", ("AVX512", 2)) == ""
+    assert script.unmet("AVX512, 2 threads", ("AVX2", 2)) == "AVX512 (this machine: AVX2)"
+    assert script.unmet("2 threads", ("AVX512", 4)) == "2 threads (this machine: 4)"
+    assert script.unmet("", ("DEFAULT", 1)) == ""
