@@ -450,6 +450,10 @@ def render_explain(result: ExplainResult) -> RenderableType:
 
 def render(result: RunResult | ExplainResult | ConventionsResult) -> RenderableType:
     """The rich view of any command's result."""
+    if type(result).__module__ == "bninspect.results.distributed":
+        from bninspect.render.distributed_output import render_distributed
+
+        return render_distributed(result)
     if isinstance(result, ConventionsResult):
         from bninspect.render.card_output import render_card
 
