@@ -299,7 +299,7 @@ def _checks(regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f) -> 
     worst = max((mean_ulps, "mean"), (var_ulps, "variance"))
     checks = [
         Check(
-            "pooled statistics = the full batch's",
+            "pooled statistics = full batch's",
             bool(worst[0] <= POOLED_ULPS),
             float(worst[0]),
             POOLED_ULPS,
@@ -310,8 +310,8 @@ def _checks(regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f) -> 
         )
     ]
     for value, name in (
-        (regimes[1], "SyncBatchNorm's value = its float64 form"),
-        (regimes[2], "the rank's PyTorch value = its float64 form"),
+        (regimes[1], "SyncBatchNorm's y = its float64 form"),
+        (regimes[2], "PyTorch's y on the rank = its float64 form"),
     ):
         error = value.ulp_error_at_scale
         if isinstance(error, Undefined):
@@ -322,7 +322,7 @@ def _checks(regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f) -> 
                 bool(error <= allowed),
                 error,
                 allowed,
-                f"ULP of {dtype} at the channel's scale",
+                f"ULP of {dtype} at scale",
                 value.regime,
                 "the value as the regime computes it in the dtype, against the same formula in "
                 "float64",

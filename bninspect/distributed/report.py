@@ -395,7 +395,7 @@ def _checks(
     ranks: tuple[RankReport, ...],
 ) -> tuple[Check, ...]:
     dtype, allowed = g.dtype, tolerance(g)
-    at_scale = f"ULP of {dtype} at the channel's scale"
+    at_scale = f"ULP of {dtype} at scale"
 
     def check(name, found, limit_of, unit, detail) -> Check:
         ratio, value, where = _largest(found)
@@ -475,7 +475,7 @@ def _checks(
     ]  # fmt: skip
     return (
         check(
-            "pooled statistics = the full batch's",
+            "pooled statistics = full batch's",
             pooled,
             lambda _: POOLED_ULPS,
             "ULP of float64",
@@ -483,7 +483,7 @@ def _checks(
             "counts, against the full batch's statistics computed in one process",
         ),
         check(
-            "each rank's PyTorch output = batch norm of its block",
+            "PyTorch per rank = its block's batch norm",
             per_rank,
             lambda where: limits.get(where, ROUNDING_ULPS),
             at_scale,
@@ -492,14 +492,14 @@ def _checks(
             + ("" if refusal is None else f", the others refused ({refusal})"),
         ),
         check(
-            "SyncBatchNorm's output = the full batch's",
+            "SyncBatchNorm output = full batch's",
             sync,
             lambda where: limits.get(where, ROUNDING_ULPS),
             at_scale,
             sync_detail,
         ),
         check(
-            "each rank's running buffers = its own update",
+            "rank buffers = own update by hand",
             hand,
             lambda _: ROUNDING_ULPS,
             f"ULP of {dtype}",
@@ -508,7 +508,7 @@ def _checks(
             "by hand in float64",
         ),
         check(
-            "SyncBatchNorm's buffers = the full batch's update",
+            "SyncBatchNorm buffers = full batch's",
             sync_buffers,
             lambda where: limits.get(where, ROUNDING_ULPS),
             f"ULP of {dtype}",

@@ -235,7 +235,7 @@ def render_population(result: PopulationResult) -> RenderableType:
         Text(
             f"input   {result.files} files matching '{result.pattern}' "
             f"({human_bytes(result.bytes)}, {dtypes}), memory-mapped\n"
-            f"ranks   {result.launcher}; statistics in {result.seconds:.3g} s"
+            f"ranks   {result.launcher}"
         ),
     ]
     non_finite = any(c.nan_count or c.posinf_count or c.neginf_count for c in result.channels)
@@ -251,20 +251,15 @@ def render_population(result: PopulationResult) -> RenderableType:
     parts.append(grid("Population statistics (float64)", headers, rows))
     if result.ranks > 1:
         rows = [
-            [
-                str(s.rank),
-                str(len(s.files)),
-                human_bytes(s.bytes),
-                str(s.count),
-                f"{s.seconds:.3g}",
-            ]
+            [str(s.rank), str(len(s.files)), s.files[0], human_bytes(s.bytes), str(s.count)]
             for s in result.shares
         ]
         parts.append(
             grid(
-                "What each rank streamed",
-                ["rank", "files", "bytes", "values per ch", "seconds"],
+                "What each rank streamed (--json has the files and the seconds)",
+                ["rank", "files", "first file", "bytes", "values per ch"],
                 rows,
+                left=(2,),
             )
         )
     return Group(*parts)
