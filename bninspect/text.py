@@ -30,6 +30,7 @@ def shape(sizes: tuple[int, ...]) -> str:
     """(1, 2, 3, 4) -> '1x2x3x4'."""
     return "x".join(map(str, sizes))
 
+
 def short(value: float) -> str:
     """1e-05 -> '1e-5', 0.1 -> '0.1': a number as people write it in an option."""
     return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")

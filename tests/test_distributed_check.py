@@ -62,7 +62,7 @@ def test_ddp_without_sync_is_named(cli, tmp_path, sizes):
     found = diagnose(cli, tmp_path, x, ddp_without_sync(x, sizes), "--rank-sizes", split)
     first = found["hypotheses"][0]
     assert (first["name"], first["explains"]) == ("per-rank-statistics", True), found
-    assert first["max_ulp_error"] <= 4
+    assert first["max_over_bound"] <= 1  # within what a correct implementation leaves
     assert first["detail"] == f"{len(sizes)} ranks of {split} samples"
     averaged = next(h for h in found["hypotheses"] if h["name"] == "averaged-variances")
     assert not averaged["explains"]

@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.cli.ranks import TIMEOUT_DEFAULT, Ranks, RankSizes, RankTimeout
 from bninspect.errors import OptionError
@@ -47,6 +53,8 @@ def explain(
     rank_sizes: RankSizes = None,
     rank_timeout: RankTimeout = TIMEOUT_DEFAULT,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Derive one output element step by step, with the real numbers, beside PyTorch's value.
 
@@ -57,6 +65,7 @@ def explain(
     alone, SyncBatchNorm's pooling, the per-rank variances averaged), showing where its rank's
     statistics differ from the pooled ones.
     """
+    detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
     if ranks is not None or rank_sizes is not None:
         if precision or against is not None:
@@ -75,7 +84,7 @@ def explain(
         )
         for message in split.messages:
             print(message, file=sys.stderr)
-        emit(build_explain_result(split, resolved), json_output)
+        emit(build_explain_result(split, resolved), json_output, detail)
         return
 
     def before(planned, settings):  # an element of the last step's batch, their value for it
@@ -94,4 +103,4 @@ def explain(
         resolved, theirs = extra
         return derive_element(inspection, resolved, precision, theirs)
 
-    emit(inspect(request, json_output, report, before), json_output)
+    emit(inspect(request, json_output, report, before), json_output, detail)

@@ -49,6 +49,22 @@ VECTOR_FORMS = (
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")
 ]
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="Print the verdict alone.")]
+VerboseFlag = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Also print the exhaustive tables (per step, per element, ...)."
+    ),
+]
+
+
+def detail_level(quiet: bool, verbose: bool, as_json: bool) -> str:
+    """How much of the result to print: "quiet", "normal" or "verbose"."""
+    if quiet and verbose:
+        raise OptionError("--quiet and --verbose contradict each other; give one")
+    if as_json and (quiet or verbose):
+        raise OptionError("--json prints the whole result; drop --quiet/--verbose")
+    return "quiet" if quiet else "verbose" if verbose else "normal"
 
 
 def _option(name: str, kind: Any, default: Any, *decls: str, **info: Any) -> inspect.Parameter:

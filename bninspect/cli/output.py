@@ -10,8 +10,9 @@ from bninspect.input.request import InspectRequest
 from bninspect.render.progress_bar import progress_bar
 
 
-def emit(result: Any, as_json: bool) -> None:
-    """Print the result: JSON alone on stdout, or rich tables; notices go to stderr."""
+def emit(result: Any, as_json: bool, detail: str = "normal") -> None:
+    """Print the result: JSON alone on stdout, or the verdict and tables at ``detail`` ("quiet",
+    "normal" or "verbose"); notices go to stderr."""
     notices = [
         notice
         for part in ("input", "settings", "output")
@@ -24,12 +25,9 @@ def emit(result: Any, as_json: bool) -> None:
 
         sys.stdout.write(to_json(result) + "\n")
         return
-    from rich.console import Console
+    from bninspect.render.screen import print_result
 
-    from bninspect.render.table_output import render
-
-    # crop=False: a table wider than the terminal wraps there instead of losing its right edge.
-    Console().print(render(result), crop=False)
+    print_result(result, detail)
 
 
 def inspect(request: InspectRequest, as_json: bool, report, before=None, compare_only=False):

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import JsonFlag, for_stats_only, with_inspect_options
+from bninspect.cli.options import (
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    for_stats_only,
+    with_inspect_options,
+)
 from bninspect.cli.output import emit, inspect
 from bninspect.cli.ranks import TIMEOUT_DEFAULT, Ranks, RankSizes, RankTimeout
 from bninspect.errors import OptionError
@@ -39,6 +46,8 @@ def run(
     rank_sizes: RankSizes = None,
     rank_timeout: RankTimeout = TIMEOUT_DEFAULT,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Per-channel statistics of PyTorch's batch norm beside an independent float64 reference.
 
@@ -51,12 +60,13 @@ def run(
     (quoted), the population statistics of many files, in one process, K local ranks, or under
     torchrun.
     """
+    detail = detail_level(quiet, verbose, json_output)
     from bninspect.distributed.environment import torchrun
     from bninspect.distributed.sharding import is_pattern
 
     pattern = request.input_path is not None and is_pattern(str(request.input_path))
     if stats_only and (pattern or ranks is not None or torchrun() is not None):
-        _population(request, ranks, rank_sizes, rank_timeout, var_method, json_output)
+        _population(request, ranks, rank_sizes, rank_timeout, var_method, json_output, detail)
         return
     if pattern:
         raise OptionError(
@@ -67,12 +77,12 @@ def run(
         if var_method:
             raise OptionError("--var-method compares one process's variances; drop it or --ranks")
         from bninspect.distributed.batch import run_split
-        from bninspect.distributed.report import build_run_result
+        from bninspect.distributed.report import build_run_result as build_split_result
 
         split, _ = run_split(request, ranks, rank_sizes, rank_timeout)
         for message in split.messages:
             print(message, file=sys.stderr)
-        emit(build_run_result(split), json_output)
+        emit(build_split_result(split), json_output, detail)
         return
     if stats_only:
         request = for_stats_only(request)
@@ -83,10 +93,10 @@ def run(
 
         return build_run_result(inspection, progress, var_method)
 
-    emit(inspect(request, json_output, report, compare_only=True), json_output)
+    emit(inspect(request, json_output, report, compare_only=True), json_output, detail)
 
 
-def _population(request, ranks, rank_sizes, timeout, var_method, json_output) -> None:
+def _population(request, ranks, rank_sizes, timeout, var_method, json_output, detail) -> None:
     """--stats-only on a pattern of files (or with --ranks, or under torchrun)."""
     if request.input_path is None:
         raise OptionError(
@@ -109,5 +119,5 @@ def _population(request, ranks, rank_sizes, timeout, var_method, json_output) ->
     from bninspect.distributed.files import population_statistics
 
     result, mine = population_statistics(str(request.input_path), ranks, timeout)
-    if mine:
-        emit(result, json_output)
+    if mine:  # under torchrun, rank 0 alone prints
+        emit(result, json_output, detail)

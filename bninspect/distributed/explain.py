@@ -12,16 +12,16 @@ import numpy as np
 from bninspect.distributed.batch import RankRun
 from bninspect.distributed.report import (
     POOLED_ULPS,
-    VERIFIED,
     Regimes,
     problem_line,
     tolerance,
+    verified,
 )
 from bninspect.numerics.agreement import ulp
 from bninspect.numerics.pooling import rank_of_sample, shard_bounds
 from bninspect.numerics.reference import normalize, std_of
 from bninspect.results.common import Number, Undefined, Verdict
-from bninspect.results.distributed import Check, DistributedExplainResult, RegimeValue
+from bninspect.results.distributed import DistributedExplainResult, RegimeCheck, RegimeValue
 from bninspect.results.explain import Step
 from bninspect.text import number
 
@@ -116,20 +116,20 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
     rv0 = float(g.before[1][c])
     own_buffers = g.rank_running[rank]
     steps = [
-        Step("x", "x = the input element", f"input[{', '.join(map(str, index))}]", x),
+        Step("x", f"input[{', '.join(map(str, index))}]", "", x),
         Step(
             "rank",
-            f"the rank holding sample {index[0]}",
-            f"rank {rank} holds samples {first} to {end - 1}; this is its sample {local[0]}",
+            f"the rank whose block holds sample {index[0]}",
+            f"rank {rank} (samples {first} to {end - 1}; its sample {local[0]})",
             float(rank),
         ),
         Step(
             f"count_{rank}",
             f"values of channel {c} on rank {rank}",
-            f"{end - first} samples * {per_value} = {n_r}",
+            f"{end - first} samples * {per_value}",
             float(n_r),
         ),
-        Step(f"mean_{rank}", f"mean of rank {rank}'s values", f"over its {n_r} values", mean_r),
+        Step(f"mean_{rank}", f"mean of rank {rank}'s {n_r} values", "", mean_r),
         Step(
             f"var_{rank}",
             f"m2_{rank} / count_{rank} (biased)",
@@ -145,7 +145,7 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
         ),
         Step(
             "count",
-            "sum of count_k over the ranks (SyncBatchNorm's all_gather)",
+            "sum of count_k (every rank's, gathered)",
             _sum_text([str(s.count) for _, s in held], len(held)),
             float(N),
         ),
@@ -175,7 +175,7 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
         ),
         Step(
             "var_averaged",
-            "sum of m2_k / count (the per-rank variances averaged by count)",
+            "sum of m2_k / count (per-rank variances averaged)",
             f"{number(within)} / {N}",
             averaged_var,
             "the mistake: it leaves out the spread of the rank means",
@@ -256,7 +256,7 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
             buffers(own_buffers),
         ),  # fmt: skip
         _value(
-            "variances averaged",
+            "var averaged",
             N,
             mean_f,
             averaged_var,
@@ -284,21 +284,23 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
         rank=rank,
         local_index=local,
         output_scale=scale,
-        steps=tuple(steps),
+        derivation=tuple(steps),
         regimes=regimes,
         checks=checks,
-        verified=VERIFIED.format(module=f"torch.nn.{inspection.settings.module}"),
+        verified=verified(run),
     )
 
 
-def _checks(regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f) -> tuple[Check, ...]:
+def _checks(
+    regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f
+) -> tuple[RegimeCheck, ...]:
     rms = math.sqrt(mean_f**2 + var_f)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_ulps = abs(pooled_mean - mean_f) / float(ulp(rms, "float64"))
         var_ulps = abs(pooled_var - var_f) / float(ulp(var_f, "float64")) if var_f else 0.0
     worst = max((mean_ulps, "mean"), (var_ulps, "variance"))
     checks = [
-        Check(
+        RegimeCheck(
             "pooled statistics = full batch's",
             bool(worst[0] <= POOLED_ULPS),
             float(worst[0]),
@@ -317,7 +319,7 @@ def _checks(regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f) -> 
         if isinstance(error, Undefined):
             continue
         checks.append(
-            Check(
+            RegimeCheck(
                 name,
                 bool(error <= allowed),
                 error,
@@ -334,13 +336,13 @@ def _checks(regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f) -> 
 def _verdict(regimes, checks, rank, first, end, own, g: Regimes, c: int, scale) -> Verdict:
     failed = [k for k in checks if not k.passed]
     if failed:
-        return Verdict("problems", (problem_line(failed[0]),))
+        return Verdict("differs", (problem_line(failed[0]),))
     full, _, alone, averaged = regimes
     std = math.sqrt(float(g.stats.var_biased[c]))
     mean_shift = (float(own.mean[c]) - full.mean) / std if std else math.nan
     ratio = float(own.var_biased[c]) / full.var_biased if full.var_biased else math.nan
     return Verdict(
-        "ok",
+        "within-rounding",
         (
             f"rank {rank} (samples {first} to {end - 1}) alone gives {number(alone.reference)}: "
             f"its mean is {mean_shift:+.3g} std from the pooled one, its variance x{ratio:.3g}; "

@@ -152,11 +152,11 @@ def _verdict(channels, files: int, nbytes: int, found: Population, launcher: str
     if bad:
         shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
         return Verdict(
-            "problems",
+            "statistics",
             (f"{head}: channels {shown} hold NaN or Inf, so their statistics are not finite",),
         )
     if found.values < 2:
-        return Verdict("problems", (f"{head}: one value per channel has no unbiased variance",))
+        return Verdict("statistics", (f"{head}: one value per channel has no unbiased variance",))
     constant = [c.channel for c in channels if c.var_biased == 0]
     tail = (
         f"; channels {', '.join(map(str, constant[:8]))} are constant (variance 0)"
@@ -164,7 +164,7 @@ def _verdict(channels, files: int, nbytes: int, found: Population, launcher: str
         else ""
     )
     return Verdict(
-        "ok",
+        "statistics",
         (
             f"{head}: every channel finite{tail}",
             "for precise batch-norm statistics load mean into running_mean and var_unbiased "

@@ -48,6 +48,19 @@ def _errors(shard, y, dtype, mean, std, params: LayerParameters) -> np.ndarray:
     return np.stack([found.max_abs, found.max_ulp, found.max_reference, found.argmax_ulp])
 
 
+def _try_sync_batch_norm(shard: np.ndarray, layer: torch.dtype, eps: float) -> str:
+    """What torch.nn.SyncBatchNorm itself does with this rank's CPU block, in this group: its
+    refusal (every rank raises before any collective), or "ran" on a PyTorch that accepts CPU
+    tensors (bninspect does not compare that output yet)."""
+    module = torch.nn.SyncBatchNorm(shard.shape[1], eps=eps, dtype=layer)
+    try:
+        with torch.no_grad():
+            module(to_torch(shard))
+    except (ValueError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ran"
+
+
 def run_regimes(task: dict[str, Any], folder: Path, rank: int, world: int, tag: str) -> dict:
     """This rank's figures for one batch (see the module's docstring), as arrays to save."""
     start = time.perf_counter()
@@ -101,6 +114,7 @@ def run_regimes(task: dict[str, Any], folder: Path, rank: int, world: int, tag: 
 
     # SyncBatchNorm: the real all_gather over gloo, CUDA's pooling formulas on CPU
     layer = TORCH_DTYPES[dtype]
+    figures["syncbn_on_cpu"] = np.array(_try_sync_batch_norm(shard, layer, eps))
 
     def vector(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(layer)

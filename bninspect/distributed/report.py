@@ -23,11 +23,11 @@ from bninspect.numerics.reference import ChannelStatistics, std_of
 from bninspect.results.common import Number, Undefined, Verdict
 from bninspect.results.distributed import (
     BufferChannel,
-    Check,
     DistributedRunResult,
     RankChannel,
     RankReport,
     RegimeChannel,
+    RegimeCheck,
 )
 
 # Pooled and full-batch statistics are each within about a ULP of float64 of the exact ones
@@ -35,9 +35,17 @@ from bninspect.results.distributed import (
 POOLED_ULPS = 4.0
 VERIFIED = (
     "{module} ran on each rank's block in that rank's process, and the ranks exchanged their "
-    "statistics with torch.distributed.all_gather over gloo; SyncBatchNorm (which refuses CPU "
-    "tensors) is emulated from its CUDA kernels, not checked on a GPU here"
+    "statistics with torch.distributed.all_gather over gloo. torch.nn.SyncBatchNorm itself, "
+    "tried in the same group, {syncbn}, so its forward is emulated from its CUDA kernels, not "
+    "checked on a GPU here"
 )
+
+
+def verified(run: RankRun) -> str:
+    """What ran for real in the ranks and what was emulated, with SyncBatchNorm's own answer."""
+    said = str(run.reports[0].get("syncbn_on_cpu", "was not tried"))
+    syncbn = "ran on CPU (not compared)" if said == "ran" else f"refused the CPU tensors ({said})"
+    return VERIFIED.format(module=f"torch.nn.{run.inspection.settings.module}", syncbn=syncbn)
 
 
 def _number(value) -> Number:
@@ -393,14 +401,16 @@ def _checks(
     regimes: tuple[RegimeChannel, ...],
     buffers: tuple[BufferChannel, ...],
     ranks: tuple[RankReport, ...],
-) -> tuple[Check, ...]:
+) -> tuple[RegimeCheck, ...]:
     dtype, allowed = g.dtype, tolerance(g)
     at_scale = f"ULP of {dtype} at scale"
 
-    def check(name, found, limit_of, unit, detail) -> Check:
+    def check(name, found, limit_of, unit, detail) -> RegimeCheck:
         ratio, value, where = _largest(found)
         limit = limit_of(where)
-        return Check(name, bool(ratio <= 1), _number(value), _number(limit), unit, where, detail)
+        return RegimeCheck(
+            name, bool(ratio <= 1), _number(value), _number(limit), unit, where, detail
+        )
 
     pooled = [
         (
@@ -520,7 +530,7 @@ def _checks(
     )
 
 
-def problem_line(check: Check) -> str:
+def problem_line(check: RegimeCheck) -> str:
     """A failed check as the verdict's first line."""
     return (
         f"problem: {check.name} fails: {check.max_error:.3g} {check.unit} at {check.where} "
@@ -533,7 +543,7 @@ def _percent(share: float) -> str:
 
 
 def _verdict(
-    g: Regimes, checks: tuple[Check, ...], regimes, buffers, sizes: tuple[int, ...]
+    g: Regimes, checks: tuple[RegimeCheck, ...], regimes, buffers, sizes: tuple[int, ...]
 ) -> Verdict:
     split = ",".join(map(str, sizes))
     failed = [c for c in checks if not c.passed]
@@ -541,15 +551,17 @@ def _verdict(
         first = [problem_line(failed[0])]
         if len(failed) > 1:
             first.append(f"and {len(failed) - 1} more check(s) failed; see the checks")
-        return Verdict("problems", tuple(first))
+        return Verdict("differs", tuple(first))
     pooled = max(
         max(r.pooled_mean_ulp_error, r.pooled_var_ulp_error) for r in regimes
     )  # all defined when the check passed
     sync = max(_defined([r.sync_max_ulp_error_at_scale for r in regimes]), default=0.0)
+    statistics = (
+        f"statistics within {pooled:.2g} ULP of float64" if pooled else "the same statistics"
+    )
     line1 = (
         f"SyncBatchNorm over {len(sizes)} ranks (samples {split}) reproduces the full batch: "
-        f"statistics within {pooled:.2g} ULP of float64, output within {sync:.2g} ULP of "
-        f"{g.dtype} at the channel's scale"
+        f"{statistics}, output within {sync:.2g} ULP of {g.dtype} at the channel's scale"
     )
     shifts = [(r.no_sync_max_shift, r.no_sync_worst_rank, r.channel) for r in regimes]
     held = [s for s in shifts if not isinstance(s[0], Undefined) and not math.isnan(s[0])]
@@ -567,7 +579,7 @@ def _verdict(
             f"; DDP's broadcast of rank 0's running buffers moves eval outputs by up to "
             f"{_percent(max(eval_shifts))}"
         )
-    return Verdict("ok", (line1, line2))
+    return Verdict("agrees", (line1, line2))
 
 
 def build_run_result(run: RankRun) -> DistributedRunResult:
@@ -592,5 +604,5 @@ def build_run_result(run: RankRun) -> DistributedRunResult:
         channels=regimes,
         buffers=buffers,
         rank_reports=ranks,
-        verified=VERIFIED.format(module=f"torch.nn.{inspection.settings.module}"),
+        verified=verified(run),
     )

@@ -122,7 +122,6 @@ def parse_vector_spec(option: str, text: str) -> VectorSpec:
     return VectorSpec(kind="list", text=canonical, values=tuple(values))
 
 
-
 def check_eps(eps: float, who: str = "PyTorch", default: float = 1e-5) -> float:
     """Return ``eps`` if it is finite and not negative (``who``'s default named otherwise)."""
     if not math.isfinite(eps) or eps < 0:

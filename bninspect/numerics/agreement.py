@@ -120,7 +120,8 @@ def compare_value(
         missing = torch_value
         return Comparison(
             name, float(reference), rounded, torch=missing, torch_hex=missing, abs_error=missing,
-            scale=float(scale), scaled_error=missing, ulp_error=missing, correctly_rounded=missing,
+            scale=float(scale), ulp_error_at_scale=missing, ulp_error=missing,
+            correctly_rounded=missing,
         )  # fmt: skip
     abs_error, ulp_error = elementwise_errors(np.array([torch_value]), np.array([reference]), dtype)
     scaled: Number = float(errors_at_scale(abs_error, np.array([scale]), dtype)[0])
@@ -135,7 +136,7 @@ def compare_value(
         torch_hex=float(torch_value).hex(),
         abs_error=float(abs_error[0]),
         scale=float(scale),
-        scaled_error=scaled,
+        ulp_error_at_scale=scaled,
         ulp_error=float(ulp_error[0]),
         correctly_rounded=bool(both_nan or rounded == torch_value),
     )

@@ -287,7 +287,7 @@ def prepare(
         running_mean=request.vectors["--running-mean"].text,
         running_var=request.vectors["--running-var"].text,
         convention=convention.name,
-        steps=steps,
+        training_steps=steps,
         batch_size=batch_size,
         torch_momentum=_torch_momentum(convention, momentum),
         notices=tuple(filter(None, (unfed_notice, eps_notice))),
@@ -344,7 +344,7 @@ def _reference_steps(
     size, train = settings.batch_size, settings.mode == "train"
     state = initial_state(params.running_mean, params.running_var)
     history: list[StepUpdate] = []
-    for step in range(settings.steps):
+    for step in range(settings.training_steps):
         batch = x[step * size : (step + 1) * size]
         stats = channel_statistics(batch, tell, after_block=_release_region(prepared, batch))
         forward = reference_forward(
@@ -421,7 +421,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
     (``Inspection.output_errors``, and no output kept); else PyTorch's run overlaps the
     reference's."""
     settings, params, x = prepared.settings, prepared.params, prepared.tensor.array
-    size, steps = settings.batch_size, settings.steps
+    size, steps = settings.batch_size, settings.training_steps
     # The train/eval gap costs a whole extra pass (PyTorch's in eval mode, the reference's per
     # channel): only over training steps, asked for (--steps, --batch-size) or implied (many).
     request = prepared.request

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from bninspect.check.against import against_report
+from bninspect.check.compare import ROUNDING_ULPS
 from bninspect.conventions.rules import (
     PYTORCH,
     UPDATE_WEIGHTS,
@@ -17,6 +18,7 @@ from bninspect.conventions.rules import (
     batch_weight,
     effective_eps,
 )
+from bninspect.dtypes import shortest_text
 from bninspect.numerics.agreement import compare_value, mean_update_scale, output_scale
 from bninspect.numerics.reference import ReferenceForward, channel_values, forward_output, normalize
 from bninspect.numerics.running import coefficients
@@ -24,8 +26,8 @@ from bninspect.pytorch.cpu_emulation import STRIDED
 from bninspect.pytorch.inspection import Inspection
 from bninspect.pytorch.peer import describe_peer, no_torch_value
 from bninspect.report.precision import precision_report
-from bninspect.results.common import CUMULATIVE, NOT_ASKED, Number, Undefined
-from bninspect.results.explain import ExplainResult, Step
+from bninspect.results.common import CUMULATIVE, NOT_ASKED, Comparison, Number, Undefined, Verdict
+from bninspect.results.explain import AgainstReport, ExplainResult, Step
 from bninspect.text import number
 
 PREVIEW_VALUES = 12  # a channel this small is listed in full, as the article does
@@ -65,8 +67,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
         unbiased_text = f"{fmt(m2)} / 0"
     if convention.stores == "unbiased":
         unbiased_note = (
-            f"unbiased (divide by N - 1): what {_who(convention)} writes into running_var; it "
-            "does not normalize with it, so a hand check that uses it will not match"
+            f"unbiased (/(N-1)): {_who(convention)} stores it in running_var; it never normalizes"
         )
         unbiased_differs = None
     else:
@@ -98,7 +99,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
             "mean = sum / count",
             f"{fmt(stats.total[c])} / {count}",
             float(stats.mean[c]),
-            "the exact sum divided by count, rounded once (the sum shown is rounded too)",
+            "the exact sum / count, rounded once",
         ),
         Step("m2", "m2 = sum of (x_i - mean)^2", f"sum over the {count} values", m2),
         Step(
@@ -106,7 +107,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
             "var = m2 / count",
             f"{fmt(m2)} / {count}",
             float(stats.var_biased[c]),
-            "biased (divide by N): what batch norm normalizes with in train mode",
+            "biased (/N): what normalizes in train mode",
             rule=f"{convention.name} normalizes with the biased variance, as every framework does",
         ),
         Step(
@@ -244,7 +245,7 @@ def _running_steps(inspection: Inspection, c: int) -> list[Step]:
     if convention.updates_in_backward:
         mean_differs = "; ".join(filter(None, [mean_differs, BACKWARD_UPDATE]))
     if convention.stores == "unbiased":
-        var_note = "the running variance takes the unbiased variance, not the one that normalized"
+        var_note = "takes var_unbiased, not the variance that normalized"
         if stats.count == 1:
             var_note += f"; {convention.name} divides by max(N - 1, 1), giving 0"
     else:
@@ -417,26 +418,64 @@ def derive_element(
         dtype,
         output_scale(channel_y, w),
     )
+    against_result = against_report(inspection, index, *against, first) if against else NO_AGAINST
     return ExplainResult(
+        verdict=explain_verdict(inspection, index, output, against_result),
         input=inspection.tensor.info,
         settings=inspection.settings,
         torch_version=torch_run.version if torch_run else missing,
         index=index,
         channel=c,
         x=x,
-        steps=tuple(steps),
-        y_reference=output.reference,
-        y_reference_rounded=output.reference_rounded,
-        y_torch=output.torch,
-        y_torch_hex=output.torch_hex,
-        abs_error=output.abs_error,
-        output_scale=output.scale,
-        scaled_error=output.scaled_error,
-        ulp_error=output.ulp_error,
-        correctly_rounded=output.correctly_rounded,
-        running=running,
+        derivation=tuple(steps),
+        y=output,
+        running_buffers=running,
         precision=_precision(inspection, index) if precision else NO_PRECISION,
-        against=against_report(inspection, index, *against, first) if against else NO_AGAINST,
-        peer=describe_peer(inspection),
-        step=steps_taken,
+        against=against_result,
+        torch_module=describe_peer(inspection),
+        training_step=steps_taken,
     )
+
+
+def explain_verdict(
+    inspection: Inspection,
+    index: tuple[int, ...],
+    output: Comparison,
+    against: AgainstReport | Undefined,
+) -> Verdict:
+    """explain's answer: y, and whether PyTorch's y is the reference correctly rounded (to the
+    last bit), within rounding of it, or beyond; with --against, their value's verdict too."""
+    dtype = inspection.tensor.info.dtype
+    where = f"output[{', '.join(map(str, index))}]"
+    lines = []
+    if isinstance(output.torch, Undefined):
+        status = "not-compared"
+        lines.append(
+            f"{where} = {output.reference:.9g} by the float64 reference; PyTorch did not run "
+            f"({output.torch.reason})."
+        )
+    else:
+        y = f"{where} = {shortest_text(output.torch, dtype)} in {dtype}"
+        if output.correctly_rounded:
+            status = "exact"
+            lines.append(
+                f"{y}: PyTorch's value is the float64 reference {output.reference:.9g} "
+                "correctly rounded, equal to the last bit."
+            )
+        else:
+            scaled = output.ulp_error_at_scale
+            within = not isinstance(scaled, Undefined) and scaled <= ROUNDING_ULPS
+            status = "within-rounding" if within else "differs"
+            how = "within rounding of" if within else "beyond rounding from"
+            lines.append(
+                f"{y}: {fmt_ulps(scaled)} of {dtype} at the channel's scale {how} the float64 "
+                f"reference {output.reference:.9g}."
+            )
+    if not isinstance(against, Undefined):
+        lines.append(f"Yours ({against.theirs!r}): {against.verdict}.")
+    return Verdict(status, tuple(lines))
+
+
+def fmt_ulps(value: Number) -> str:
+    """An error in ULPs for a sentence: "0.42 ULP", or why there is none."""
+    return f"n/a ULP ({value.reason})" if isinstance(value, Undefined) else f"{value:.3g} ULP"

@@ -134,7 +134,7 @@ def precision_report(inspection: Inspection, index: tuple[int, ...]) -> Precisio
         cpu_capability=torch_run.cpu_capability,
         threads=torch_run.num_threads,
         fma=fma,
-        channel_scale=scale,
+        output_scale=scale,
         steps=tuple(steps),
         y_emulated=y_emulated,
         y_torch=y_torch,

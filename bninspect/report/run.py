@@ -5,10 +5,12 @@ step."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bninspect.check.compare import ROUNDING_ULPS
 from bninspect.numerics import kernels
 from bninspect.numerics.agreement import (
     channel_scale,
@@ -27,9 +29,9 @@ from bninspect.numerics.reference import (
 )
 from bninspect.numerics.running import StepUpdate, initial_state
 from bninspect.numerics.variance_methods import compare_variance_methods
-from bninspect.pytorch.inspection import Inspection, PhaseProgress
+from bninspect.pytorch.inspection import STATS_ONLY, Inspection, PhaseProgress
 from bninspect.pytorch.peer import describe_peer, no_torch_value
-from bninspect.results.common import NOT_ASKED, Number, Undefined
+from bninspect.results.common import NOT_ASKED, Number, Undefined, Verdict
 from bninspect.results.run import ChannelReport, RunResult, StepChannel, StepRecord
 
 if TYPE_CHECKING:
@@ -37,22 +39,21 @@ if TYPE_CHECKING:
 
 AGREEMENT_FIELDS = (
     "output_scale",
-    "max_scaled_error",
+    "max_ulp_error_at_scale",
     "max_abs_error",
     "max_ulp_error",
     "worst_index",
     "running_mean_abs_error",
-    "running_mean_scaled_error",
+    "running_mean_ulp_error_at_scale",
     "running_mean_ulp_error",
     "running_var_abs_error",
-    "running_var_ulp_error",
+    "running_var_ulp_error_at_scale",
 )
 
 
 def _largest(values: list[Number]) -> Number:
     defined = [v for v in values if not isinstance(v, Undefined)]
     return max(defined) if defined else Undefined("no channel had elements to compare")
-
 
 
 def _errors(
@@ -66,7 +67,6 @@ def _errors(
     return max_errors(actual, reference, inspection.tensor.info.dtype)
 
 
-
 def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number:
     """One buffer's |err| in ULPs at ``scale``, or why it is missing."""
     if isinstance(abs_error, Undefined):
@@ -74,8 +74,6 @@ def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number
     return float(
         errors_at_scale(np.float64(abs_error), np.float64(scale), inspection.tensor.info.dtype)
     )
-
-
 
 
 def _train_and_eval(inspection: Inspection) -> tuple[ReferenceForward, ReferenceForward]:
@@ -148,10 +146,12 @@ def _step_channel(
         torch_running_var=compared["running_var"][0],
         running_mean_scale=float(mean_scale[c]),
         running_mean_abs_error=compared["running_mean"][1],
-        running_mean_scaled_error=_at_scale(compared["running_mean"][1], mean_scale[c], inspection),
+        running_mean_ulp_error_at_scale=_at_scale(
+            compared["running_mean"][1], mean_scale[c], inspection
+        ),
         running_mean_ulp_error=compared["running_mean"][2],
         running_var_abs_error=compared["running_var"][1],
-        running_var_ulp_error=compared["running_var"][2],
+        running_var_ulp_error_at_scale=compared["running_var"][2],
     )
 
 
@@ -169,7 +169,7 @@ def step_records(inspection: Inspection) -> tuple[StepRecord, ...]:
         before = after
         records.append(
             StepRecord(
-                step=k + 1,
+                training_step=k + 1,
                 first_sample=k * size,
                 num_batches_tracked=update.after.num_batches_tracked,
                 batch_weight=update.batch_weight,
@@ -226,10 +226,10 @@ def build_run_result(
         var_abs, var_ulp = elementwise_errors(torch_run.running_var, forward.running_var, dtype)
         buffers = {
             "running_mean_abs_error": mean_abs,
-            "running_mean_scaled_error": errors_at_scale(mean_abs, mean_scale, dtype),
+            "running_mean_ulp_error_at_scale": errors_at_scale(mean_abs, mean_scale, dtype),
             "running_mean_ulp_error": mean_ulp,
             "running_var_abs_error": var_abs,
-            "running_var_ulp_error": var_ulp,
+            "running_var_ulp_error_at_scale": var_ulp,
         }
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             scales = channel_scale(errors.max_reference, params.weight)
@@ -292,12 +292,13 @@ def build_run_result(
     raised = {flag for report in reports for flag in report.flags}
     missing = no_torch_value(inspection)
     return RunResult(
+        verdict=run_verdict(inspection, reports),
         input=inspection.tensor.info,
         settings=inspection.settings,
         torch_version=torch_run.version if torch_run else missing,
         num_batches_tracked=torch_run.num_batches_tracked if torch_run else missing,
         channels=tuple(reports),
-        max_scaled_error=_largest([r.max_scaled_error for r in reports]),
+        max_ulp_error_at_scale=_largest([r.max_ulp_error_at_scale for r in reports]),
         max_abs_error=_largest([r.max_abs_error for r in reports]),
         max_ulp_error=_largest([r.max_ulp_error for r in reports]),
         flag_legend=_flag_legend(inspection.settings.mode, dtype, raised, var_method),
@@ -306,7 +307,7 @@ def build_run_result(
             if var_method
             else Undefined(f"{NOT_ASKED}: add --var-method")
         ),
-        peer=describe_peer(inspection),
+        torch_module=describe_peer(inspection),
         running_history=step_records(inspection),
     )
 
@@ -321,7 +322,7 @@ def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) 
         worst = Undefined("no element differs from the reference")
     return {
         "output_scale": scale,
-        "max_scaled_error": float(scaled)
+        "max_ulp_error_at_scale": float(scaled)
         if scale > 0
         else Undefined("weight 0 and every reference output 0 (or not finite): no scale"),
         "max_abs_error": float(errors.max_abs[c]),
@@ -329,3 +330,80 @@ def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) 
         "worst_index": worst,
         **{name: float(values[c]) for name, values in buffers.items()},
     }
+
+
+def _channel_list(channels: list[int]) -> str:
+    """[0, 1, 2, 5] -> "channels 0-2, 5"; one channel -> "channel 3"."""
+    runs: list[list[int]] = []
+    for c in channels:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+    return f"channel{'s' if len(channels) > 1 else ''} {text}"
+
+
+def health_line(reports: list[ChannelReport]) -> str | None:
+    """The health flags raised, each with the channels that raise it, in one line."""
+    flagged: dict[str, list[int]] = {}
+    for report in reports:
+        for flag in report.flags:
+            flagged.setdefault(flag, []).append(report.channel)
+    if not flagged:
+        return None
+    parts = [f"{flag} on {_channel_list(channels)}" for flag, channels in flagged.items()]
+    return "Flags: " + "; ".join(parts) + "."
+
+
+def _worst(reports: list[ChannelReport], field: str) -> tuple[float, int] | None:
+    """The largest defined value of ``field`` over the channels, and its channel."""
+    found = [
+        (value, r.channel)
+        for r in reports
+        if not isinstance(value := getattr(r, field), Undefined) and not math.isnan(value)
+    ]
+    return max(found) if found else None
+
+
+def run_verdict(inspection: Inspection, reports: list[ChannelReport]) -> Verdict:
+    """run's answer: whether PyTorch's output and running buffers match the float64 reference
+    to rounding (within ROUNDING_ULPS of the dtype at each channel's scale), and which health
+    flags the data raises."""
+    dtype, settings = inspection.tensor.info.dtype, inspection.settings
+    health = health_line(reports)
+    values = f"{reports[0].count} values each" if reports else "no values"
+    if inspection.torch_run is None:
+        if inspection.no_peer == STATS_ONLY:
+            first = (
+                f"Float64 statistics of {len(reports)} channels, {values}, streamed; PyTorch "
+                "not run (--stats-only)."
+            )
+            return Verdict("statistics", (first, *([health] if health else [])))
+        first = f"PyTorch did not run ({inspection.no_peer}); the float64 reference is below."
+        return Verdict("not-compared", (first, *([health] if health else [])))
+    output = _worst(reports, "max_ulp_error_at_scale")
+    buffers = [
+        worst
+        for field in ("running_mean_ulp_error_at_scale", "running_var_ulp_error_at_scale")
+        if settings.mode == "train" and (worst := _worst(reports, field)) is not None
+    ]
+    worst_all = max([output, *buffers] if output else buffers, default=None)
+    unit = f"ULP of {dtype}"
+    if worst_all is None or worst_all[0] <= ROUNDING_ULPS:
+        where = f"output within {output[0]:.3g} {unit} at each channel's scale" if output else ""
+        if buffers:
+            where += f", running buffers within {max(buffers)[0]:.3g} ULP"
+        who = "PyTorch" if settings.convention == "pytorch" else "PyTorch, on this rule,"
+        first = f"{who} matches the float64 reference to rounding: {where}."
+        return Verdict("agrees", (first, *([health] if health else [])))
+    parts = []
+    if output and output[0] > ROUNDING_ULPS:
+        parts.append(f"output by up to {output[0]:.4g} {unit} at channel {output[1]}'s scale")
+    for field, worst in zip(("running_mean", "running_var"), buffers, strict=False):
+        if worst[0] > ROUNDING_ULPS:
+            parts.append(f"{field} by up to {worst[0]:.4g} {unit} (channel {worst[1]})")
+    first = "PyTorch differs from the float64 reference beyond rounding: " + ", ".join(parts)
+    if settings.convention != "pytorch":
+        first += f"; {settings.convention}'s rules and PyTorch's part here"
+    return Verdict("differs", (first + ".", *([health] if health else [])))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Bump when a field is renamed or removed or its meaning changes; adding a field keeps the version.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one name per quantity across commands (docs/json.md lists the renames)
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,11 @@ NOT_ASKED = "not asked for"
 Number = float | Undefined
 
 
-def column(label: str, group: str) -> dict[str, Any]:
-    """Field metadata: show this field in table ``group`` under the header ``label``."""
-    return {"label": label, "group": group}
+def column(label: str, group: str, verbose: bool = False) -> dict[str, Any]:
+    """Field metadata: show this field in table ``group`` under the header ``label``; with
+    ``verbose``, only under --verbose (a measure that supports no verdict, or alarms on correct
+    results, such as ULPs at an output's own magnitude near 0)."""
+    return {"label": label, "group": group, "verbose": verbose}
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Settings:
     running_mean: str  # the buffer's value before the first step
     running_var: str
     convention: str  # whose rules the reference follows: "pytorch", "keras", ...
-    steps: int  # training steps (batches fed); 1 in eval mode
+    training_steps: int  # batches fed one after another; 1 in eval mode
     batch_size: int  # samples per batch (axis 0)
     torch_momentum: Number  # PyTorch's momentum for the same rule
     notices: tuple[str, ...] = ()  # e.g. eps raised to the convention's floor
@@ -98,6 +100,6 @@ class Comparison:
     torch_hex: str | Undefined  # float.hex of PyTorch's value: its exact bits
     abs_error: Number
     scale: Number  # y: the channel's scale; running_mean: its update's; running_var: itself
-    scaled_error: Number  # in ULPs of the dtype at ``scale``: the headline
+    ulp_error_at_scale: Number  # in ULPs of the dtype at ``scale``: the headline
     ulp_error: Number  # in ULPs of the dtype at the reference value
     correctly_rounded: bool | Undefined  # torch == reference_rounded: equal to the last bit

@@ -48,11 +48,12 @@ class PopulationChannel:
 
 @dataclass(frozen=True)
 class PopulationResult:
-    """``run --stats-only --input 'PATTERN'``: the population statistics of every file.
-    ``verdict.status``: "ok" (every channel finite, with two values or more), "problems"."""
+    """``run --stats-only --input 'PATTERN'``: the population statistics of every file."""
 
     command: ClassVar[str] = "run"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("statistics",)
 
+    # statistics: as run --stats-only (the summary says which channels hold NaN or Inf)
     verdict: Verdict
     pattern: str
     files: int
@@ -68,7 +69,7 @@ class PopulationResult:
 
 
 @dataclass(frozen=True)
-class Check:
+class RegimeCheck:
     """One of the comparisons the verdict rests on, each against something independent:
     ``max_error`` (in ``unit``, found at ``where``) against the most a correct result may
     leave, ``allowed``; ``detail`` says what was compared with what."""
@@ -182,11 +183,13 @@ class RankReport:
 
 @dataclass(frozen=True)
 class DistributedRunResult:
-    """``run --ranks K`` / ``--rank-sizes``: one training step of a batch split over ranks.
-    ``verdict.status``: "ok" when every check passed, else "problems"."""
+    """``run --ranks K`` / ``--rank-sizes``: one training step of a batch split over ranks."""
 
     command: ClassVar[str] = "run"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("agrees", "differs")
 
+    # agrees: every check within rounding (SyncBatchNorm = the full batch, each rank = batch
+    # norm of its block, buffers as by hand); differs: one is not (the summary names it)
     verdict: Verdict
     input: InputInfo
     settings: Settings
@@ -194,7 +197,7 @@ class DistributedRunResult:
     ranks: int
     rank_sizes: tuple[int, ...]
     launcher: str
-    checks: tuple[Check, ...]
+    checks: tuple[RegimeCheck, ...]
     channels: tuple[RegimeChannel, ...]
     buffers: tuple[BufferChannel, ...]
     rank_reports: tuple[RankReport, ...]
@@ -225,10 +228,13 @@ class RegimeValue:
 class DistributedExplainResult:
     """``explain --ranks``: one element of a batch split over ranks, derived under each regime,
     with the rank holding it (``rank``, its sample ``local_index``) and where that rank's
-    statistics differ from the pooled ones. ``verdict.status`` as in DistributedRunResult."""
+    statistics differ from the pooled ones."""
 
     command: ClassVar[str] = "explain"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("within-rounding", "differs")
 
+    # within-rounding: the pooled statistics are the full batch's and each regime's computed
+    # value its float64 form, to rounding; differs: one is not (the summary names it)
     verdict: Verdict
     input: InputInfo
     settings: Settings
@@ -242,7 +248,7 @@ class DistributedExplainResult:
     rank: int
     local_index: tuple[int, ...]
     output_scale: Number
-    steps: tuple[Step, ...]
+    derivation: tuple[Step, ...]
     regimes: tuple[RegimeValue, ...]
-    checks: tuple[Check, ...]
+    checks: tuple[RegimeCheck, ...]
     verified: str

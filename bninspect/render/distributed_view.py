@@ -1,20 +1,22 @@
-"""Data-parallel results as rich tables: the verdict first, then the few tables behind it, each
-within 80 columns. Formats; never computes (a shift, a fraction of the scale, shows as a
+"""Data-parallel results as tables, under the verdict and the context screen.py prints: ``run
+--ranks`` (the regimes side by side), ``explain --ranks`` (one element under each regime) and
+``run --stats-only`` on a pattern of files (population statistics). Each table fits 80
+columns. Formats; never computes (a shift, a fraction of the channel's scale, shows as a
 percentage)."""
 
 from __future__ import annotations
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.text import Text
 
 from bninspect.input.memory import human_bytes
-from bninspect.render.table_output import fmt, grid, header
-from bninspect.results.common import Number, Undefined, Verdict
+from bninspect.render.cells import fmt, grid, labelled, listing, reasons_note
+from bninspect.results.common import Number, Undefined
 from bninspect.results.distributed import (
-    Check,
     DistributedExplainResult,
     DistributedRunResult,
     PopulationResult,
+    RegimeCheck,
 )
 
 
@@ -27,16 +29,11 @@ def percent(share: Number) -> str:
     return f"{100 * share:.2g}%"
 
 
-def _verdict(verdict: Verdict) -> Text:
-    style = "bold" if verdict.status in ("ok", "pass") else "bold red"
-    return Text("\n".join(verdict.summary), style=style)
+def _ranks_line(ranks: int, sizes: tuple[int, ...], launcher: str) -> Text:
+    return Text(labelled("ranks", f"{ranks}, samples {','.join(map(str, sizes))}: {launcher}"))
 
 
-def _split(sizes: tuple[int, ...]) -> str:
-    return ",".join(map(str, sizes))
-
-
-def _checks(checks: tuple[Check, ...]) -> Text:
+def _checks(checks: tuple[RegimeCheck, ...]) -> Text:
     lines = [
         f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {fmt(c.max_error)} {c.unit} "
         f"(allowed {fmt(c.allowed)})"
@@ -45,21 +42,13 @@ def _checks(checks: tuple[Check, ...]) -> Text:
     return Text("\n".join(lines))
 
 
-def _reasons(rows: list[tuple[str, Number]]) -> Text | None:
-    """Why a cell reads n/a, once per reason."""
-    reasons = dict.fromkeys(
-        f"n/a {label}: {v.reason}" for label, v in rows if isinstance(v, Undefined)
-    )
-    return Text("\n".join(reasons)) if reasons else None
+def _verified(text: str) -> Text:
+    return Text(labelled("verified", text), style="dim")
 
 
-def render_distributed_run(result: DistributedRunResult) -> RenderableType:
+def render_split_run(result: DistributedRunResult, verbose: bool = False) -> list[RenderableType]:
     dtype = result.input.dtype
-    parts: list[RenderableType] = [
-        _verdict(result.verdict),
-        header(result),
-        Text(f"ranks   {result.ranks}, samples {_split(result.rank_sizes)}: {result.launcher}"),
-    ]
+    parts: list[RenderableType] = [_ranks_line(result.ranks, result.rank_sizes, result.launcher)]
     rows = [
         [
             str(r.channel),
@@ -74,15 +63,15 @@ def render_distributed_run(result: DistributedRunResult) -> RenderableType:
     ]
     parts.append(
         grid(
-            "SyncBatchNorm vs the full batch",
+            "SyncBatchNorm vs the full batch (errors in ULPs; outputs at the channel's scale)",
             [
                 "ch",
                 "mean",
                 "var_biased",
-                "pooled mean ULP f64",
-                "pooled var ULP f64",
-                f"PyTorch full batch ULP {dtype}",
-                f"SyncBN output ULP {dtype}",
+                "pooled mean f64",
+                "pooled var f64",
+                f"PyTorch full batch {dtype}",
+                f"SyncBN output {dtype}",
             ],
             rows,
         )
@@ -134,10 +123,15 @@ def render_distributed_run(result: DistributedRunResult) -> RenderableType:
     )
     rows = []
     for r in result.rank_reports:
-        defined = [c for c in r.channels if not isinstance(c.max_ulp_error_at_scale, Undefined)]
+        defined = [
+            c.max_ulp_error_at_scale
+            for c in r.channels
+            if not isinstance(c.max_ulp_error_at_scale, Undefined)
+        ]
         shifts = [c.output_shift for c in r.channels if not isinstance(c.output_shift, Undefined)]
         means = [abs(c.mean_shift) for c in r.channels if not isinstance(c.mean_shift, Undefined)]
         ratios = [c.var_ratio for c in r.channels if not isinstance(c.var_ratio, Undefined)]
+        ulps = "refused" if r.torch_refused else (fmt(max(defined)) if defined else "-")
         rows.append(
             [
                 str(r.rank),
@@ -145,12 +139,10 @@ def render_distributed_run(result: DistributedRunResult) -> RenderableType:
                 str(r.count),
                 fmt(max(means)) if means else "-",
                 f"{fmt(min(ratios))}-{fmt(max(ratios))}" if ratios else "-",
-                "refused" if r.torch_refused else (
-                    fmt(max(c.max_ulp_error_at_scale for c in defined)) if defined else "-"
-                ),
+                ulps,
                 percent(max(shifts)) if shifts and not r.torch_refused else "-",
             ]
-        )  # fmt: skip
+        )
     parts.append(
         grid(
             "Each rank alone (DDP without SyncBatchNorm), worst channel",
@@ -160,37 +152,77 @@ def render_distributed_run(result: DistributedRunResult) -> RenderableType:
                 "values per ch",
                 "|mean - full| / std",
                 "var / full var",
-                f"PyTorch vs own block ULP {dtype}",
+                f"PyTorch vs own block, ULP {dtype}",
                 "output shift",
             ],
             rows,
         )
     )
+    if verbose:
+        parts.append(_rank_channels(result))
     refusals = [f"rank {r.rank}: {r.torch_refused}" for r in result.rank_reports if r.torch_refused]
     if refusals:
         parts.append(Text("PyTorch's module refused " + "; ".join(refusals), style="yellow"))
     parts.append(_checks(result.checks))
-    parts.append(Text(f"verified: {result.verified}", style="dim"))
-    return Group(*parts)
+    parts.append(_verified(result.verified))
+    return parts
 
 
-def render_distributed_explain(result: DistributedExplainResult) -> RenderableType:
+def _rank_channels(result: DistributedRunResult) -> RenderableType:
+    """--verbose: every rank's every channel."""
+    rows, ends = [], set()
+    for r in result.rank_reports:
+        for c in r.channels:
+            rows.append(
+                [
+                    str(r.rank) if c.channel == 0 else "",
+                    str(c.channel),
+                    fmt(c.mean),
+                    fmt(c.var_biased),
+                    fmt(c.max_ulp_error_at_scale),
+                    percent(c.output_shift),
+                    fmt(c.running_var),
+                    fmt(c.torch_running_var),
+                ]
+            )
+        ends.add(len(rows) - 1)
+    return grid(
+        "Every rank and channel",
+        [
+            "rank",
+            "ch",
+            "mean",
+            "var_biased",
+            "ULP vs own block",
+            "output shift",
+            "running_var by hand",
+            "PyTorch's running_var",
+        ],
+        rows,
+        section_ends=frozenset(ends),
+    )
+
+
+def render_split_explain(
+    result: DistributedExplainResult, verbose: bool = False
+) -> list[RenderableType]:
     index = ", ".join(map(str, result.index))
     local = ", ".join(map(str, result.local_index))
-    parts: list[RenderableType] = [
-        _verdict(result.verdict),
-        header(result),
-        Text(f"ranks   {result.ranks}, samples {_split(result.rank_sizes)}: {result.launcher}"),
-    ]
-    rows = [[s.name, f"{s.formula}\n  = {s.substitution}", fmt(s.value)] for s in result.steps]
-    parts.append(
-        grid(
-            f"output[{index}], channel {result.channel}: rank {result.rank}'s [{local}]",
-            ["step", "formula, then with the numbers", "value"],
-            rows,
-            left=(0, 1),
-        )
+    parts: list[RenderableType] = [_ranks_line(result.ranks, result.rank_sizes, result.launcher)]
+    table = listing(
+        f"output[{index}], channel {result.channel}: rank {result.rank}'s [{local}], step by step",
+        ["step", "formula, with the numbers", "value"],
+        wraps=1,
+        right=(2,),
     )
+    for step in result.derivation:
+        computation = Text(
+            f"{step.formula} = {step.substitution}" if step.substitution else step.formula
+        )
+        if step.note:
+            computation.append(f"\n{step.note}", style="dim")
+        table.add_row(step.name, computation, fmt(step.value))
+    parts.append(table)
     rows = [
         [
             v.regime,
@@ -205,8 +237,9 @@ def render_distributed_explain(result: DistributedExplainResult) -> RenderableTy
     ]
     parts.append(
         grid(
-            "The element under each regime",
-            ["regime", "mean", "var_biased", "y (float64)", "y computed", "ULP at scale", "shift"],
+            "The element under each regime (y computed: as the regime computes it, in "
+            f"{result.input.dtype})",
+            ["regime", "mean", "var (/N)", "y float64", "y computed", "ULP at scale", "shift"],
             rows,
             left=(0,),
         )
@@ -220,23 +253,26 @@ def render_distributed_explain(result: DistributedExplainResult) -> RenderableTy
             left=(0,),
         )
     )
-    notes = _reasons([("y computed", v.torch) for v in result.regimes])
+    notes = reasons_note([("y computed", v.torch) for v in result.regimes])
     if notes is not None:
         parts.append(notes)
     parts.append(_checks(result.checks))
-    parts.append(Text(f"verified: {result.verified}", style="dim"))
-    return Group(*parts)
+    parts.append(_verified(result.verified))
+    return parts
 
 
-def render_population(result: PopulationResult) -> RenderableType:
+def render_population(result: PopulationResult, verbose: bool = False) -> list[RenderableType]:
     dtypes = ", ".join(result.dtypes)
     parts: list[RenderableType] = [
-        _verdict(result.verdict),
         Text(
-            f"input   {result.files} files matching '{result.pattern}' "
-            f"({human_bytes(result.bytes)}, {dtypes}), memory-mapped\n"
-            f"ranks   {result.launcher}"
-        ),
+            labelled(
+                "input",
+                f"{result.files} files matching '{result.pattern}' "
+                f"({human_bytes(result.bytes)}, {dtypes}), memory-mapped",
+            )
+            + "\n"
+            + labelled("ranks", result.launcher)
+        )
     ]
     non_finite = any(c.nan_count or c.posinf_count or c.neginf_count for c in result.channels)
     headers = ["ch", "count", "mean", "var_biased (/N)", "var_unbiased (/N-1)"]
@@ -256,18 +292,10 @@ def render_population(result: PopulationResult) -> RenderableType:
         ]
         parts.append(
             grid(
-                "What each rank streamed (--json has the files and the seconds)",
+                "What each rank streamed (--json has every file and the seconds)",
                 ["rank", "files", "first file", "bytes", "values per ch"],
                 rows,
                 left=(2,),
             )
         )
-    return Group(*parts)
-
-
-def render_distributed(result) -> RenderableType:
-    if isinstance(result, PopulationResult):
-        return render_population(result)
-    if isinstance(result, DistributedExplainResult):
-        return render_distributed_explain(result)
-    return render_distributed_run(result)
+    return parts
