@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from bninspect.distributed.environment import (
     KERNEL_THREADS,
     threads_per_rank,
@@ -171,7 +169,3 @@ def _verdict(channels, files: int, nbytes: int, found: Population, launcher: str
             "into running_var (PyTorch stores the unbiased variance)",
         ),
     )
-
-
-def share_arrays(found: Population) -> np.ndarray:
-    return np.array([[s.first, s.end, s.nbytes, s.values, s.seconds] for s in found.shares])

@@ -573,7 +573,8 @@ def _verdict(
             f"channel {channel}'s output by up to {_percent(shift)} of its scale"
         )
     else:
-        line2 = "without sync, PyTorch's module refused every rank's block"
+        refusal = next((str(r["torch_refused"]) for r in g.run.reports if "torch_refused" in r), "")
+        line2 = f"without sync, PyTorch's module refuses every rank's block ({refusal})"
     if eval_shifts:
         line2 += (
             f"; DDP's broadcast of rank 0's running buffers moves eval outputs by up to "
