@@ -36,7 +36,11 @@ def main() -> None:
         stale_files = ", ".join(stale)
         print(f"out of date: {stale_files}; run python scripts/json_schemas.py", file=sys.stderr)
         sys.exit(1)
-    print(f"{'stale' if stale else 'current'}: {len(RESULT_CLASSES)} schemas in {SCHEMAS}")
+    if stale:
+        names = ", ".join(stale)
+        print(f"rewrote {len(stale)} of {len(RESULT_CLASSES)} schemas in {SCHEMAS}: {names}")
+    else:
+        print(f"current: {len(RESULT_CLASSES)} schemas in {SCHEMAS}")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,20 @@ def samples() -> dict[str, np.ndarray]:
     # keeps the division finite.
     constant = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     constant[:, 1] = 3.0
+    article = np.array([ARTICLE_INPUT], dtype=np.float32)
+    # The backward pass on the article's tensor (docs/grad.md): dy as bninspect draws it by
+    # default (stream 5 of seed 0), and a dx from a backward with a classic mistake, the batch
+    # statistics treated as constants (dx = weight * inv_std * dy, the eval formula in train
+    # mode), computed in float64 and rounded to float32.
+    dy = np.random.default_rng([0, 5]).standard_normal(article.shape, dtype=np.float32)
+    weight = np.array([0.5653, 0.0322], dtype=np.float32).astype(np.float64).reshape(1, -1, 1, 1)
+    x = article.astype(np.float64)
+    inv_std = 1 / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    dx_mistaken = (weight * inv_std * dy.astype(np.float64)).astype(np.float32)
     return {
-        "article.npy": np.array([ARTICLE_INPUT], dtype=np.float32),
+        "article.npy": article,
+        "article_grad_output.npy": dy,
+        "article_grad_input_mistaken.npy": dx_mistaken,
         "sequence_3d.npy": sequence,
         "volume_5d.npy": volume,
         "constant_channel.npy": constant,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,24 +91,42 @@ def test_explain_table_shows_pytorchs_difference_even_when_correctly_rounded(cli
 ARTICLE_SCREENS = {
     "run": ("run", "--input", SAMPLE, "--weight", WEIGHT),
     "explain": ("explain", "--input", SAMPLE, "--weight", WEIGHT, "--index", "0,0,0,0"),
+    "check": ("check", "--input", SAMPLE, "--weight", WEIGHT, "--output", "{mine}"),
 }
 
 
+def _screen_args(command: str, tmp_path) -> tuple[str, ...]:
+    """The command's arguments; check's output is the article's tensor normalized with the
+    unbiased variance, the tutorial's lesson, computed here in float64."""
+    mine = tmp_path / "mine.npy"
+    x = np.load(SAMPLE).astype(np.float64)
+    weight = np.float32([0.5653, 0.0322]).astype(np.float64).reshape(1, -1, 1, 1)
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), ddof=1, keepdims=True)
+    np.save(mine, ((x - mean) / np.sqrt(var + 1e-5) * weight).astype(np.float32))
+    return tuple(str(a).format(mine=mine) for a in ARTICLE_SCREENS[command])
+
+
 @pytest.mark.parametrize("command", sorted(ARTICLE_SCREENS))
-def test_the_articles_screens_fit_80_by_40_and_open_with_the_verdict(cli, command):
-    """Answer first: the article's run and explain fit one 80x40 terminal, verdict on top."""
-    result = cli.runner.invoke(cli.app, list(ARTICLE_SCREENS[command]), env={"COLUMNS": "80"})
-    assert result.exit_code == 0, result.stderr
+def test_the_articles_screens_fit_80_by_40_and_open_with_the_verdict(cli, command, tmp_path):
+    """Answer first: the article's run, explain and check each fit one 80x40 terminal, with
+    the verdict on top."""
+    args = _screen_args(command, tmp_path)
+    result = cli.runner.invoke(cli.app, list(args), env={"COLUMNS": "80"})
+    assert result.exit_code == (3 if command == "check" else 0), result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) <= 40 and max(map(len, lines)) <= 80, result.stdout
     assert all(line == line.rstrip() for line in lines)  # no trailing spaces
-    verdict = cli.json(*ARTICLE_SCREENS[command])["verdict"]
+    doc = cli(*args, "--json", code=3 if command == "check" else 0).stdout
+    verdict = json.loads(doc)["verdict"]
     first_paragraph = result.stdout.split("\n\n")[0]
     assert first_paragraph.split() == " ".join(verdict["summary"]).split()
 
 
-def test_quiet_prints_the_verdict_alone(cli):
-    for args in ARTICLE_SCREENS.values():
-        quiet = cli(*args, "-q").stdout
-        verdict = cli.json(*args)["verdict"]
-        assert " ".join(quiet.split()) == " ".join(" ".join(verdict["summary"]).split())
+@pytest.mark.parametrize("command", sorted(ARTICLE_SCREENS))
+def test_quiet_prints_the_verdict_alone(cli, command, tmp_path):
+    args = _screen_args(command, tmp_path)
+    code = 3 if command == "check" else 0
+    quiet = cli(*args, "-q", code=code).stdout
+    verdict = json.loads(cli(*args, "--json", code=code).stdout)["verdict"]
+    assert quiet.split() == " ".join(verdict["summary"]).split()

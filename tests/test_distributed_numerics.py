@@ -12,7 +12,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_startup import bninspect_without_torch
 
 from bninspect.distributed import syncbn
 from bninspect.distributed.sharding import batch_split, file_split, parse_rank_sizes
@@ -27,6 +26,8 @@ from bninspect.numerics.pooling import (
     shard_bounds,
 )
 from bninspect.numerics.reference import channel_statistics
+
+from test_startup import bninspect_without_torch
 
 DTYPES = {
     "float32": np.float32,

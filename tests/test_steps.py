@@ -174,8 +174,8 @@ def test_explain_derives_an_element_of_the_last_batch(cli, six_samples):
         (
             ["--batch-size", "2"],
             2,
-            "--batch-size splits --input's axis 0; a generated tensor's batch size is the first "
-            "size of --shape",
+            "--batch-size splits --input's samples; a generated tensor's batch size is the "
+            "first size of --shape",
         ),
         (
             ["--convention", "keras", "--momentum", "none"],

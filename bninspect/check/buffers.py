@@ -148,7 +148,7 @@ def _updates(inspection) -> tuple[_Update, list[_Update]]:
     return right, mistakes
 
 
-def _bounds(inspection, cond, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def buffer_bounds(inspection, cond, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """What a correct update can leave on each buffer, absolute, per channel (the module's
     derivation)."""
     from bninspect.check.tolerance import (
@@ -184,7 +184,7 @@ def _bounds(inspection, cond, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return bounds[0], bounds[1]
 
 
-def _scales(inspection, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def buffer_scales(inspection, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """The scale each buffer's error is counted at (module docstring)."""
     from bninspect.numerics.agreement import running_mean_scale
 
@@ -222,8 +222,8 @@ def check_buffers(inspection, theirs: TheirBuffers, cond) -> BufferCheck:
     """Their buffers against the reference's update, and the mistake that explains them."""
     dtype = inspection.tensor.info.dtype
     right, mistakes = _updates(inspection)
-    mean_bound, var_bound = _bounds(inspection, cond, dtype)
-    mean_scale, var_scale = _scales(inspection, dtype)
+    mean_bound, var_bound = buffer_bounds(inspection, cond, dtype)
+    mean_scale, var_scale = buffer_scales(inspection, dtype)
     given = [
         (name, values, path, bound, scale, attr)
         for name, values, path, bound, scale, attr in (

@@ -29,7 +29,9 @@ def channel_list(channels: list[int] | tuple[int, ...], total: int) -> str:
     """ "all 16 channels", "channel 7", "channels 1, 3 and 5", "channels 0-6 and 8-15"."""
     channels = sorted(channels)
     if len(channels) == total:
-        return "its one channel" if total == 1 else f"all {total} channels"
+        if total <= 2:
+            return "its one channel" if total == 1 else "both channels"
+        return f"all {total} channels"
     runs: list[list[int]] = []
     for c in channels:
         if runs and c == runs[-1][-1] + 1:

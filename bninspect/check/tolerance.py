@@ -199,6 +199,23 @@ def conditioning(
     )  # fmt: skip
 
 
+def output_conditioning(inspection, max_reference: np.ndarray) -> Conditioning:
+    """The conditioning of each channel of an inspection's (last) batch from the largest
+    |reference output| per channel, which run has from its comparison, without another pass
+    over the data: |y - b| = |x_hat| |w| bounds X = max |x_hat| by (max |y| + |b|) / |w| from
+    above, so the bound can only grow."""
+    stats, forward, params = inspection.stats, inspection.forward, inspection.params
+    weight, bias = np.abs(params.weight), np.abs(params.bias)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        x_hat_max = np.where(weight == 0, 0.0, (np.asarray(max_reference) + bias) / weight)
+        rms = np.sqrt(stats.mean * stats.mean + stats.var_biased)
+    return Conditioning(
+        stats.count, np.asarray(forward.mean, float), np.asarray(forward.var, float),
+        inspection.settings.eps, rms, x_hat_max, np.asarray(params.weight, float),
+        np.asarray(params.bias, float), inspection.settings.mode == "train",
+    )  # fmt: skip
+
+
 def inspection_conditioning(inspection) -> Conditioning:
     """The conditioning of each channel of an inspection's (last) batch."""
     from bninspect.check.compare import channel_chunks

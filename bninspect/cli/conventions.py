@@ -25,13 +25,19 @@ def conventions(
     momentum: Annotated[
         str | None,
         typer.Option(
+            metavar="M",
             help="Translate this momentum (in --from's meaning; none: PyTorch's cumulative "
             "average) into every convention's.",
         ),
     ] = None,
     source: Annotated[
         ConventionName | None,
-        typer.Option("--from", help="The convention --momentum is given in (default pytorch)."),
+        typer.Option(
+            "--from",
+            metavar="NAME",
+            help=f"The convention --momentum is given in ({', '.join(CONVENTIONS)}; default "
+            "pytorch).",
+        ),
     ] = None,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,

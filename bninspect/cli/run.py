@@ -8,6 +8,13 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
+from bninspect.cli.grad import (
+    GradFlag,
+    GradOutput,
+    check_grad_request,
+    grad_output_for,
+    refuse_grad_output_alone,
+)
 from bninspect.cli.options import (
     JsonFlag,
     QuietFlag,
@@ -23,7 +30,7 @@ from bninspect.input.request import InspectRequest
 
 
 @app.command(short_help="Per-channel statistics: PyTorch beside a float64 reference.")
-@with_inspect_options
+@with_inspect_options("run")
 def run(
     request: InspectRequest,
     stats_only: Annotated[
@@ -42,6 +49,8 @@ def run(
             "naive one-pass (E[x^2] - E[x]^2) and Welford in working precision.",
         ),
     ] = False,
+    grad: GradFlag = False,
+    grad_output: GradOutput = None,
     ranks: Ranks = None,
     rank_sizes: RankSizes = None,
     rank_timeout: RankTimeout = TIMEOUT_DEFAULT,
@@ -66,7 +75,9 @@ def run(
 
     pattern = request.input_path is not None and is_pattern(str(request.input_path))
     if stats_only and (pattern or ranks is not None or torchrun() is not None):
-        _population(request, ranks, rank_sizes, rank_timeout, var_method, json_output, detail)
+        _population(
+            request, ranks, rank_sizes, rank_timeout, var_method or grad, json_output, detail
+        )
         return
     if pattern:
         raise OptionError(
@@ -74,8 +85,10 @@ def run(
             "--stats-only (population statistics), or give one .npy file"
         )
     if ranks is not None or rank_sizes is not None:
-        if var_method:
-            raise OptionError("--var-method compares one process's variances; drop it or --ranks")
+        if var_method or grad or grad_output is not None:
+            raise OptionError(
+                "--var-method and --grad inspect one process's batch norm; drop them or --ranks"
+            )
         from bninspect.distributed.batch import run_split
         from bninspect.distributed.report import build_run_result as build_split_result
 
@@ -86,17 +99,31 @@ def run(
         return
     if stats_only:
         request = for_stats_only(request)
+    if grad:
+        check_grad_request(request, grad_output, "--grad")
+    else:
+        refuse_grad_output_alone(grad_output, "--grad")
 
-    def report(inspection, _extra, progress):
+    def before(planned, _settings):  # dy, checked before torch loads
+        return grad_output_for(planned, request, grad_output) if grad else None
+
+    def report(inspection, dy, progress):
         # Report modules load only now (~0.25 s): errors in the checks stay quick.
         from bninspect.report.run import build_run_result
 
-        return build_run_result(inspection, progress, var_method)
+        result = build_run_result(inspection, progress, var_method)
+        if dy is None:
+            return result
+        from bninspect.grad.backward import inspect_backward
+        from bninspect.grad.report import build_grad_run, with_backward
 
-    emit(inspect(request, json_output, report, compare_only=True), json_output, detail)
+        backward = inspect_backward(inspection, *dy)
+        return with_backward(result, build_grad_run(inspection, backward))
+
+    emit(inspect(request, json_output, report, before, compare_only=True), json_output, detail)
 
 
-def _population(request, ranks, rank_sizes, timeout, var_method, json_output, detail) -> None:
+def _population(request, ranks, rank_sizes, timeout, one_tensor, json_output, detail) -> None:
     """--stats-only on a pattern of files (or with --ranks, or under torchrun)."""
     if request.input_path is None:
         raise OptionError(
@@ -111,7 +138,9 @@ def _population(request, ranks, rank_sizes, timeout, var_method, json_output, de
          "feed training batches; population statistics take every value: drop them"),
         (request.dtype is not None, "--dtype converts one tensor; population statistics read "
          "each file as it is: drop --dtype"),
-        (var_method, "--var-method compares variance formulas on one tensor; drop it"),
+        (request.channel_axis != 1, "population statistics read every file channels-first "
+         "(N, C, ...); drop --channel-axis, or save the files with channels on axis 1"),
+        (one_tensor, "--var-method and --grad inspect one tensor; drop them"),
     ]  # fmt: skip
     for hit, message in refused:
         if hit:

@@ -43,6 +43,13 @@ def refuse_unsplittable(request: InspectRequest, option: str) -> None:
             f"{option} splits one training step's batch over ranks; drop --steps and "
             "--batch-size (the whole input is the global batch)"
         )
+    if request.channel_axis != 1:
+        raise OptionError(
+            f"{option} splits an (N, C, ...) batch over ranks; give it channels-first (drop "
+            "--channel-axis, or save the tensor with channels on axis 1)"
+        )
+    if request.num_batches_tracked:
+        raise OptionError(f"{option} runs one step of a fresh layer; drop --num-batches-tracked")
     if request.convention is not PYTORCH:
         raise OptionError(
             f"{option} shows PyTorch's data-parallel batch norm (DDP, SyncBatchNorm); drop "

@@ -18,6 +18,8 @@ from bninspect.errors import BnInspectError, OptionError
 
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_PROTOCOL = b"\x80"  # the first byte of every pickle since protocol 2
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ def read_header(path: Path, what: str) -> NpyHeader:
     try:
         with path.open("rb") as f:
             start = f.read(len(NPY_MAGIC))
+            if start[:4] == ZIP_MAGIC or (
+                start[:1] == PICKLE_PROTOCOL and path.suffix in TORCH_SUFFIXES
+            ):
+                raise BnInspectError(
+                    f"{what} {path}: a PyTorch file (torch.save), not a .npy; for a model's "
+                    f"batch norms run bninspect model --weights {path} (with --model to run a "
+                    "batch), or save one tensor with numpy.save"
+                )
             if start[:1] == PICKLE_PROTOCOL:
                 raise BnInspectError(
                     f"{what} {path}: is a Python pickle, not a .npy file, and bninspect never "

@@ -4,6 +4,7 @@ and brought to a floating dtype PyTorch's batch norm runs in."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.input.channel_groups import groups_reproduce_whole
+from bninspect.input.layout import resolve_axis, shape_forms, to_core_shape, to_user_shape
 from bninspect.input.memory import check_fits, run_bytes
 from bninspect.input.npy_files import (
     BackgroundSha256,
@@ -23,7 +25,7 @@ from bninspect.input.npy_files import (
     read_header,
     sha256_of,
 )
-from bninspect.input.parsing import MAX_RANK, MIN_RANK, SHAPE_FORMS
+from bninspect.input.parsing import MAX_RANK, MIN_RANK
 from bninspect.results.common import InputInfo, Undefined
 from bninspect.text import shape as shape_text
 
@@ -39,7 +41,9 @@ _GENERATE_BLOCK_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class InputTensor:
-    """The array, shape (N, C, *spatial) in one of dtypes.FORMATS, and where it came from.
+    """The array as the core sees it, shape (N, C, *spatial) in one of dtypes.FORMATS (a view of
+    the user's array with its channel axis moved to 1: layout.py), and where it came from
+    (``info.shape`` and ``info.channel_axis`` in the user's layout).
 
     ``pending_sha256`` is the file's hash while a background thread still computes it (it
     overlaps the torch import); ``finished_info()`` waits for it.
@@ -54,18 +58,37 @@ class InputTensor:
             return self.info
         return dataclasses.replace(self.info, sha256=self.pending_sha256.result())
 
+    def user_array(self) -> np.ndarray:
+        """The array in the user's layout (channels back on their axis): the array read or
+        generated, not a copy."""
+        return np.moveaxis(self.array, 1, self.info.channel_axis)
+
 
 @dataclass(frozen=True)
 class PlannedInput:
     """An input checked from its description alone (--shape and --dtype, or a .npy header):
-    its shape and dtype (a name in dtypes.FORMATS) are known, and ``obtain()`` generates or
-    reads the values, which is the slow part. ``by_groups``: its shape and layout let PyTorch
-    run over channel groups, and the fit check counted on it."""
+    its shape (the core's, channels on axis 1) and dtype (a name in dtypes.FORMATS) are known,
+    and ``obtain()`` generates or reads the values, which is the slow part. ``by_groups``: its
+    shape and layout let PyTorch run over channel groups, and the fit check counted on it.
+    ``channel_axis``: where the user's layout has the channels (non-negative)."""
 
     shape: tuple[int, ...]
     dtype: str
     obtain: Callable[[], InputTensor]
     by_groups: bool = False  # PyTorch may run over channel groups (channel_groups.py)
+    channel_axis: int = 1
+
+    @property
+    def user_shape(self) -> tuple[int, ...]:
+        """The shape in the user's layout."""
+        return to_user_shape(self.shape, self.channel_axis)
+
+
+def _relayout_bytes(shape: tuple[int, ...], itemsize: int, channel_axis: int) -> int:
+    """With channels elsewhere than axis 1, PyTorch's output may come in another layout than
+    the input's (channels-last kernels exist for rank 4 and 5 only), and is copied into the
+    input's: one more output at most."""
+    return math.prod(shape) * itemsize if channel_axis != 1 else 0
 
 
 def plan_generated(
@@ -76,22 +99,31 @@ def plan_generated(
     scale: float = 1.0,
     may_group: bool = False,
     eval_pass: bool = False,
+    channel_axis: int = 1,
 ) -> PlannedInput:
-    """Check that a generated tensor fits in memory (holding one channel group of PyTorch's
-    output at a time where ``may_group`` and the shape allows, and an eval pass's output too
-    where ``eval_pass``: see memory.run_bytes); obtain() generates it (generate_input)."""
+    """Check that a generated tensor of ``shape`` (the user's layout, channels on
+    ``channel_axis``) fits in memory (holding one channel group of PyTorch's output at a time
+    where ``may_group`` and the shape allows, and an eval pass's output too where
+    ``eval_pass``: see memory.run_bytes); obtain() generates it (generate_input)."""
     form = float_format(dtype)
+    shape = tuple(shape)
+    axis = resolve_axis(channel_axis, len(shape), f"--shape {shape_text(shape)}")
+    core = to_core_shape(shape, axis)
     elements = int(np.prod(shape))
-    by_groups = may_group and groups_reproduce_whole(tuple(shape), True)
+    by_groups = may_group and axis == 1 and groups_reproduce_whole(core, True)
     check_fits(
-        run_bytes(tuple(shape), form.numpy.itemsize, by_groups, eval_pass)
+        run_bytes(core, form.numpy.itemsize, by_groups, eval_pass)
+        + _relayout_bytes(core, form.numpy.itemsize, axis)
         + elements * 4 * (dtype != "float32"),
         f"--shape {','.join(map(str, shape))} in {dtype}",
         "use a smaller --shape",
     )
-    shape = tuple(shape)
     return PlannedInput(
-        shape, dtype, lambda: _generate(shape, seed, dtype, offset, scale), by_groups
+        core,
+        dtype,
+        lambda: _generate(shape, seed, dtype, offset, scale, axis),
+        by_groups,
+        axis,
     )
 
 
@@ -101,15 +133,19 @@ def generate_input(
     dtype: str = "float32",
     offset: float = 0.0,
     scale: float = 1.0,
+    channel_axis: int = 1,
 ) -> InputTensor:
     """``offset + scale * z`` in ``dtype``, z standard normal float32 from
-    ``numpy.random.default_rng(seed)``. The same float32 draws serve every dtype, so changing
-    --dtype changes only the precision, and float32 with offset 0 and scale 1 is z itself."""
-    return plan_generated(shape, seed, dtype, offset, scale).obtain()
+    ``numpy.random.default_rng(seed)`` drawn in ``shape`` (the user's layout). The same float32
+    draws serve every dtype, so changing --dtype changes only the precision, and float32 with
+    offset 0 and scale 1 is z itself."""
+    return plan_generated(
+        shape, seed, dtype, offset, scale, channel_axis=channel_axis
+    ).obtain()
 
 
 def _generate(
-    shape: tuple[int, ...], seed: int, dtype: str, offset: float, scale: float
+    shape: tuple[int, ...], seed: int, dtype: str, offset: float, scale: float, axis: int
 ) -> InputTensor:
     form = float_format(dtype)
     z = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
@@ -124,8 +160,10 @@ def _generate(
                 array[n : n + rows] = block.astype(form.numpy)
         del z
     notices = _generated_notices(array, dtype, offset, scale)
-    info = InputInfo("generated", tuple(shape), dtype, seed, None, None, notices, offset, scale)
-    return InputTensor(array, info)
+    info = InputInfo(
+        "generated", tuple(shape), dtype, seed, None, None, notices, offset, scale, axis
+    )
+    return InputTensor(np.moveaxis(array, axis, 1), info)
 
 
 def _generated_notices(array: np.ndarray, dtype: str, offset: float, scale: float) -> tuple:
@@ -208,13 +246,13 @@ def _rounding_note(integers: np.ndarray, target: np.dtype) -> str:
     )
 
 
-def _checked_header(path: Path):
+def _checked_header(path: Path, channel_axis: int = 1):
     header = read_header(path, "--input")
     shape = header.shape
     if not MIN_RANK <= len(shape) <= MAX_RANK:
         raise BnInspectError(
             f"--input {path}: shape {shape} has rank {len(shape)}; batch norm takes rank 2 to 5, "
-            f"{SHAPE_FORMS}, with channels on axis 1"
+            f"{shape_forms(channel_axis)}, with channels on axis {channel_axis}"
         )
     if 0 in shape:
         raise BnInspectError(
@@ -224,39 +262,53 @@ def _checked_header(path: Path):
     return header
 
 
-def load_input(path: Path, dtype: str | None = None) -> InputTensor:
+def load_input(path: Path, dtype: str | None = None, channel_axis: int = 1) -> InputTensor:
     """Load a .npy tensor (never unpickling), check its rank and dtype, and convert it to
     ``dtype`` if given, or integer/boolean data to float32, with a notice. The file's SHA-256 is
     computed in a background thread (see InputTensor.pending_sha256)."""
-    return plan_file(path, dtype).obtain()
+    return plan_file(path, dtype, channel_axis=channel_axis).obtain()
 
 
 def plan_file(
-    path: Path, dtype: str | None = None, may_group: bool = False, eval_pass: bool = False
+    path: Path,
+    dtype: str | None = None,
+    may_group: bool = False,
+    eval_pass: bool = False,
+    channel_axis: int = 1,
 ) -> PlannedInput:
     """Check a .npy file's header (rank, dtype, that it fits in memory, holding one channel
     group of PyTorch's output at a time where ``may_group`` and its shape and layout allow, and
     an eval pass's output too where ``eval_pass``: see memory.run_bytes); obtain() loads it as
-    load_input does."""
-    header = _checked_header(path)
+    load_input does. The file holds the channels on ``channel_axis``."""
+    header = _checked_header(path, channel_axis)
     shape = header.shape
+    axis = resolve_axis(channel_axis, len(shape), f"--input {path}")
+    core = to_core_shape(tuple(shape), axis)
     target, notice = _conversion_for(header.dtype, dtype, path)
     elements = int(np.prod(shape))
-    by_groups = may_group and groups_reproduce_whole(tuple(shape), not header.fortran_order)
+    by_groups = (
+        may_group and axis == 1 and groups_reproduce_whole(core, not header.fortran_order)
+    )
     # A converted input is the file's array and its copy at first, then the copy alone beside
     # PyTorch's output in the new dtype.
     converted = target != header.dtype
     converting = elements * (header.dtype.itemsize + target.itemsize) if converted else 0
     check_fits(
-        max(run_bytes(tuple(shape), target.itemsize, by_groups, eval_pass), converting),
+        max(
+            run_bytes(core, target.itemsize, by_groups, eval_pass)
+            + _relayout_bytes(core, target.itemsize, axis),
+            converting,
+        ),
         f"--input {path} ({shape_text(shape)} {header.dtype.name})",
         "inspect a slice of it saved as a smaller .npy, or use --stats-only",
     )
     name = format_of(target).name
-    return PlannedInput(tuple(shape), name, lambda: _load(path, header, target, notice), by_groups)
+    return PlannedInput(
+        core, name, lambda: _load(path, header, target, notice, axis), by_groups, axis
+    )
 
 
-def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTensor:
+def _load(path: Path, header, target: np.dtype, notice: str | None, axis: int) -> InputTensor:
     # Read in large reads (3x faster than np.load here), each hashed from memory as it lands:
     # the hash names exactly the bytes inspected, and nothing writes to them. np.load for
     # Fortran order, which needs its transposed view.
@@ -281,8 +333,9 @@ def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTens
         str(path),
         None,
         (notice,) if notice else (),
+        channel_axis=axis,
     )
-    return InputTensor(array, info, pending)
+    return InputTensor(np.moveaxis(array, axis, 1), info, pending)
 
 
 def _dtype_text(dtype: np.dtype) -> str:
@@ -290,10 +343,13 @@ def _dtype_text(dtype: np.dtype) -> str:
     return dtype.name if dtype.isnative else dtype.str
 
 
-def map_input(path: Path, dtype: str | None = None) -> tuple[InputTensor, object]:
+def map_input(
+    path: Path, dtype: str | None = None, channel_axis: int = 1
+) -> tuple[InputTensor, object]:
     """Memory-map a .npy tensor read-only for streaming statistics, without loading or hashing
     it; returns the tensor and the mmap (whose pages the reader may release)."""
-    header = _checked_header(path)
+    header = _checked_header(path, channel_axis)
+    axis = resolve_axis(channel_axis, len(header.shape), f"--input {path}")
     target, notice = _conversion_for(header.dtype, dtype, path)
     if notice is not None:
         fix = (
@@ -307,5 +363,8 @@ def map_input(path: Path, dtype: str | None = None) -> tuple[InputTensor, object
             f"({notice}); {fix}"
         )
     array, mapping = map_array(path, header)
-    info = InputInfo("file", header.shape, format_of(target).name, None, str(path), NOT_HASHED)
-    return InputTensor(array, info), mapping
+    info = InputInfo(
+        "file", header.shape, format_of(target).name, None, str(path), NOT_HASHED,
+        channel_axis=axis,
+    )
+    return InputTensor(np.moveaxis(array, axis, 1), info), mapping

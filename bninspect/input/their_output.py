@@ -16,21 +16,28 @@ from bninspect.results.check import OutputInfo
 from bninspect.text import shape as shape_text
 
 
-def transposition_hint(theirs: tuple[int, ...], ours: tuple[int, ...]) -> str:
+def transposition_hint(
+    theirs: tuple[int, ...], ours: tuple[int, ...], channel_axis: int = 1
+) -> str:
     """If ``theirs`` holds ``ours``'s sizes in another order, say which transposition it looks
-    like and how to undo it; else ''."""
+    like and how to undo it; else ''. ``ours`` has its channels on ``channel_axis``."""
     if sorted(theirs) != sorted(ours) or theirs == ours:
         return ""
     rank = len(ours)
-    channels_last = (0, *range(2, rank), 1)
+    # the likeliest mix-up: the channels moved last (or, from the last axis, to axis 1)
+    target, what = (1, " (channels on axis 1)") if channel_axis == rank - 1 else (rank - 1, "")
+    likeliest = [a for a in range(rank) if a != channel_axis]
+    likeliest.insert(target, channel_axis)
+    likeliest = tuple(likeliest)
+    what = what or " (channels last)"
     orders = [
         p
         for p in itertools.permutations(range(rank))
         if tuple(ours[a] for a in p) == theirs and p != tuple(range(rank))
     ]
-    order = channels_last if channels_last in orders else orders[0]
+    order = likeliest if likeliest in orders else orders[0]
     back = tuple(int(i) for i in np.argsort(order))
-    what = " (channels last)" if order == channels_last else ""
+    what = what if order == likeliest else ""
     return (
         f"; it looks like the input transposed by {order}{what}: "
         f"numpy.transpose(y, {back}) brings it back"
@@ -52,10 +59,13 @@ def check_memory(shape: tuple[int, ...], dtype: str, input_path: Path | None) ->
 
 
 def load_output(
-    path: Path, option: str, input_shape: tuple[int, ...], input_dtype: str
+    path: Path, option: str, input_shape: tuple[int, ...], input_dtype: str, channel_axis: int = 1
 ) -> tuple[np.ndarray, OutputInfo]:
     """Their output as float64 (exact for every float and integer dtype it may hold) and what
-    it was; refuses a shape other than the input's with both shapes and a transposition hint."""
+    it was; refuses a shape other than the input's with both shapes and a transposition hint.
+    ``input_shape`` is in the user's layout, channels on ``channel_axis`` (non-negative), as
+    the file must be; the values come back as the core sees them, channels on axis 1 (a
+    view)."""
     header = read_header(path, option)
     if header.dtype.kind not in "fiub":
         refuse_non_numeric(option, header.dtype, path)
@@ -63,7 +73,7 @@ def load_output(
         raise BnInspectError(
             f"{option} {path}: shape {shape_text(header.shape)} but the input is "
             f"{shape_text(input_shape)}; batch norm keeps the shape"
-            f"{transposition_hint(header.shape, tuple(input_shape))}"
+            f"{transposition_hint(header.shape, tuple(input_shape), channel_axis)}"
         )
     array = read_array(path, option)
     notices = ()
@@ -75,4 +85,4 @@ def load_output(
     with np.errstate(over="ignore"):
         values = array.astype(np.float64)
     info = OutputInfo(str(path), sha256_of(path), header.shape, header.dtype.name, notices)
-    return values, info
+    return np.moveaxis(values, channel_axis, 1), info

@@ -138,7 +138,8 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
             )
         )
     if isinstance(result.suggested, Undefined):
-        if not result.passed:
+        # The verdict already says to fix the mistake, not the tolerance; the reason in full:
+        if not result.passed and verbose:
             parts.append(Text(f"no assert_close line: {result.suggested.reason}"))
     elif not result.passed:
         suggested = result.suggested
@@ -173,7 +174,7 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
         )
         parts.append(
             grid(
-                f"{title} (error left: ULPs of {dtype} at the channel's scale)",
+                f"{title} (ULPs of {dtype} left at scale)",
                 ["variant", "what it does", "error left", "explains"],
                 rows,
                 left=(0, 1),

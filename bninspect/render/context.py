@@ -37,6 +37,8 @@ def layer_text(settings: Settings) -> str:
         f"eps {settings.eps:g}",
         f"momentum {_momentum_text(settings.momentum)}",
     ]
+    if settings.num_batches_tracked:  # the counter a checkpoint resumes from
+        parts.append(f"num_batches_tracked {settings.num_batches_tracked}")
     if not settings.affine:
         parts.append("no affine")
     else:
@@ -57,8 +59,11 @@ def uses_text(settings: Settings) -> str:
 def context(result, width: int) -> Text:
     """What was inspected, in a few lines that wrap under their labels at ``width``."""
     info, settings = result.input, result.settings
+    where = "" if info.channel_axis == 1 else f", channels on axis {info.channel_axis}"
     lines = [
-        labelled("input", f"{shape_text(info.shape)} {info.dtype}: {source_text(info)}", width)
+        labelled(
+            "input", f"{shape_text(info.shape)} {info.dtype}{where}: {source_text(info)}", width
+        )
     ]
     if settings.training_steps > 1:
         last = (settings.training_steps - 1) * settings.batch_size

@@ -138,10 +138,17 @@ def _precision_table(report: PrecisionReport, dtype: str) -> RenderableType:
 
 
 def _against_table(against: AgainstReport) -> RenderableType:
-    title = (
-        f"Your value from {against.path}: {full(against.theirs)}, |err| "
-        f"{fmt(against.abs_error)} ({fmt(against.ulp_error_at_scale)} ULP at the channel's scale)"
-    )
+    if isinstance(against.path, Undefined):  # typed by hand: judged to its last digit
+        title = (
+            f"Your value: {full(against.theirs)}, |err| {fmt(against.abs_error)} "
+            f"({fmt(against.digit_error)} units of your last digit, {fmt(against.digit_unit)})"
+        )
+    else:
+        title = (
+            f"Your value from {against.path}: {full(against.theirs)}, |err| "
+            f"{fmt(against.abs_error)} ({fmt(against.ulp_error_at_scale)} ULP at the channel's "
+            "scale)"
+        )
     rows = [
         [step.name, fmt(step.reference), fmt(step.implied), step.note or ""]
         for step in against.implied
@@ -165,4 +172,8 @@ def render_explain(result: ExplainResult, verbose: bool = False) -> list[Rendera
         parts.append(Text(f"--precision: {result.precision.reason}", style="yellow"))
     if not isinstance(result.against, Undefined):
         parts.append(_against_table(result.against))
+    if not isinstance(result.grad, Undefined):  # explain --grad: the backward, after the forward
+        from bninspect.render.grad_output import render_grad_explain
+
+        parts += render_grad_explain(result.grad, dtype)
     return parts

@@ -20,32 +20,24 @@ from typing import Any
 
 from bninspect.results.common import SCHEMA_VERSION, Undefined
 
-# command -> "module:class" of its result object; a tuple where a command gives more than one
-# kind of document (its schema is then one of them: the first is the command's own)
+# command -> "module:class" of its result object
 RESULT_CLASSES = {
-    "run": (
-        "bninspect.results.run:RunResult",
-        "bninspect.results.distributed:DistributedRunResult",
-        "bninspect.results.distributed:PopulationResult",
-    ),
-    "explain": (
-        "bninspect.results.explain:ExplainResult",
-        "bninspect.results.distributed:DistributedExplainResult",
-    ),
+    "run": "bninspect.results.run:RunResult",
+    "explain": "bninspect.results.explain:ExplainResult",
     "check": "bninspect.results.check:CheckResult",
+    "check-grad": "bninspect.results.grad:GradCheckResult",  # check --grad-input
+    "run-ranks": "bninspect.results.distributed:DistributedRunResult",  # run --ranks
+    "explain-ranks": "bninspect.results.distributed:DistributedExplainResult",  # explain --ranks
+    "run-population": "bninspect.results.distributed:PopulationResult",  # --stats-only 'PATTERN'
     "conventions": "bninspect.results.conventions:ConventionsResult",
+    "model": "bninspect.results.model:ModelResult",
 }
 _COMMENT = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.M)
 
 
-def result_classes(command: str) -> list[type]:
-    """The result classes of ``command``'s documents, its own first."""
-    names = RESULT_CLASSES[command]
-    found = []
-    for entry in (names,) if isinstance(names, str) else names:
-        module, name = entry.split(":")
-        found.append(getattr(importlib.import_module(module), name))
-    return found
+def result_class(command: str) -> type:
+    module, name = RESULT_CLASSES[command].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _comments(cls: type) -> dict[str, str]:
@@ -128,8 +120,9 @@ def _merge(schemas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return schemas
 
 
-def _document(cls: type, command: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The schema of one kind of ``command``'s document, and its definitions."""
+def command_schema(command: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``bninspect <command> --json``."""
+    cls = result_class(command)
     builder = _Builder()
     body = builder.object(cls)
     statuses = getattr(cls, "verdict_statuses", None)
@@ -148,54 +141,17 @@ def _document(cls: type, command: str) -> tuple[dict[str, Any], dict[str, Any]]:
             "additionalProperties": {"type": "string"},
         },
     }
-    document = {
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:bninspect:{command}:schema-version-{SCHEMA_VERSION}",
+        "title": f"bninspect {command} --json",
         "description": body.get("description", ""),
         "type": "object",
         "properties": properties,
         "required": list(properties),
         "additionalProperties": False,
+        "$defs": builder.defs,
     }
-    return document, builder.defs
-
-
-def _renamed(value: Any, old: str, new: str) -> Any:
-    """``value`` with every reference to the definition ``old`` pointing at ``new``."""
-    if isinstance(value, dict):
-        if value.get("$ref") == f"#/$defs/{old}":
-            return {**value, "$ref": f"#/$defs/{new}"}
-        return {k: _renamed(v, old, new) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_renamed(v, old, new) for v in value]
-    return value
-
-
-def command_schema(command: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of ``bninspect <command> --json``: one document's, or
-    one of several kinds' (each with its own verdict statuses, as ``<Class>Verdict``)."""
-    classes = result_classes(command)
-    head = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"urn:bninspect:{command}:schema-version-{SCHEMA_VERSION}",
-        "title": f"bninspect {command} --json",
-    }
-    document, defs = _document(classes[0], command)
-    if len(classes) == 1:
-        return {**head, **document, "$defs": defs}
-    kinds = [document]
-    for cls in classes[1:]:
-        other, more = _document(cls, command)
-        name = f"{cls.__name__}Verdict"
-        other = _renamed(other, "Verdict", name)
-        more = {
-            name if k == "Verdict" else k: _renamed(v, "Verdict", name) for k, v in more.items()
-        }
-        for key, schema in more.items():
-            if key in defs and defs[key] != schema:
-                raise ValueError(f"two results of {command} define {key} differently")
-            defs[key] = schema
-        kinds.append(other)
-    described = "; or ".join(k["description"].split("\n")[0] for k in kinds)
-    return {**head, "description": f"One of: {described}", "oneOf": kinds, "$defs": defs}
 
 
 def _with_statuses(verdict: dict[str, Any], statuses: tuple[str, ...]) -> dict[str, Any]:

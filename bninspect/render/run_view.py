@@ -135,6 +135,10 @@ def render_run(result: RunResult, verbose: bool = False) -> list[RenderableType]
     if result.flag_legend:
         legend = (f"flag {flag:<8} {meaning}" for flag, meaning in result.flag_legend.items())
         parts.append(Text("\n".join(legend)))
+    if not isinstance(result.grad, Undefined):  # run --grad: the backward, after the forward
+        from bninspect.render.grad_output import render_grad_run
+
+        parts += render_grad_run(result.grad, result.input.dtype)
     return parts
 
 

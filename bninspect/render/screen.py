@@ -23,13 +23,12 @@ VIEWS = {
     "run": ("bninspect.render.run_view", "render_run"),
     "explain": ("bninspect.render.explain_view", "render_explain"),
     "check": ("bninspect.render.check_view", "render_check"),
+    "check-grad": ("bninspect.render.grad_output", "render_grad_check"),  # check --grad-input
+    "run-ranks": ("bninspect.render.distributed_view", "render_split_run"),  # run --ranks
+    "explain-ranks": ("bninspect.render.distributed_view", "render_split_explain"),
+    "run-population": ("bninspect.render.distributed_view", "render_population"),
     "conventions": ("bninspect.render.card_view", "render_card"),
-}
-# result class -> view, where a command has more than one kind of result (run --ranks, ...)
-VIEWS_BY_RESULT = {
-    "DistributedRunResult": ("bninspect.render.distributed_view", "render_split_run"),
-    "DistributedExplainResult": ("bninspect.render.distributed_view", "render_split_explain"),
-    "PopulationResult": ("bninspect.render.distributed_view", "render_population"),
+    "model": ("bninspect.render.model_output", "render_model"),
 }
 # The colour of a verdict by its status; statuses not listed print plain.
 STATUS_STYLE = {
@@ -39,6 +38,9 @@ STATUS_STYLE = {
     "within-rounding": "bold green",
     "fail": "bold red",
     "differs": "bold red",
+    "ok": "bold green",
+    "warnings": "bold yellow",
+    "diverges": "bold red",
 }
 _TRAILING = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$", re.M)
 
@@ -48,9 +50,10 @@ def verdict_text(result: Any) -> Text:
     return Text("\n".join(verdict.summary), style=STATUS_STYLE.get(verdict.status, "bold"))
 
 
-def render(result: Any, verbose: bool = False, width: int = 80) -> RenderableType:
-    """The verdict, what was inspected (for commands that inspect a tensor), then the view."""
-    module, name = VIEWS_BY_RESULT.get(type(result).__name__) or VIEWS[result.command]
+def render(result: Any, verbose: bool = False, width: int = 80, **options: Any) -> RenderableType:
+    """The verdict, what was inspected (for commands that inspect a tensor), then the view
+    (given the command's own display ``options``, e.g. model's show_all)."""
+    module, name = VIEWS[result.command]
     view = getattr(importlib.import_module(module), name)
     parts: list[RenderableType] = [verdict_text(result)]
     if hasattr(result, "settings"):
@@ -61,19 +64,19 @@ def render(result: Any, verbose: bool = False, width: int = 80) -> RenderableTyp
             from bninspect.render.check_view import yours_line
 
             parts.append(Text(labelled("yours", yours_line(result), width)))
-    for part in view(result, verbose):
+    for part in view(result, verbose, **options):
         parts += [Text(""), part]
     return Group(*parts)
 
 
-def print_result(result: Any, detail: str = "normal") -> None:
+def print_result(result: Any, detail: str = "normal", **options: Any) -> None:
     """Print ``result`` for people on stdout: ``detail`` "quiet" (the verdict alone), "normal"
     or "verbose". Lines end at their last character: rich pads tables to their width."""
     console = Console()
     if detail == "quiet":
         renderable: RenderableType = verdict_text(result)
     else:
-        renderable = render(result, detail == "verbose", console.width)
+        renderable = render(result, detail == "verbose", console.width, **options)
     with console.capture() as captured:
         # crop=False: a table wider than the terminal wraps there instead of losing its edge.
         console.print(renderable, crop=False)

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from bninspect.check.against import against_report
+from bninspect.check.against import TheirValue, against_report, from_file
 from bninspect.check.compare import ROUNDING_ULPS
 from bninspect.conventions.rules import (
     PYTORCH,
@@ -19,6 +19,7 @@ from bninspect.conventions.rules import (
     effective_eps,
 )
 from bninspect.dtypes import shortest_text
+from bninspect.input.layout import to_user_index
 from bninspect.numerics.agreement import compare_value, mean_update_scale, output_scale
 from bninspect.numerics.reference import ReferenceForward, channel_values, forward_output, normalize
 from bninspect.numerics.running import coefficients
@@ -31,6 +32,8 @@ from bninspect.results.explain import AgainstReport, ExplainResult, Step
 from bninspect.text import number
 
 PREVIEW_VALUES = 12  # a channel this small is listed in full, as the article does
+# The sum and m2 list their terms up to this many values (the article's channel has 12).
+TERMS_LISTED = 16
 
 
 fmt = number  # a number inside a formula reads as it does in the tables
@@ -51,13 +54,37 @@ def _index_text(index: tuple[int, ...]) -> str:
     return "input[" + ", ".join(map(str, index)) + "]"
 
 
+def _sum_text(terms: np.ndarray, digits: int = 5) -> str:
+    """The terms written out, as in a hand derivation: -2.4308 + (-1.0281) + 0.9819 ...
+    (``digits`` significant digits each)."""
+
+    def shown(value: float) -> str:
+        text = f"{value:.{digits}g}"
+        return f"({text})" if math.copysign(1.0, value) < 0 else text
+
+    return " + ".join([f"{float(terms[0]):.{digits}g}", *(shown(float(t)) for t in terms[1:])])
+
+
 def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
-    """From the channel's values to its biased and unbiased variance (train mode)."""
+    """From the channel's values to its biased and unbiased variance (train mode). A channel of
+    at most TERMS_LISTED values has its sum and m2 written out term by term."""
     stats, convention = inspection.stats, inspection.convention
     values = channel_values(inspection.batch, c)
     shape = inspection.batch.shape
     axes = " * ".join(str(size) for axis, size in enumerate(shape) if axis != 1)
+    channel_axis = inspection.tensor.info.channel_axis
     count, m2 = stats.count, float(stats.m2[c])
+    mean = float(stats.mean[c])
+    if count <= TERMS_LISTED and bool(np.all(np.isfinite(values))):
+        count_text = f"{axes} = {count}" if " * " in axes else f"{count}"
+        sum_text = _sum_text(values)
+        with np.errstate(over="ignore"):
+            squares = (values - mean) ** 2
+        # 3 digits: the article's twelve squares take two lines, its screen 80 x 40
+        m2_text = _sum_text(squares, 3)
+    else:
+        count_text = f"{axes} = {count}: {_values_preview(values)}"
+        sum_text, m2_text = f"sum of the {count} values", f"sum over the {count} values"
     unbiased_formula = "var_unbiased = m2 / (count - 1)"
     if count > 1:
         var_unbiased: Number = float(stats.var_unbiased[c])
@@ -89,11 +116,11 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     return [
         Step(
             "count",
-            f"count = values in channel {c} (every axis but 1)",
-            f"{axes} = {count}: {_values_preview(values)}",
+            f"count = values in channel {c} (every axis but {channel_axis})",
+            count_text,
             count,
         ),
-        Step("sum", "sum = sum of x_i", f"sum of the {count} values", float(stats.total[c])),
+        Step("sum", "sum = sum of x_i", sum_text, float(stats.total[c])),
         Step(
             "mean",
             "mean = sum / count",
@@ -101,7 +128,7 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
             float(stats.mean[c]),
             "the exact sum / count, rounded once",
         ),
-        Step("m2", "m2 = sum of (x_i - mean)^2", f"sum over the {count} values", m2),
+        Step("m2", "m2 = sum (x_i - mean)^2", m2_text, m2),
         Step(
             "var_biased",
             "var = m2 / count",
@@ -335,7 +362,15 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
 
 
 NO_PRECISION = Undefined(f"{NOT_ASKED}: add --precision")
-NO_AGAINST = Undefined(f"{NOT_ASKED}: add --against your_output.npy")
+NO_AGAINST = Undefined(
+    f"{NOT_ASKED}: add --against your_output.npy, or --against-value with your number"
+)
+CHANNELS_MOVED = (
+    "the input has its channels on axis {axis}, so PyTorch ran on a view with channels-last "
+    "strides (its channels-last kernel for rank 4 and 5, its generic strided loops otherwise), "
+    "which --precision does not emulate; save the input with its channels on axis 1 "
+    "(numpy.moveaxis(x, {axis}, 1), C-contiguous) to see the contiguous kernel's bits"
+)
 
 
 def _precision(inspection: Inspection, index: tuple[int, ...]):
@@ -359,7 +394,8 @@ def _precision(inspection: Inspection, index: tuple[int, ...]):
             "PyTorch's output for the element is not finite, so there are no bits to attribute"
         )
     if not inspection.batch.flags.c_contiguous:
-        return Undefined(STRIDED)
+        axis = inspection.tensor.info.channel_axis
+        return Undefined(CHANNELS_MOVED.format(axis=axis) if axis != 1 else STRIDED)
     return precision_report(inspection, index)
 
 
@@ -372,13 +408,21 @@ def _buffer_scales(forward: ReferenceForward, c: int, dtype: str) -> tuple[float
     return float(mean_scale[c]), abs(float(forward.running_var[c]))
 
 
+def _against(inspection: Inspection, index: tuple[int, ...], against, first: int):
+    if against is None:
+        return NO_AGAINST
+    their = against if isinstance(against, TheirValue) else from_file(*against, index, first)
+    return against_report(inspection, index, their)
+
+
 def derive_element(
     inspection: Inspection, index: tuple[int, ...], precision: bool = False, against=None
 ) -> ExplainResult:
-    """The derivation of output[index] of the last step's batch (an index already checked
-    against the batch's shape and made non-negative); with ``precision``, also PyTorch's own
-    arithmetic for it (precision.precision_report); with ``against`` (their output as float64
-    and its OutputInfo), their value beside it (against.against_report)."""
+    """The derivation of output[index] of the last step's batch (an index in the core's layout,
+    channels on axis 1, already checked against the batch's shape and made non-negative); with
+    ``precision``, also PyTorch's own arithmetic for it (precision.precision_report); with
+    ``against`` (their output as float64 and its OutputInfo, or a TheirValue typed by hand),
+    their value beside it (against.against_report)."""
     c = index[1]
     forward, params, dtype = inspection.forward, inspection.params, inspection.tensor.info.dtype
     train = inspection.settings.mode == "train"
@@ -387,7 +431,9 @@ def derive_element(
     x = float(inspection.batch[index])
     w, b = params.weight[c], params.bias[c]
     y = float(forward_output(forward, x, c, w, b))
-    where = _index_text((first + index[0], *index[1:]))
+    where = _index_text(
+        to_user_index((first + index[0], *index[1:]), inspection.tensor.info.channel_axis)
+    )
     if steps_taken > 1:
         where = f"{where}: batch {steps_taken}, sample {index[0]}"
     steps = [Step("x", "x = the input element", where, x)]
@@ -418,7 +464,7 @@ def derive_element(
         dtype,
         output_scale(channel_y, w),
     )
-    against_result = against_report(inspection, index, *against, first) if against else NO_AGAINST
+    against_result = _against(inspection, index, against, first)
     return ExplainResult(
         verdict=explain_verdict(inspection, index, output, against_result),
         input=inspection.tensor.info,
@@ -446,7 +492,8 @@ def explain_verdict(
     """explain's answer: y, and whether PyTorch's y is the reference correctly rounded (to the
     last bit), within rounding of it, or beyond; with --against, their value's verdict too."""
     dtype = inspection.tensor.info.dtype
-    where = f"output[{', '.join(map(str, index))}]"
+    user_index = to_user_index(index, inspection.tensor.info.channel_axis)
+    where = f"output[{', '.join(map(str, user_index))}]"
     lines = []
     if isinstance(output.torch, Undefined):
         status = "not-compared"

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bninspect.check.compare import ROUNDING_ULPS
+from bninspect.check.buffers import buffer_bounds
+from bninspect.check.diagnosis import channel_list
+from bninspect.check.tolerance import channel_bound, in_ulps, output_conditioning
 from bninspect.numerics import kernels
 from bninspect.numerics.agreement import (
     channel_scale,
@@ -40,14 +42,17 @@ if TYPE_CHECKING:
 AGREEMENT_FIELDS = (
     "output_scale",
     "max_ulp_error_at_scale",
+    "bound_ulps",
     "max_abs_error",
     "max_ulp_error",
     "worst_index",
     "running_mean_abs_error",
     "running_mean_ulp_error_at_scale",
+    "running_mean_bound_ulps",
     "running_mean_ulp_error",
     "running_var_abs_error",
     "running_var_ulp_error_at_scale",
+    "running_var_bound_ulps",
 )
 
 
@@ -234,6 +239,11 @@ def build_run_result(
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             scales = channel_scale(errors.max_reference, params.weight)
             scaled = errors.max_abs / ulp(scales, dtype)
+        bounds = _bounds(inspection, errors.max_reference, scales, mean_scale)
+        buffers.update(
+            running_mean_bound_ulps=bounds["running_mean"],
+            running_var_bound_ulps=bounds["running_var"],
+        )
     train, evaluated = _train_and_eval(inspection) if inspection.train_eval else (None, None)
     reports = []
     for c in range(channels):
@@ -252,6 +262,7 @@ def build_run_result(
             agreement = dict.fromkeys(AGREEMENT_FIELDS, no_torch_value(inspection))
         else:
             agreement = _agreement(c, errors, scales[c], scaled[c], x.shape, buffers)
+            agreement["bound_ulps"] = float(bounds["output"][c])
         if stats.count > 1:
             var_unbiased: Number = float(stats.var_unbiased[c])
         else:
@@ -312,6 +323,27 @@ def build_run_result(
     )
 
 
+def _bounds(
+    inspection: Inspection, max_reference: np.ndarray, scales: np.ndarray, mean_scale: np.ndarray
+) -> dict[str, np.ndarray]:
+    """What a correct implementation in the dtype can leave, in ULPs at each one's scale, per
+    channel: on the output (check.tolerance's bound, the data's conditioning from the output's
+    own comparison) and on each running buffer (check.buffers' bound for the update)."""
+    dtype, forward = inspection.tensor.info.dtype, inspection.forward
+    cond = output_conditioning(inspection, max_reference)
+    output = in_ulps(channel_bound(cond, scales, dtype).total, scales, dtype)
+    mean_bound, var_bound = buffer_bounds(inspection, cond, dtype)
+    # The bounds are of the buffers as stored (Caffe: sums); eval mode divides by scale_factor.
+    factor = forward.update.after.scale_factor if forward.update else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_bound, var_bound = mean_bound / factor, var_bound / factor
+    return {
+        "output": np.where(np.isnan(output), 0.0, output),
+        "running_mean": in_ulps(mean_bound, mean_scale, dtype),
+        "running_var": in_ulps(var_bound, np.abs(forward.running_var), dtype),
+    }
+
+
 def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) -> dict:
     """Channel c's comparison fields from the whole-tensor kernel results and the buffers'
     per-channel errors (``buffers``: field name -> shape (C,))."""
@@ -332,18 +364,6 @@ def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) 
     }
 
 
-def _channel_list(channels: list[int]) -> str:
-    """[0, 1, 2, 5] -> "channels 0-2, 5"; one channel -> "channel 3"."""
-    runs: list[list[int]] = []
-    for c in channels:
-        if runs and c == runs[-1][-1] + 1:
-            runs[-1].append(c)
-        else:
-            runs.append([c])
-    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
-    return f"channel{'s' if len(channels) > 1 else ''} {text}"
-
-
 def health_line(reports: list[ChannelReport]) -> str | None:
     """The health flags raised, each with the channels that raise it, in one line."""
     flagged: dict[str, list[int]] = {}
@@ -352,26 +372,58 @@ def health_line(reports: list[ChannelReport]) -> str | None:
             flagged.setdefault(flag, []).append(report.channel)
     if not flagged:
         return None
-    parts = [f"{flag} on {_channel_list(channels)}" for flag, channels in flagged.items()]
+    parts = [f"{flag} on {channel_list(c, len(reports))}" for flag, c in flagged.items()]
     return "Flags: " + "; ".join(parts) + "."
 
 
-def _worst(reports: list[ChannelReport], field: str) -> tuple[float, int] | None:
-    """The largest defined value of ``field`` over the channels, and its channel."""
+def _beyond(reports: list[ChannelReport], error: str, bound: str) -> list[ChannelReport]:
+    """The channels where ``error`` exceeds ``bound`` (a NaN error counts as beyond; an
+    undefined one does not)."""
+    out = []
+    for r in reports:
+        value, limit = getattr(r, error), getattr(r, bound)
+        if isinstance(value, Undefined) or isinstance(limit, Undefined):
+            continue
+        if math.isnan(value) or value > limit:
+            out.append(r)
+    return out
+
+
+def _largest_measured(reports: list[ChannelReport], measures) -> tuple[float, Number] | None:
+    """The largest error among ``measures`` ((error, bound) field names) over the channels, and
+    the bound where it is."""
     found = [
-        (value, r.channel)
+        (value, getattr(r, bound))
+        for error, bound in measures
         for r in reports
-        if not isinstance(value := getattr(r, field), Undefined) and not math.isnan(value)
+        if not isinstance(value := getattr(r, error), Undefined) and not math.isnan(value)
     ]
-    return max(found) if found else None
+    return max(found, key=lambda pair: pair[0]) if found else None
+
+
+def _largest_text(reports: list[ChannelReport], measures, unit: str = "") -> str:
+    """'1.02 ULP of float32 (bound 8.53)': the largest error, beside the bound there."""
+    largest = _largest_measured(reports, measures)
+    if largest is None:
+        return "n/a"
+    value, limit = largest
+    limit_text = "n/a" if isinstance(limit, Undefined) else f"{limit:.3g}"
+    return f"{value:.3g}{unit} (bound {limit_text})"
+
+
+BUFFER_MEASURES = (
+    ("running_mean", "running_mean_ulp_error_at_scale", "running_mean_bound_ulps"),
+    ("running_var", "running_var_ulp_error_at_scale", "running_var_bound_ulps"),
+)
 
 
 def run_verdict(inspection: Inspection, reports: list[ChannelReport]) -> Verdict:
-    """run's answer: whether PyTorch's output and running buffers match the float64 reference
-    to rounding (within ROUNDING_ULPS of the dtype at each channel's scale), and which health
-    flags the data raises."""
+    """run's answer: whether PyTorch's output and running buffers are within what a correct
+    implementation in the dtype can leave (each channel's bound, check.tolerance), and which
+    health flags the data raises."""
     dtype, settings = inspection.tensor.info.dtype, inspection.settings
     health = health_line(reports)
+    extra = (health,) if health else ()
     values = f"{reports[0].count} values each" if reports else "no values"
     if inspection.torch_run is None:
         if inspection.no_peer == STATS_ONLY:
@@ -379,31 +431,30 @@ def run_verdict(inspection: Inspection, reports: list[ChannelReport]) -> Verdict
                 f"Float64 statistics of {len(reports)} channels, {values}, streamed; PyTorch "
                 "not run (--stats-only)."
             )
-            return Verdict("statistics", (first, *([health] if health else [])))
+            return Verdict("statistics", (first, *extra))
         first = f"PyTorch did not run ({inspection.no_peer}); the float64 reference is below."
-        return Verdict("not-compared", (first, *([health] if health else [])))
-    output = _worst(reports, "max_ulp_error_at_scale")
-    buffers = [
-        worst
-        for field in ("running_mean_ulp_error_at_scale", "running_var_ulp_error_at_scale")
-        if settings.mode == "train" and (worst := _worst(reports, field)) is not None
-    ]
-    worst_all = max([output, *buffers] if output else buffers, default=None)
-    unit = f"ULP of {dtype}"
-    if worst_all is None or worst_all[0] <= ROUNDING_ULPS:
-        where = f"output within {output[0]:.3g} {unit} at each channel's scale" if output else ""
+        return Verdict("not-compared", (first, *extra))
+    output = ("max_ulp_error_at_scale", "bound_ulps")
+    buffers = [m[1:] for m in BUFFER_MEASURES] if settings.mode == "train" else []
+    unit = f" ULP of {dtype} at scale"
+    beyond = {
+        name: _beyond(reports, error, bound)
+        for name, error, bound in (("output", *output), *BUFFER_MEASURES[: len(buffers)])
+    }
+    if not any(beyond.values()):
+        text = f"output {_largest_text(reports, [output], unit)}"
         if buffers:
-            where += f", running buffers within {max(buffers)[0]:.3g} ULP"
+            text += f", running buffers {_largest_text(reports, buffers)}"
         who = "PyTorch" if settings.convention == "pytorch" else "PyTorch, on this rule,"
-        first = f"{who} matches the float64 reference to rounding: {where}."
-        return Verdict("agrees", (first, *([health] if health else [])))
-    parts = []
-    if output and output[0] > ROUNDING_ULPS:
-        parts.append(f"output by up to {output[0]:.4g} {unit} at channel {output[1]}'s scale")
-    for field, worst in zip(("running_mean", "running_var"), buffers, strict=False):
-        if worst[0] > ROUNDING_ULPS:
-            parts.append(f"{field} by up to {worst[0]:.4g} {unit} (channel {worst[1]})")
-    first = "PyTorch differs from the float64 reference beyond rounding: " + ", ".join(parts)
+        first = f"{who} matches the float64 reference to rounding: {text}."
+        return Verdict("agrees", (first, *extra))
+    fields = {"output": output, **{name: (e, b) for name, e, b in BUFFER_MEASURES}}
+    parts = [
+        f"{name} on {channel_list([r.channel for r in found], len(reports))}, "
+        f"{_largest_text(found, [fields[name]], unit if k == 0 else ' ULP')}"
+        for k, (name, found) in enumerate((n, f) for n, f in beyond.items() if f)
+    ]
+    first = f"PyTorch differs from the float64 reference beyond rounding: {'; '.join(parts)}"
     if settings.convention != "pytorch":
         first += f"; {settings.convention}'s rules and PyTorch's part here"
-    return Verdict("differs", (first + ".", *([health] if health else [])))
+    return Verdict("differs", (first + ".", *extra))

@@ -62,6 +62,7 @@ class InputInfo:
     notices: tuple[str, ...] = ()  # conversions applied on loading, e.g. int64 -> float32
     offset: float | None = None  # generated input: offset + scale * standard normal
     scale: float | None = None
+    channel_axis: int = 1  # the axis of shape that holds the channels (indices are in this layout)
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,14 @@ class Settings:
     batch_size: int  # samples per batch (axis 0)
     torch_momentum: Number  # PyTorch's momentum for the same rule
     notices: tuple[str, ...] = ()  # e.g. eps raised to the convention's floor
+    num_batches_tracked: int = 0  # PyTorch's counter before the first step
 
 
 # Why --momentum none has no number.
-CUMULATIVE = "--momentum none: PyTorch's cumulative average, step k weighs the batch 1/k"
+CUMULATIVE = (
+    "--momentum none: PyTorch's cumulative average, step k after --num-batches-tracked N weighs "
+    "the batch 1/(N + k)"
+)
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,17 @@ class Comparison:
     ulp_error_at_scale: Number  # in ULPs of the dtype at ``scale``: the headline
     ulp_error: Number  # in ULPs of the dtype at the reference value
     correctly_rounded: bool | Undefined  # torch == reference_rounded: equal to the last bit
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a derivation (explain's, forward or backward): ``name = formula`` with the
+    numbers put in, and its value."""
+
+    name: str
+    formula: str
+    substitution: str  # the formula with the actual numbers, rounded for people
+    value: Number  # full precision
+    note: str | None = None
+    rule: str | None = None  # the convention's rule applied here, where frameworks differ
+    differs_from_pytorch: str | None = None  # what PyTorch does instead, where it differs

@@ -50,7 +50,8 @@ class PopulationChannel:
 class PopulationResult:
     """``run --stats-only --input 'PATTERN'``: the population statistics of every file."""
 
-    command: ClassVar[str] = "run"
+    # A document of its own beside run's (its schema: run-population.schema.json)
+    command: ClassVar[str] = "run-population"
     verdict_statuses: ClassVar[tuple[str, ...]] = ("statistics",)
 
     # statistics: as run --stats-only (the summary says which channels hold NaN or Inf)
@@ -185,7 +186,8 @@ class RankReport:
 class DistributedRunResult:
     """``run --ranks K`` / ``--rank-sizes``: one training step of a batch split over ranks."""
 
-    command: ClassVar[str] = "run"
+    # A document of its own beside run's (its schema: run-ranks.schema.json)
+    command: ClassVar[str] = "run-ranks"
     verdict_statuses: ClassVar[tuple[str, ...]] = ("agrees", "differs")
 
     # agrees: every check within rounding (SyncBatchNorm = the full batch, each rank = batch
@@ -230,7 +232,8 @@ class DistributedExplainResult:
     with the rank holding it (``rank``, its sample ``local_index``) and where that rank's
     statistics differ from the pooled ones."""
 
-    command: ClassVar[str] = "explain"
+    # A document of its own beside explain's (its schema: explain-ranks.schema.json)
+    command: ClassVar[str] = "explain-ranks"
     verdict_statuses: ClassVar[tuple[str, ...]] = ("within-rounding", "differs")
 
     # within-rounding: the pooled statistics are the full batch's and each regime's computed

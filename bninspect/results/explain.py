@@ -7,26 +7,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bninspect.results.common import (
+    NOT_ASKED,
     Comparison,
     InputInfo,
     Number,
     Settings,
+    Step,
     Undefined,
     Verdict,
 )
-
-
-@dataclass(frozen=True)
-class Step:
-    """One line of a derivation: ``name = formula`` with the numbers put in, and its value."""
-
-    name: str
-    formula: str
-    substitution: str  # the formula with the actual numbers, rounded for people
-    value: Number  # full precision
-    note: str | None = None
-    rule: str | None = None  # the convention's rule applied here, where frameworks differ
-    differs_from_pytorch: str | None = None  # what PyTorch does instead, where it differs
+from bninspect.results.grad import GradExplain
 
 
 @dataclass(frozen=True)
@@ -76,15 +66,18 @@ class ImpliedStep:
 
 @dataclass(frozen=True)
 class AgainstReport:
-    """``explain --against``: their value for the element, and where the steps would have to
-    differ to produce it."""
+    """``explain --against`` or ``--against-value``: their value for the element, and where the
+    steps would have to differ to produce it."""
 
-    path: str
+    path: str | Undefined  # their output file; undefined for a value typed with --against-value
     theirs: Number
     abs_error: Number
     ulp_error_at_scale: Number  # in ULPs of the input dtype at the channel's scale
     implied: tuple[ImpliedStep, ...]
     verdict: str
+    # a typed value: the unit of its last digit (1e-4 for 0.0142), and abs_error in those units
+    digit_unit: Number = Undefined("a value from a file is exact")
+    digit_error: Number = Undefined("a value from a file is exact")
 
 
 @dataclass(frozen=True)
@@ -118,3 +111,4 @@ class ExplainResult:
     against: AgainstReport | Undefined  # with --against
     torch_module: str  # what PyTorch's module ran as, or why it could not
     training_step: int  # the training step whose batch holds the element (1 in eval mode)
+    grad: GradExplain | Undefined = Undefined(f"{NOT_ASKED}: --grad")  # the backward pass

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from bninspect.results.common import InputInfo, Number, Settings, Undefined, Verdict, column
+from bninspect.results.common import (
+    NOT_ASKED,
+    InputInfo,
+    Number,
+    Settings,
+    Undefined,
+    Verdict,
+    column,
+)
+from bninspect.results.grad import GradRun
 
 STATS = "Batch statistics (float64 reference)"
 LAYER = "What normalizes; running buffers after the pass"
@@ -55,17 +64,22 @@ class ChannelReport:
     running_var: Number = field(metadata=column("running_var", LAYER))
     output_scale: Number  # max(largest |reference output|, |weight|): see agreement.channel_scale
     max_ulp_error_at_scale: Number = field(metadata=column("ULP at\nscale", AGREEMENT))
+    # what a correct implementation in the dtype can leave on this channel, in the same ULPs
+    # (check.tolerance: from the dtype and the data's conditioning); above it PyTorch differs
+    bound_ulps: Number = field(metadata=column("bound", AGREEMENT))
     max_abs_error: Number = field(metadata=column("|err|", AGREEMENT))
     max_ulp_error: Number = field(metadata=column("ULP\nelementwise", AGREEMENT, verbose=True))
     worst_index: tuple[int, ...] | Undefined  # where the elementwise ULP error is largest
     running_mean_scale: Number  # agreement.running_mean_scale: the update's largest term
     running_mean_abs_error: Number = field(metadata=column("mean\n|err|", BUFFERS, verbose=True))
     running_mean_ulp_error_at_scale: Number = field(metadata=column("mean ULP\nat scale", BUFFERS))
+    running_mean_bound_ulps: Number = field(metadata=column("mean\nbound", BUFFERS))
     running_mean_ulp_error: Number = field(
         metadata=column("mean ULP\nown value", BUFFERS, verbose=True)
     )
     running_var_abs_error: Number = field(metadata=column("var\n|err|", BUFFERS, verbose=True))
     running_var_ulp_error_at_scale: Number = field(metadata=column("var ULP\nat scale", BUFFERS))
+    running_var_bound_ulps: Number = field(metadata=column("var\nbound", BUFFERS))
     train_eval_max_gap: Number = field(metadata=column("max\n|y_train - y_eval|", GAP))
     train_eval_mean_gap: Number = field(metadata=column("mean\n|y_train - y_eval|", GAP))
     eval_max_abs_error: Number = field(metadata=column("PyTorch eval\noutput |err|", GAP))
@@ -163,3 +177,4 @@ class RunResult:
     variance_methods: tuple[VarianceMethods, ...] | Undefined  # with --var-method
     torch_module: str  # what PyTorch's module ran as, or why it could not
     running_history: tuple[StepRecord, ...]  # every training step; empty in eval mode
+    grad: GradRun | Undefined = Undefined(f"{NOT_ASKED}: --grad")  # the backward pass
