@@ -24,7 +24,13 @@ from bninspect.cli.options import (
     with_inspect_options,
 )
 from bninspect.cli.output import emit, inspect
-from bninspect.cli.ranks import TIMEOUT_DEFAULT, Ranks, RankSizes, RankTimeout
+from bninspect.cli.ranks import (
+    TIMEOUT_DEFAULT,
+    Ranks,
+    RankSizes,
+    RankTimeout,
+    notice_unused_timeout,
+)
 from bninspect.errors import OptionError
 from bninspect.input.layout import batch_axis, to_core_index
 from bninspect.input.parsing import parse_against_value, parse_index, resolve_index
@@ -91,6 +97,7 @@ def explain(
     """
     detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
+    notice_unused_timeout(ranks, rank_sizes, rank_timeout)
     if ranks is not None or rank_sizes is not None:
         if precision or against is not None or against_value is not None or grad:
             raise OptionError(

@@ -44,3 +44,17 @@ RankTimeout = Annotated[
     ),
 ]
 TIMEOUT_DEFAULT = DEFAULT_TIMEOUT
+
+
+def notice_unused_timeout(ranks: int | None, rank_sizes: str | None, timeout: float) -> None:
+    """--rank-timeout without ranks changes nothing: say so (stderr), as for other options."""
+    import sys
+
+    from bninspect.distributed.environment import torchrun
+
+    if timeout != TIMEOUT_DEFAULT and ranks is None and rank_sizes is None and not torchrun():
+        print(
+            f"Notice: --rank-timeout {timeout:g} has no effect without --ranks or --rank-sizes "
+            "(one process waits for no other)",
+            file=sys.stderr,
+        )

@@ -24,7 +24,13 @@ from bninspect.cli.options import (
     with_inspect_options,
 )
 from bninspect.cli.output import emit, inspect
-from bninspect.cli.ranks import TIMEOUT_DEFAULT, Ranks, RankSizes, RankTimeout
+from bninspect.cli.ranks import (
+    TIMEOUT_DEFAULT,
+    Ranks,
+    RankSizes,
+    RankTimeout,
+    notice_unused_timeout,
+)
 from bninspect.errors import OptionError
 from bninspect.input.request import InspectRequest
 
@@ -73,6 +79,7 @@ def run(
     from bninspect.distributed.environment import torchrun
     from bninspect.distributed.sharding import is_pattern
 
+    notice_unused_timeout(ranks, rank_sizes, rank_timeout)
     pattern = request.input_path is not None and is_pattern(str(request.input_path))
     if stats_only and (pattern or ranks is not None or torchrun() is not None):
         _population(

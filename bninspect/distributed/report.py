@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from bninspect.check.compare import ROUNDING_ULPS
+from bninspect.check.tolerance import channel_bound, conditioning, in_ulps, statistics_errors
 from bninspect.distributed.batch import RankRun
 from bninspect.distributed.exchange import array_to_moments
 from bninspect.numerics import kernels
@@ -380,12 +381,41 @@ def _rank_reports(g: Regimes) -> tuple[RankReport, ...]:
     return tuple(reports)
 
 
+def _bound(g: Regimes, count: int, mean, var, scale) -> np.ndarray:
+    """Per channel, what a correct batch norm in the dtype can leave on a batch of ``count``
+    values per channel with these statistics, in ULPs at ``scale`` (check's tolerance, derived
+    in check/tolerance.py from the dtype and the data's conditioning; the full batch's extremes
+    stand for a rank's, which can only widen it). Only an exact agreement where it is NaN."""
+    cond = conditioning(
+        count=count, mean=mean, var=var, eps=g.eps, data_mean=mean, data_var=var,
+        low=g.run.minimum, high=g.run.maximum, weight=g.params.weight, bias=g.params.bias,
+        from_batch=True,
+    )  # fmt: skip
+    ulps = in_ulps(channel_bound(cond, scale, g.dtype).total, scale, g.dtype)
+    return np.nan_to_num(ulps, nan=0.0)
+
+
 def tolerance(g: Regimes) -> np.ndarray:
-    """Per channel, the error a correct batch norm of the dtype may leave here, in ULPs at the
-    channel's scale: ROUNDING_ULPS, or twice what PyTorch's module leaves on the full batch
-    where the data's conditioning makes that larger (a mean far from 0 against the spread
-    costs every float32 implementation about log2(|mean| / std) bits)."""
-    return np.maximum(ROUNDING_ULPS, 2 * np.nan_to_num(g.torch_ulps, nan=0.0))
+    """Per channel, the error a correct batch norm in the dtype can leave on the full batch, in
+    ULPs at the channel's scale (check's derived tolerance)."""
+    return _bound(g, g.count, g.stats.mean, g.stats.var_biased, g.output_scale)
+
+
+def rank_tolerance(g: Regimes, rank: int) -> np.ndarray | None:
+    """The same for one rank's block alone, at that block's output scale (None for a rank
+    whose module did not run or that holds nothing)."""
+    stats, report = g.rank_stats[rank], g.run.reports[rank]
+    if stats is None or "own_errors" not in report:
+        return None
+    scale = channel_scale(report["own_errors"][2], g.params.weight)
+    return _bound(g, stats.count, stats.mean, stats.var_biased, scale)
+
+
+def _ratio(error: float, allowed: float) -> float:
+    """error / allowed; 0 for no error, inf for an error where nothing is allowed."""
+    if error == 0:
+        return 0.0
+    return error / allowed if allowed else math.inf
 
 
 def _largest(found: list[tuple[float, Number, str]]) -> tuple[float, Number, str]:
@@ -394,6 +424,30 @@ def _largest(found: list[tuple[float, Number, str]]) -> tuple[float, Number, str
     if not found:
         return (0.0, 0.0, "nowhere")
     return max(found, key=lambda f: math.inf if math.isnan(f[0]) else f[0])
+
+
+def _sync_buffer_room(g: Regimes) -> tuple[np.ndarray, np.ndarray]:
+    """What SyncBatchNorm's buffers may be off the full batch's update, in ULPs of the dtype
+    (running_var at its value, running_mean at its update's scale): ROUNDING_ULPS, or the
+    momentum's share of the error a correct implementation's statistics can have (check's
+    derivation) where that is larger. The variance also gets SyncBatchNorm's own round trip:
+    it rebuilds each rank's variance as (1 / invstd)^2 - eps, a few units of var + eps, which
+    relative to var is (var + eps) / var times more."""
+    cond = conditioning(
+        count=g.count, mean=g.stats.mean, var=g.stats.var_biased, eps=g.eps,
+        data_mean=g.stats.mean, data_var=g.stats.var_biased, low=g.run.minimum,
+        high=g.run.maximum, weight=g.params.weight, bias=g.params.bias, from_batch=True,
+    )  # fmt: skip
+    dm, dvar = statistics_errors(cond, g.dtype)
+    w, (rm, rv) = g.run.batch_weight, g.running
+    rms = np.sqrt(g.stats.mean**2 + g.stats.var_biased)
+    mean_scale = running_mean_scale(g.before[0], rm, (w, g.stats.mean, rms), g.dtype)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        var = np.abs(g.stats.var_biased)
+        round_trip = ROUNDING_ULPS * (1 + g.eps / var)
+        var_room = np.maximum(round_trip, w * dvar / ulp(rv, g.dtype))
+        mean_room = np.maximum(ROUNDING_ULPS, w * dm / ulp(mean_scale, g.dtype))
+    return np.nan_to_num(var_room, nan=0.0), np.nan_to_num(mean_room, nan=0.0)
 
 
 def _checks(
@@ -428,21 +482,21 @@ def _checks(
         limits[where] = float(limit)
         return where
 
-    per_rank = [
-        (
-            rc.max_ulp_error_at_scale / allowed[rc.channel],
-            rc.max_ulp_error_at_scale,
-            noted(f"rank {r.rank}, channel {rc.channel}", allowed[rc.channel]),
-        )
-        for r in ranks
-        for rc in r.channels
-        if not isinstance(rc.max_ulp_error_at_scale, Undefined)
-    ]
+    per_rank = []
+    for r in ranks:
+        own = rank_tolerance(g, r.rank)
+        for rc in r.channels:
+            if own is None or isinstance(rc.max_ulp_error_at_scale, Undefined):
+                continue
+            limit = own[rc.channel]
+            where = noted(f"rank {r.rank}, channel {rc.channel}", limit)
+            ratio = _ratio(rc.max_ulp_error_at_scale, limit)
+            per_rank.append((ratio, rc.max_ulp_error_at_scale, where))
     ran = sum(r.torch_refused is None for r in ranks)
     refusal = next((r.torch_refused for r in ranks if r.torch_refused), None)
     sync = [
         (
-            r.sync_max_ulp_error_at_scale / allowed[r.channel],
+            _ratio(r.sync_max_ulp_error_at_scale, allowed[r.channel]),
             r.sync_max_ulp_error_at_scale,
             noted(f"channel {r.channel}", allowed[r.channel]),
         )
@@ -470,17 +524,15 @@ def _checks(
         for rc in r.channels
         if not isinstance(rc.running_var_ulp_error, Undefined)
     ]  # fmt: skip
-    # SyncBatchNorm rebuilds each rank's variance as (1 / invstd)^2 - eps, which errs by a few
-    # ULPs of var + eps: relative to var, (var + eps) / var times more.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        room = ROUNDING_ULPS * (1 + g.eps / np.abs(g.pooled_var))
+    var_room, mean_room = _sync_buffer_room(g)
     sync_buffers = [
-        (b.sync_running_var_ulp_error / room[b.channel], b.sync_running_var_ulp_error,
-         noted(f"channel {b.channel}, running_var", room[b.channel]))
+        (_ratio(b.sync_running_var_ulp_error, var_room[b.channel]), b.sync_running_var_ulp_error,
+         noted(f"channel {b.channel}, running_var", var_room[b.channel]))
         for b in buffers
     ] + [
-        (b.sync_running_mean_ulp_error / ROUNDING_ULPS, b.sync_running_mean_ulp_error,
-         noted(f"channel {b.channel}, running_mean", ROUNDING_ULPS))
+        (_ratio(b.sync_running_mean_ulp_error, mean_room[b.channel]),
+         b.sync_running_mean_ulp_error,
+         noted(f"channel {b.channel}, running_mean", mean_room[b.channel]))
         for b in buffers
     ]  # fmt: skip
     return (
