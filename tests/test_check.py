@@ -731,7 +731,14 @@ def test_explain_against_names_the_mistake(cli, tmp_path, mistake, shape):
         "--against",
         tmp_path / "y.npy",
     )["against"]
-    assert against["verdict"].startswith(verdict), against
+    if shape[0] == 64 and mistake in ("unbiased", "eps outside", "no eps"):
+        # 65536 values per channel: these mistakes move y by less than a correct float32 sum of
+        # that many values can (check.tolerance), so they read as rounding, named as alike
+        assert against["verdict"].startswith("your value matches the reference to rounding")
+        name = {"unbiased": "unbiased variance", "eps outside": "eps outside the square root"}
+        assert f"matches the known mistake '{name.get(mistake, mistake)}'" in against["verdict"]
+    else:
+        assert against["verdict"].startswith(verdict), against
 
 
 def test_explain_against_a_correct_output(cli, tmp_path):

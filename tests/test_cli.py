@@ -80,9 +80,8 @@ def test_explain_json_shape(cli):
     step_keys = {"name", "formula", "substitution", "value", "note", "rule", "differs_from_pytorch"}
     assert all(set(s) == step_keys for s in doc["derivation"])
     assert [r["name"] for r in doc["running_buffers"]] == ["running_mean", "running_var"]
-    comparison_keys = {"name", "reference", "reference_rounded", "torch", "torch_hex", "abs_error"}
-    comparison_keys |= {"scale", "ulp_error_at_scale", "ulp_error", "correctly_rounded"}
-    assert all(set(r) == comparison_keys for r in doc["running_buffers"])
+    # every buffer judged by what a correct update can leave (the fields: the schema's)
+    assert all(r["ulp_error_at_scale"] <= r["bound_ulps"] for r in doc["running_buffers"])
     assert float.fromhex(doc["y"]["torch_hex"]) == doc["y"]["torch"]
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bninspect.check.compare import ROUNDING_ULPS
 from bninspect.check.variants import KNOWN_EPS, eps_text
 from bninspect.numerics.agreement import output_scale, ulp
 from bninspect.numerics.reference import channel_values, forward_output
@@ -55,9 +54,12 @@ def given_value(value: float, digit_unit: float) -> TheirValue:
     return TheirValue(value, GIVEN, digit_unit)
 
 
-def against_report(inspection: Inspection, index: tuple[int, ...], their: TheirValue):
+def against_report(
+    inspection: Inspection, index: tuple[int, ...], their: TheirValue, bound_ulps: float
+):
     """Their value for output[index] (``index`` into the last batch, the core's layout) against
-    the derivation's."""
+    the derivation's, judged by ``bound_ulps``: what a correct implementation in the dtype can
+    leave on the channel, in ULPs at its scale (check.tolerance), as check judges outputs."""
     c = index[1]
     forward, params = inspection.forward, inspection.params
     eps, dtype = inspection.settings.eps, inspection.tensor.info.dtype
@@ -71,7 +73,8 @@ def against_report(inspection: Inspection, index: tuple[int, ...], their: TheirV
     unit = _unit(channel_y, w, dtype)
     # A typed value is judged to its digits where they are coarser than the dtype's rounding.
     digit = their.digit_unit
-    if digit is not None and DIGIT_UNITS * digit <= ROUNDING_ULPS * unit:
+    rounding = bound_ulps if math.isfinite(bound_ulps) else math.inf
+    if digit is not None and DIGIT_UNITS * digit <= rounding * unit:
         digit = None
     with np.errstate(invalid="ignore"):
         abs_error = abs(y_theirs - y_ref)
@@ -91,24 +94,35 @@ def against_report(inspection: Inspection, index: tuple[int, ...], their: TheirV
     )
     scaled = abs_error / unit if unit else Undefined("no scale: weight and y are 0")
     solved_eps = implied_std**2 - var if not isinstance(implied_std, Undefined) else implied_std
-    if _within(abs_error, unit, digit):
+    if _within(abs_error, rounding * unit, digit):
         verdict = "your value matches the reference to rounding: the steps agree"
         if digit is None and their.digit_unit is not None:  # typed with every digit
             verdict += f" ({scaled:.3g} ULP at the channel's scale)"
+        if digit is None and abs_error > EXACT_ULPS * unit:
+            # Within what a sloppy correct implementation can leave, yet a known mistake may
+            # land on it exactly: say so, as the user can tell which theirs does.
+            exact = _mistakes(inspection, c, x, values, y_theirs, solved_eps, EXACT_ULPS)
+            if exact:
+                left, name, _ = exact[0]
+                verdict += (
+                    f" ({scaled:.3g} ULP at the channel's scale, bound {rounding:.3g}); yet it "
+                    f"matches the known mistake '{name}' to {left:.2g} ULP: if yours computes "
+                    "that, it is the mistake, too small to show on this data"
+                )
         if digit is not None:
             verdict = (
                 f"your value matches the reference ({_full(y_ref)}) to the digits you gave: "
                 f"{_units(abs_error, digit)} of your last digit ({digit:g}) apart, as rounding "
                 "the steps by hand leaves"
             )
-            alike = _mistakes(inspection, c, x, values, y_theirs, solved_eps, digit)
+            alike = _mistakes(inspection, c, x, values, y_theirs, solved_eps, rounding, digit)
             if alike:
                 verdict += (
                     "; at these digits it cannot be told apart from "
                     f"{', '.join(name for _, name, _ in alike)}: give more digits to tell"
                 )
     else:
-        found = _mistakes(inspection, c, x, values, y_theirs, solved_eps, digit)
+        found = _mistakes(inspection, c, x, values, y_theirs, solved_eps, rounding, digit)
         verdict = _verdict(found, implied_var, solved_eps, var, mean, digit)
     if their.digit_unit is None:
         digit_unit: Number = Undefined("a value from a file is exact")
@@ -120,10 +134,14 @@ def against_report(inspection: Inspection, index: tuple[int, ...], their: TheirV
     )
 
 
-def _within(abs_error: float, unit: float, digit: float | None) -> bool:
-    """Within rounding: ROUNDING_ULPS of the dtype at the scale, or DIGIT_UNITS of the last
+# A value within this many ULPs at the scale of a mistake's is that mistake's to the rounding of
+# its last step: closer than any implementation's rounding of the statistics could bring it.
+EXACT_ULPS = 1.0
+
+
+def _within(abs_error: float, limit: float, digit: float | None) -> bool:
+    """Within rounding: ``limit`` (the channel's bound, absolute), or DIGIT_UNITS of the last
     digit of a typed value where that is wider."""
-    limit = ROUNDING_ULPS * unit
     if digit is not None:
         limit = max(limit, DIGIT_UNITS * digit)
     return limit > 0 and abs_error <= limit
@@ -144,13 +162,14 @@ def _unit(channel_y: np.ndarray, weight: float, dtype: str) -> float:
 
 
 def _mistakes(
-    inspection, c, x, values, y_theirs, solved_eps, digit: float | None = None
+    inspection, c, x, values, y_theirs, solved_eps, rounding: float, digit: float | None = None
 ) -> list[tuple[float, str, str]]:
-    """The known mistakes whose y for this element is within ROUNDING_ULPS of theirs, at the
-    mistaken channel's scale, as check's criterion (or DIGIT_UNITS of the last digit of a typed
-    value, where wider): (what is left, short name, verdict), best first (the catalogue's
-    order among equals), an eps fitted to the element after the rest. What is left is in ULPs
-    at the channel's scale for a file's value, in units of the last digit for a typed one."""
+    """The known mistakes whose y for this element is within ``rounding`` ULPs (the channel's
+    bound) of theirs at the mistaken channel's scale, as check's criterion (or DIGIT_UNITS of
+    the last digit of a typed value, where wider): (what is left, short name, verdict), best
+    first (the catalogue's order among equals), an eps fitted to the element after the rest.
+    What is left is in ULPs at the channel's scale for a file's value, in units of the last digit
+    for a typed one."""
     forward, params, stats = inspection.forward, inspection.params, inspection.stats
     eps, dtype = inspection.settings.eps, inspection.tensor.info.dtype
     train = inspection.settings.mode == "train"
@@ -261,7 +280,7 @@ def _mistakes(
         unit = _unit(y(values), w, dtype)
         with np.errstate(invalid="ignore"):
             distance = abs(float(y(x)) - y_theirs)
-        if math.isfinite(distance) and _within(distance, unit, digit):
+        if math.isfinite(distance) and _within(distance, rounding * unit, digit):
             left = distance / digit if digit is not None else distance / unit if unit else 0.0
             found.append((order >= fitted_from, left, order, name, verdict))
     found.sort()  # as check ranks them: the eps fitted to this element after the others

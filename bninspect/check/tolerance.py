@@ -87,6 +87,14 @@ class Conditioning:
     bias: np.ndarray
     from_batch: bool
 
+    def only(self, c: int) -> Conditioning:
+        """Channel c's conditioning alone (arrays of one value)."""
+        one = slice(c, c + 1)
+        return Conditioning(
+            self.count, self.mean[one], self.var[one], self.eps, self.rms[one],
+            self.x_hat_max[one], self.weight[one], self.bias[one], self.from_batch,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Bound:

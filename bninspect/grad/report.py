@@ -178,7 +178,7 @@ def _comparison(backward: Backward, name: str, label: str, where, c: int) -> Com
     torch_value = torch_values if isinstance(torch_values, Undefined) else float(
         torch_values[where])  # fmt: skip
     scale = float(backward.scale_of(name)[c])
-    return compare_value(label, reference, torch_value, backward.dtype, scale)
+    return compare_value(label, reference, torch_value, backward.dtype, scale, GRAD_ROUNDING_ULPS)
 
 
 def build_grad_explain(

@@ -3,7 +3,6 @@ and a labelled line that wraps under itself. Formats; never computes a result.""
 
 from __future__ import annotations
 
-import math
 import textwrap
 
 from rich import box
@@ -15,8 +14,6 @@ from rich.text import Text
 from bninspect.results.common import Undefined
 from bninspect.text import number
 
-MAX_DIGITS = 17  # a float64 needs no more significant digits than this to read back exactly
-
 
 def fmt(value: object, digits: int = 5) -> str:
     """A value for people: ``digits`` significant digits, 'n/a' for an undefined one."""
@@ -27,24 +24,8 @@ def fmt(value: object, digits: int = 5) -> str:
     if isinstance(value, tuple):
         return " ".join(map(str, value)) or "-"
     if isinstance(value, float):
-        return number(value) if digits == 5 else _digits(value, digits)
+        return number(value, digits)
     return str(value)
-
-
-def _digits(value: float, digits: int) -> str:
-    if not math.isfinite(value):
-        return number(value)
-    return f"{value:.{digits}g}"
-
-
-def digits_to_resolve(values: list[float], resolution: float) -> int:
-    """Significant digits that show ``values`` to within ``resolution`` (at least 5): a mean of
-    10000.0034 beside a spread of 1 reads as 10000.0034, not as 10000."""
-    largest = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
-    if largest == 0 or not (math.isfinite(resolution) and resolution > 0):
-        return 5
-    needed = math.floor(math.log10(largest)) - math.floor(math.log10(resolution)) + 1
-    return min(max(5, needed), MAX_DIGITS)
 
 
 def labelled(label: str, text: str, width: int = 80, pad: int = 8) -> str:

@@ -11,6 +11,7 @@ from bninspect import dtypes
 from bninspect.render.cells import fmt, grid, listing
 from bninspect.results.common import Comparison, Number, Undefined
 from bninspect.results.explain import AgainstReport, ExplainResult, PrecisionReport, Step
+from bninspect.text import digits_to_resolve
 
 
 def full(value: Number) -> str:
@@ -38,6 +39,7 @@ def _derivation_table(result: ExplainResult) -> RenderableType:
         right=(2,),
     )
     other_rules = result.settings.convention != "pytorch"
+    digits = _location_digits(result)
     for step in result.derivation:
         computation = Text(_formula(step))
         if step.note:
@@ -46,8 +48,30 @@ def _derivation_table(result: ExplainResult) -> RenderableType:
             computation.append(f"\nrule: {step.rule}", style="cyan")
         if step.differs_from_pytorch:
             computation.append(f"\nPyTorch differs: {step.differs_from_pytorch}", style="yellow")
-        table.add_row(step.name, computation, fmt(step.value))
+        table.add_row(step.name, computation, fmt(step.value, digits.get(step.name, 5)))
     return table
+
+
+# The steps that sit at the data's location (x, the mean, their sum, the running mean) and the
+# share of the channel's spread each must be resolved to: the view shows them with the digits
+# that tell x from the mean, as the derivation's own substitutions do.
+LOCATION_STEPS = {"x": 1.0, "mean": 1.0, "running_mean": 0.1, "stored_mean": 0.1}
+
+
+def _location_digits(result: ExplainResult) -> dict[str, int]:
+    values = {step.name: step.value for step in result.derivation}
+    std = values.get("std")
+    if not isinstance(std, float) or not std > 0:
+        return {}
+    digits = {
+        name: digits_to_resolve([values[name]], 1e-4 * std * share)
+        for name, share in LOCATION_STEPS.items()
+        if isinstance(values.get(name), float)
+    }
+    count = values.get("count")
+    if isinstance(values.get("sum"), float) and isinstance(count, (int, float)):
+        digits["sum"] = digits_to_resolve([values["sum"]], 1e-4 * std * count)
+    return digits
 
 
 def _y_lines(result: ExplainResult) -> Text:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from bninspect.render.cells import digits_to_resolve, fmt, grid, reasons_note
+from bninspect.render.cells import fmt, grid, reasons_note
 from bninspect.results.common import Undefined
 from bninspect.results.run import (
     AGREEMENT,
@@ -28,6 +28,7 @@ from bninspect.results.run import (
     StepChannel,
     VarianceMethods,
 )
+from bninspect.text import digits_to_resolve
 
 NON_FINITE_COUNTS = ("nan_count", "posinf_count", "neginf_count")
 # Shown with the digits it takes to tell them apart at the channel's spread (a mean of 10000.0034

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from bninspect.check.against import TheirValue, against_report, from_file
-from bninspect.check.compare import ROUNDING_ULPS
+from bninspect.check.buffers import buffer_bounds
+from bninspect.check.tolerance import channel_bound, in_ulps, inspection_conditioning
 from bninspect.conventions.rules import (
     PYTORCH,
     UPDATE_WEIGHTS,
@@ -29,7 +30,7 @@ from bninspect.pytorch.peer import describe_peer, no_torch_value
 from bninspect.report.precision import precision_report
 from bninspect.results.common import CUMULATIVE, NOT_ASKED, Comparison, Number, Undefined, Verdict
 from bninspect.results.explain import AgainstReport, ExplainResult, Step
-from bninspect.text import number
+from bninspect.text import digits_to_resolve, number
 
 PREVIEW_VALUES = 12  # a channel this small is listed in full, as the article does
 # The sum and m2 list their terms up to this many values (the article's channel has 12).
@@ -39,13 +40,25 @@ TERMS_LISTED = 16
 fmt = number  # a number inside a formula reads as it does in the tables
 
 
-def term(value: float) -> str:
+def term(value: float, digits: int = 5) -> str:
     """A number as a later operand: negatives in parentheses, so '0.9 * (-2)' reads right."""
-    return f"({fmt(value)})" if math.copysign(1.0, value) < 0 else fmt(value)
+    text = fmt(value, digits)
+    return f"({text})" if math.copysign(1.0, value) < 0 else text
 
 
-def _values_preview(values: np.ndarray) -> str:
-    shown = ", ".join(fmt(v) for v in values[:PREVIEW_VALUES])
+def location_digits(
+    inspection: Inspection, c: int, value: float | None = None, spread_share: float = 1.0
+) -> int:
+    """Digits that show ``value`` (default channel c's mean: its values alike) to 1e-4 of the
+    channel's spread (times ``spread_share``, for a sum): at --offset 1e4, x = 10000.5678 and
+    mean = 9999.2345 show the 1.333 between them, which 10001 and 9999.2 would hide."""
+    forward = inspection.forward
+    value = float(forward.mean[c]) if value is None else value
+    return digits_to_resolve([value], 1e-4 * float(forward.std[c]) * spread_share)
+
+
+def _values_preview(values: np.ndarray, digits: int = 5) -> str:
+    shown = ", ".join(fmt(v, digits) for v in values[:PREVIEW_VALUES])
     more = ", ..." if values.size > PREVIEW_VALUES else ""
     return f"[{shown}{more}]"
 
@@ -75,15 +88,16 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
     channel_axis = inspection.tensor.info.channel_axis
     count, m2 = stats.count, float(stats.m2[c])
     mean = float(stats.mean[c])
+    digits = location_digits(inspection, c)
     if count <= TERMS_LISTED and bool(np.all(np.isfinite(values))):
         count_text = f"{axes} = {count}" if " * " in axes else f"{count}"
-        sum_text = _sum_text(values)
+        sum_text = _sum_text(values, digits)
         with np.errstate(over="ignore"):
             squares = (values - mean) ** 2
         # 3 digits: the article's twelve squares take two lines, its screen 80 x 40
         m2_text = _sum_text(squares, 3)
     else:
-        count_text = f"{axes} = {count}: {_values_preview(values)}"
+        count_text = f"{axes} = {count}: {_values_preview(values, digits)}"
         sum_text, m2_text = f"sum of the {count} values", f"sum over the {count} values"
     unbiased_formula = "var_unbiased = m2 / (count - 1)"
     if count > 1:
@@ -124,7 +138,8 @@ def _batch_steps(inspection: Inspection, c: int) -> list[Step]:
         Step(
             "mean",
             "mean = sum / count",
-            f"{fmt(stats.total[c])} / {count}",
+            f"{fmt(stats.total[c], location_digits(inspection, c, stats.total[c], count))} / "
+            f"{count}",
             float(stats.mean[c]),
             "the exact sum / count, rounded once",
         ),
@@ -195,6 +210,7 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
     new = float(getattr(update, f"batch_{buffer}")[c])
     momentum = inspection.settings.momentum
     name = convention.momentum_parameter
+    digits = location_digits(inspection, c) if buffer == "mean" else 5
     keep, take = coefficients(
         convention, None if isinstance(momentum, Undefined) else momentum, after.num_batches_tracked
     )
@@ -204,12 +220,15 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
             f"running_{buffer} = (1 - 1/n) * running_{buffer} + (1/n) * {batch_symbol}, "
             "n = num_batches_tracked"
         )
-        numbers = f"{fmt(keep)} * {term(old)} + {fmt(take)} * {term(new)}, n = {n}"
+        numbers = f"{fmt(keep)} * {term(old, digits)} + {fmt(take)} * {term(new, digits)}, n = {n}"
         return formula, numbers, CUMULATIVE, None
     keep_name, take_name = (w.format(m=name) for w in UPDATE_WEIGHTS[convention.momentum_meaning])
     if convention.has_scale_factor:
         formula = f"running_{buffer} = ({batch_symbol} + {name} * {buffer}_sum) / scale_factor"
-        numbers = f"({fmt(new)} + {fmt(keep)} * {term(old)}) / {fmt(after.scale_factor)}"
+        numbers = (
+            f"({fmt(new, digits)} + {fmt(keep)} * {term(old, digits)}) / "
+            f"{fmt(after.scale_factor)}"
+        )
         differs = (
             "PyTorch has no scale factor: its momentum would be 1 / scale_factor = "
             f"{fmt(update.batch_weight)} for this step"
@@ -217,7 +236,7 @@ def _update_text(inspection: Inspection, c: int, buffer: str, batch_symbol: str)
         rule = f"Caffe: {buffer}_sum = {batch_symbol} + {name} * {buffer}_sum, then divide"
         return formula, numbers, rule, differs
     formula = f"running_{buffer} = {keep_name} * running_{buffer} + {take_name} * {batch_symbol}"
-    numbers = f"{fmt(keep)} * {term(old)} + {fmt(take)} * {term(new)}"
+    numbers = f"{fmt(keep)} * {term(old, digits)} + {fmt(take)} * {term(new, digits)}"
     differs = None
     if convention.momentum_meaning == "keep":
         differs = (
@@ -335,6 +354,7 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
     if train and inspection.stats.count == 1:
         one_value = "PyTorch refuses one value per channel in train mode; here var is 0, y = bias"
     var_name = "var" if train else "running_var"
+    digits = location_digits(inspection, c)
     return [
         Step(
             "std",
@@ -348,7 +368,7 @@ def _output_steps(inspection: Inspection, c: int, x: float, train: bool) -> list
         Step(
             "x_hat",
             "x_hat = (x - mean) / std",
-            f"({fmt(x)} - {term(mean)}) / {term(std)}",
+            f"({fmt(x, digits)} - {term(mean, digits)}) / {term(std)}",
             float(normalize(x, mean, std, 1.0, 0.0)),
         ),
         Step(
@@ -408,11 +428,29 @@ def _buffer_scales(forward: ReferenceForward, c: int, dtype: str) -> tuple[float
     return float(mean_scale[c]), abs(float(forward.running_var[c]))
 
 
-def _against(inspection: Inspection, index: tuple[int, ...], against, first: int):
+def _against(
+    inspection: Inspection, index: tuple[int, ...], against, first: int, bound_ulps: float
+):
     if against is None:
         return NO_AGAINST
     their = against if isinstance(against, TheirValue) else from_file(*against, index, first)
-    return against_report(inspection, index, their)
+    return against_report(inspection, index, their, bound_ulps)
+
+
+def _buffer_bound_ulps(
+    inspection: Inspection, cond, c: int, scales: tuple[float, float]
+) -> tuple[Number, Number]:
+    """What a correct update can leave on channel c's running mean and variance, in ULPs at
+    each one's scale (check.buffers' bound; Caffe's sums divided by its scale factor)."""
+    dtype, forward = inspection.tensor.info.dtype, inspection.forward
+    bounds = buffer_bounds(inspection, cond, dtype)
+    factor = forward.update.after.scale_factor if forward.update else 1.0
+    out = []
+    for bound, scale in zip(bounds, scales, strict=True):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = float(in_ulps(np.array([bound[c] / factor]), np.array([scale]), dtype)[0])
+        out.append(value if math.isfinite(value) else Undefined("no finite bound here"))
+    return out[0], out[1]
 
 
 def derive_element(
@@ -441,9 +479,12 @@ def derive_element(
     steps += _output_steps(inspection, c, x, train)
     torch_run = inspection.torch_run
     missing = no_torch_value(inspection)
+    cond = inspection_conditioning(inspection)
     running = ()
     if train:
         steps += _running_steps(inspection, c)
+        scales = _buffer_scales(forward, c, dtype)
+        bounds = _buffer_bound_ulps(inspection, cond, c, scales)
         running = tuple(
             compare_value(
                 name,
@@ -451,20 +492,27 @@ def derive_element(
                 missing if torch_run is None else getattr(torch_run, name)[c],
                 dtype,
                 scale,
+                bound,
             )
-            for name, scale in zip(
-                ("running_mean", "running_var"), _buffer_scales(forward, c, dtype), strict=True
+            for name, scale, bound in zip(
+                ("running_mean", "running_var"), scales, bounds, strict=True
             )
         )
     channel_y = forward_output(forward, channel_values(inspection.batch, c), c, w, b)
+    scale = output_scale(channel_y, w)
+    y_bound = float(in_ulps(channel_bound(cond.only(c), [scale], dtype).total, [scale], dtype)[0])
+    y_bound_ulps: Number = y_bound if math.isfinite(y_bound) else Undefined(
+        "the channel's spread is below what the dtype's sums resolve: any value is rounding"
+    )
     output = compare_value(
         "y",
         y,
         missing if torch_run is None else float(torch_run.output[index]),
         dtype,
-        output_scale(channel_y, w),
+        scale,
+        y_bound_ulps,
     )
-    against_result = _against(inspection, index, against, first)
+    against_result = _against(inspection, index, against, first, y_bound)
     return ExplainResult(
         verdict=explain_verdict(inspection, index, output, against_result),
         input=inspection.tensor.info,
@@ -510,13 +558,16 @@ def explain_verdict(
                 "correctly rounded, equal to the last bit."
             )
         else:
-            scaled = output.ulp_error_at_scale
-            within = not isinstance(scaled, Undefined) and scaled <= ROUNDING_ULPS
+            scaled, bound = output.ulp_error_at_scale, output.bound_ulps
+            within = isinstance(bound, Undefined) or (
+                not isinstance(scaled, Undefined) and scaled <= bound
+            )
             status = "within-rounding" if within else "differs"
             how = "within rounding of" if within else "beyond rounding from"
+            limit = "" if isinstance(bound, Undefined) else f" (bound {bound:.3g})"
             lines.append(
-                f"{y}: {fmt_ulps(scaled)} of {dtype} at the channel's scale {how} the float64 "
-                f"reference {output.reference:.9g}."
+                f"{y}: {fmt_ulps(scaled)} of {dtype} at the channel's scale{limit}, {how} the "
+                f"float64 reference {output.reference:.9g}."
             )
     if not isinstance(against, Undefined):
         lines.append(f"Yours ({against.theirs!r}): {against.verdict}.")

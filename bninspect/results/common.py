@@ -108,6 +108,9 @@ class Comparison:
     ulp_error_at_scale: Number  # in ULPs of the dtype at ``scale``: the headline
     ulp_error: Number  # in ULPs of the dtype at the reference value
     correctly_rounded: bool | Undefined  # torch == reference_rounded: equal to the last bit
+    # what a correct implementation in the dtype can leave here, in the same ULPs at ``scale``:
+    # above it the value differs beyond rounding
+    bound_ulps: Number = Undefined("no bound judged for this value")
 
 
 @dataclass(frozen=True)
