@@ -176,12 +176,12 @@ def model(
         from bninspect.input.npy_files import read_header
 
         read_header(path, "--input")
-    from bninspect.render.model_output import layer_progress
+    from bninspect.render.progress_bar import count_bar
 
     # OpenMP's threads sleep as soon as a parallel loop ends (see inspection._quiet_openmp):
     # spinning, they took the cores from the other run's thread here.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with layer_progress(json_output) as progress:
+    with count_bar(json_output) as progress:
         from bninspect.model.inspect import inspect_model  # torch loads here
 
         result = inspect_model(request, progress)

@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bninspect.results.common import Undefined
+from bninspect.results.common import Comparison, Undefined
 from bninspect.text import number
 
 
@@ -135,3 +135,23 @@ def listing(title: str, columns: list[str], wraps: int, right: tuple[int, ...] =
         else:
             table.add_column(name, justify=justify, no_wrap=True)
     return table
+
+
+def comparison_table(
+    title: str, comparisons: tuple[Comparison, ...], implementation: str = "PyTorch"
+) -> RenderableType:
+    """One column per compared value, one row per measure: fits 80 columns whatever the
+    numbers (``implementation`` names the row of the values under inspection)."""
+    measures = [
+        ("reference", lambda c: c.reference),
+        (implementation, lambda c: c.torch),
+        ("|err|", lambda c: c.abs_error),
+        ("scale", lambda c: c.scale),
+        ("ULP at scale", lambda c: c.ulp_error_at_scale),
+        ("bound", lambda c: c.bound_ulps),
+        ("ULP at own value", lambda c: c.ulp_error),
+        ("correctly rounded", lambda c: c.correctly_rounded),
+    ]
+    headers = ["", *(c.name for c in comparisons)]
+    rows = [[label, *(fmt(value(c)) for c in comparisons)] for label, value in measures]
+    return grid(title, headers, rows, left=(0,))

@@ -8,7 +8,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from bninspect import dtypes
-from bninspect.render.cells import fmt, grid, listing
+from bninspect.render.cells import comparison_table, fmt, grid, listing
 from bninspect.results.common import Comparison, Number, Undefined
 from bninspect.results.explain import AgainstReport, ExplainResult, PrecisionReport, Step
 from bninspect.text import digits_to_resolve
@@ -111,21 +111,6 @@ def _buffers_line(comparisons: tuple[Comparison, ...], dtype: str) -> Text:
     return Text(text)
 
 
-def _comparison_table(comparisons: tuple[Comparison, ...]) -> RenderableType:
-    """One column per buffer, one row per measure: fits 80 columns whatever the numbers."""
-    measures = [
-        ("reference", lambda c: c.reference),
-        ("PyTorch", lambda c: c.torch),
-        ("|err|", lambda c: c.abs_error),
-        ("ULP at scale", lambda c: c.ulp_error_at_scale),
-        ("ULP at own value", lambda c: c.ulp_error),
-        ("correctly rounded", lambda c: c.correctly_rounded),
-    ]
-    headers = ["", *(c.name for c in comparisons)]
-    rows = [[label, *(fmt(value(c)) for c in comparisons)] for label, value in measures]
-    return grid("PyTorch's running buffers vs reference", headers, rows, left=(0,))
-
-
 def _precision_table(report: PrecisionReport, dtype: str) -> RenderableType:
     title = (
         f"PyTorch's arithmetic ({report.path}; {report.cpu_capability} kernel, "
@@ -186,7 +171,7 @@ def render_explain(result: ExplainResult, verbose: bool = False) -> list[Rendera
     parts: list[RenderableType] = [_derivation_table(result), _y_lines(result)]
     if result.running_buffers and not isinstance(result.y.torch, Undefined):
         parts.append(
-            _comparison_table(result.running_buffers)
+            comparison_table("PyTorch's running buffers vs reference", result.running_buffers)
             if verbose
             else _buffers_line(result.running_buffers, dtype)
         )

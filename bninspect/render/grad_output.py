@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from bninspect.render.cells import fmt, grid, listing
+from bninspect.render.cells import comparison_table, fmt, grid, listing
 from bninspect.results.common import Comparison, Undefined, Verdict
 from bninspect.results.grad import (
     CS231N_CAVEAT,
@@ -105,21 +105,6 @@ def _steps_table(title: str, steps) -> RenderableType:
     return table
 
 
-def _comparisons_table(comparisons: tuple[Comparison, ...], dtype: str) -> RenderableType:
-    measures = [
-        ("reference", lambda c: c.reference),
-        ("autograd", lambda c: c.torch),
-        ("|err|", lambda c: c.abs_error),
-        ("ULP at scale", lambda c: c.ulp_error_at_scale),
-        ("scale", lambda c: c.scale),
-        ("ULP at own value", lambda c: c.ulp_error),
-        ("correctly rounded", lambda c: c.correctly_rounded),
-    ]
-    headers = ["", *(c.name for c in comparisons)]
-    rows = [[label, *(fmt(value(c)) for c in comparisons)] for label, value in measures]
-    return grid(f"Autograd ({dtype}) vs the float64 reference", headers, rows, left=(0,))
-
-
 def _precision_table(report: GradPrecision, dtype: str) -> RenderableType:
     title = (
         f"Autograd's CPU backward redone ({report.path}; {report.cpu_capability} kernel, "
@@ -160,7 +145,7 @@ def render_grad_explain(result: GradExplain, dtype: str) -> list[RenderableType]
                  left=(0,), section_ends=frozenset({len(rows) - 2}))  # fmt: skip
         )
     if not isinstance(result.torch_version, Undefined):
-        parts.append(_comparisons_table(result.comparisons, dtype))
+        parts.append(_autograd_table(result.comparisons, dtype))
         cs = result.cs231n
         parts.append(
             Text(
@@ -252,3 +237,7 @@ def render_grad_check(result: GradCheckResult, verbose: bool = False) -> list[Re
         parts.append(Text(f"{more} more rejected: --verbose shows them", style="dim"))
     parts.append(Text(result.diagnosis.summary, style="bold"))
     return parts
+
+
+def _autograd_table(comparisons: tuple[Comparison, ...], dtype: str) -> RenderableType:
+    return comparison_table(f"Autograd ({dtype}) vs the float64 reference", comparisons, "autograd")

@@ -4,11 +4,6 @@ numbers; never computes one. Tables fit 80 columns."""
 
 from __future__ import annotations
 
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -327,47 +322,3 @@ def render_model(
         )
     parts.append(Text("\n".join(f"note    {n}" for n in result.notices), style="dim"))
     return parts
-
-
-@contextmanager
-def layer_progress(as_json: bool) -> Iterator:
-    """A bar counting layers on stderr, drawn once the work has taken DELAY_SECONDS, where a
-    person watches (stderr a terminal, no --json); yields phase(name, total) -> tick, or None."""
-    if as_json or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("{task.description:<8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    lock, finished, started = threading.Lock(), threading.Event(), threading.Event()
-
-    def start() -> None:
-        with lock:
-            if not finished.is_set():
-                bar.start()
-                started.set()
-
-    timer = threading.Timer(DELAY_SECONDS, start)
-    timer.daemon = True
-    timer.start()
-
-    def phase(name: str, total: int):
-        task = bar.add_task(name, total=total)
-        return lambda: bar.advance(task, 1)
-
-    try:
-        yield phase
-    finally:
-        with lock:
-            finished.set()
-            timer.cancel()
-            if started.is_set():
-                bar.stop()
