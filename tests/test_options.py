@@ -295,9 +295,14 @@ OWN_OPTIONS = {
         *("--output", "--atol", "--rtol", "--top", "--allow-nonfinite-mismatch"),
         *("--their-running-mean", "--their-running-var", "--their-num-batches-tracked"),
         *("--grad-input", "--grad-weight", "--grad-bias"),
+        *("--ranks", "--rank-sizes"),  # the data-parallel mistakes (docs/distributed.md)
     },
-    "explain": EVERY | {"--index", "--precision", "--against", "--against-value", "--grad"},
-    "run": EVERY | {"--stats-only", "--var-method", "--grad"},
+    "explain": EVERY
+    | {"--index", "--precision", "--against", "--against-value", "--grad"}
+    | {"--ranks", "--rank-sizes", "--rank-timeout"},
+    "run": EVERY
+    | {"--stats-only", "--var-method", "--grad"}
+    | {"--ranks", "--rank-sizes", "--rank-timeout"},
 }
 SHARED = {
     "--input", "--seed", "--channel-axis", "--dtype", "--convention", "--eps", "--momentum",

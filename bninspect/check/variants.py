@@ -386,6 +386,38 @@ def _naive_variance(inspection, theirs, judge=None):
     return Outcome(output, detail, plausible=beyond_stable)
 
 
+def _per_rank(inspection, theirs, judge=None):
+    """Data parallel without SyncBatchNorm: each rank's block of the batch normalized with its
+    own batch statistics (check --ranks / --rank-sizes)."""
+    from bninspect.numerics.pooling import rank_statistics, shard_bounds
+
+    x, _, p, eps, train = _layer(inspection)
+    sizes = inspection.rank_sizes
+    if not train or sizes is None or len(sizes) < 2:
+        return None
+    y = np.empty(x.shape, dtype=np.float64)
+    for (first, end), own in zip(shard_bounds(sizes), rank_statistics(x, sizes), strict=True):
+        if own is not None:
+            y[first:end] = normalized(x[first:end], own.mean, own.var_biased, eps, p.weight, p.bias)
+    return Outcome(y, f"{len(sizes)} ranks of {','.join(map(str, sizes))} samples")
+
+
+def _averaged_variances(inspection, theirs, judge=None):
+    """SyncBatchNorm done wrong: the batch mean, but the per-rank variances averaged (by
+    count) instead of pooled, losing the spread of the rank means."""
+    from bninspect.numerics.pooling import averaged_variance, rank_statistics
+
+    x, stats, p, eps, train = _layer(inspection)
+    sizes = inspection.rank_sizes
+    if not train or sizes is None or len(sizes) < 2:
+        return None
+    variance = averaged_variance(rank_statistics(x, sizes))
+    return Outcome(
+        normalized(x, stats.mean, variance, eps, p.weight, p.bias),
+        f"{len(sizes)} ranks of {','.join(map(str, sizes))} samples",
+    )
+
+
 def _in_dtype(dtype: str):
     def compute(inspection, theirs, judge=None):
         if inspection.tensor.info.dtype in ("float16", "bfloat16") or dtype == (
@@ -467,6 +499,18 @@ CATALOGUE = (
         "input), losing digits to cancellation",
         _naive_variance,
         fitted=True,
+    ),
+    Variant(
+        "per-rank-statistics",
+        "normalizes each data-parallel rank's samples with that rank's own statistics, no "
+        "sync (DDP without SyncBatchNorm)",
+        _per_rank,
+    ),
+    Variant(
+        "averaged-variances",
+        "averages the per-rank variances instead of pooling them, losing the spread of the "
+        "rank means",
+        _averaged_variances,
     ),
     Variant("float16", "computes in float16", _in_dtype("float16"), precision="float16"),
     Variant("bfloat16", "computes in bfloat16", _in_dtype("bfloat16"), precision="bfloat16"),

@@ -18,6 +18,7 @@ from bninspect.cli.options import (
     with_inspect_options,
 )
 from bninspect.cli.output import emit, inspect
+from bninspect.cli.ranks import Ranks, RankSizes
 from bninspect.errors import OptionError
 from bninspect.input.request import InspectRequest
 
@@ -105,6 +106,8 @@ def check(
         typer.Option(metavar="PATH", help="Your dbias (.npy, shape (C,)).", rich_help_panel=GRAD),
     ] = None,
     grad_output: GradOutput = None,
+    ranks: Ranks = None,
+    rank_sizes: RankSizes = None,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
@@ -117,7 +120,10 @@ def check(
     the worst elements, the error's shape per channel, and which known mistake (unbiased
     variance, eps outside the root, wrong axes, ...) explains the output, if any. With
     --grad-input (and --grad-weight, --grad-bias) the same for your backward pass, and which
-    known backward mistake (a term dropped, dweight divided by M, ...) explains it.
+    known backward mistake (a term dropped, dweight divided by M, ...) explains it. With
+    --ranks K or --rank-sizes (the batch split over data-parallel ranks), also the mistakes of
+    data-parallel batch norm: per-rank statistics without sync, and per-rank variances
+    averaged instead of pooled.
     """
     detail = detail_level(quiet, verbose, json_output)
     buffers = {
@@ -145,6 +151,11 @@ def check(
                 "checking gradients needs --grad-output: the dy your backward was given (.npy, "
                 "the input's shape)"
             )
+        if ranks is not None or rank_sizes is not None:
+            raise OptionError(
+                "--ranks and --rank-sizes name data-parallel mistakes of the forward pass; drop "
+                "them with --grad-input"
+            )
         for name, value in (
             ("--their-running-mean", their_running_mean),
             ("--their-running-var", their_running_var),
@@ -161,10 +172,16 @@ def check(
             "dx) with --grad-output"
         )
 
+    split: list[tuple[int, ...]] = []
+
     def before(planned, _settings):
         from bninspect.check.buffers import load_buffers
         from bninspect.input.their_output import check_memory, load_output
 
+        if ranks is not None or rank_sizes is not None:
+            from bninspect.distributed.sharding import batch_split
+
+            split.append(batch_split(planned.shape[0], ranks, rank_sizes))
         check_memory(planned.user_shape, planned.dtype, request.input_path)
         loaded = load_output(
             output, "--output", planned.user_shape, planned.dtype, planned.channel_axis
@@ -176,8 +193,12 @@ def check(
 
     def report(inspection, loaded, progress):
         # Imported only now (~0.25 s): errors in the checks above stay quick.
+        import dataclasses
+
         from bninspect.check.report import build_check_result
 
+        if split:  # the data-parallel mistakes in the catalogue need the split
+            inspection = dataclasses.replace(inspection, rank_sizes=split[0])
         (theirs, info), buffers = loaded
         return build_check_result(
             inspection,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,13 @@ from bninspect.cli.options import (
     with_inspect_options,
 )
 from bninspect.cli.output import emit, inspect
+from bninspect.cli.ranks import (
+    TIMEOUT_DEFAULT,
+    Ranks,
+    RankSizes,
+    RankTimeout,
+    notice_unused_timeout,
+)
 from bninspect.errors import OptionError
 from bninspect.input.layout import batch_axis, to_core_index
 from bninspect.input.parsing import parse_against_value, parse_index, resolve_index
@@ -68,6 +76,9 @@ def explain(
     ] = None,
     grad: GradFlag = False,
     grad_output: GradOutput = None,
+    ranks: Ranks = None,
+    rank_sizes: RankSizes = None,
+    rank_timeout: RankTimeout = TIMEOUT_DEFAULT,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
@@ -79,9 +90,34 @@ def explain(
     With --grad, also dx at the element and dweight, dbias of its channel, derived through the
     graph and by the compact formula, beside autograd's values (--precision: autograd's CPU
     backward redone step by step where it can be reproduced bit for bit).
+
+    With --ranks K or --rank-sizes: the element under each data-parallel regime (its rank
+    alone, SyncBatchNorm's pooling, the per-rank variances averaged), showing where its rank's
+    statistics differ from the pooled ones.
     """
     detail = detail_level(quiet, verbose, json_output)
     wanted = parse_index(index)
+    notice_unused_timeout(ranks, rank_sizes, rank_timeout)
+    if ranks is not None or rank_sizes is not None:
+        if precision or against is not None or against_value is not None or grad:
+            raise OptionError(
+                "--precision, --against, --against-value and --grad explain one process's "
+                "element; drop them or --ranks"
+            )
+        from bninspect.distributed.batch import run_split
+        from bninspect.distributed.explain import build_explain_result
+
+        split, resolved = run_split(
+            request,
+            ranks,
+            rank_sizes,
+            rank_timeout,
+            index_for=lambda shape: resolve_index(wanted, shape),
+        )
+        for message in split.messages:
+            print(message, file=sys.stderr)
+        emit(build_explain_result(split, resolved), json_output, detail)
+        return
     if against is not None and against_value is not None:
         raise OptionError("--against and --against-value both give your value; give one")
     typed = parse_against_value(against_value) if against_value is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -23,6 +24,14 @@ from bninspect.cli.options import (
     with_inspect_options,
 )
 from bninspect.cli.output import emit, inspect
+from bninspect.cli.ranks import (
+    TIMEOUT_DEFAULT,
+    Ranks,
+    RankSizes,
+    RankTimeout,
+    notice_unused_timeout,
+)
+from bninspect.errors import OptionError
 from bninspect.input.request import InspectRequest
 
 
@@ -48,6 +57,9 @@ def run(
     ] = False,
     grad: GradFlag = False,
     grad_output: GradOutput = None,
+    ranks: Ranks = None,
+    rank_sizes: RankSizes = None,
+    rank_timeout: RankTimeout = TIMEOUT_DEFAULT,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
@@ -56,8 +68,42 @@ def run(
 
     Count, mean, biased and unbiased variance, eps, weight, bias, the running buffers after the
     pass, channel health, and how far PyTorch's output and buffers are from the reference.
+
+    With --ranks K or --rank-sizes, the batch split over data-parallel ranks: the full batch,
+    per-rank batch norm (DDP without SyncBatchNorm) and SyncBatchNorm's pooled statistics side
+    by side, with the running buffers each leaves. With --stats-only and --input 'PATTERN'
+    (quoted), the population statistics of many files, in one process, K local ranks, or under
+    torchrun.
     """
     detail = detail_level(quiet, verbose, json_output)
+    from bninspect.distributed.environment import torchrun
+    from bninspect.distributed.sharding import is_pattern
+
+    notice_unused_timeout(ranks, rank_sizes, rank_timeout)
+    pattern = request.input_path is not None and is_pattern(str(request.input_path))
+    if stats_only and (pattern or ranks is not None or torchrun() is not None):
+        _population(
+            request, ranks, rank_sizes, rank_timeout, var_method or grad, json_output, detail
+        )
+        return
+    if pattern:
+        raise OptionError(
+            f"--input '{request.input_path}' is a pattern of files; patterns are streamed with "
+            "--stats-only (population statistics), or give one .npy file"
+        )
+    if ranks is not None or rank_sizes is not None:
+        if var_method or grad or grad_output is not None:
+            raise OptionError(
+                "--var-method and --grad inspect one process's batch norm; drop them or --ranks"
+            )
+        from bninspect.distributed.batch import run_split
+        from bninspect.distributed.report import build_run_result as build_split_result
+
+        split, _ = run_split(request, ranks, rank_sizes, rank_timeout)
+        for message in split.messages:
+            print(message, file=sys.stderr)
+        emit(build_split_result(split), json_output, detail)
+        return
     if stats_only:
         request = for_stats_only(request)
     if grad:
@@ -82,3 +128,32 @@ def run(
         return with_backward(result, build_grad_run(inspection, backward))
 
     emit(inspect(request, json_output, report, before, compare_only=True), json_output, detail)
+
+
+def _population(request, ranks, rank_sizes, timeout, one_tensor, json_output, detail) -> None:
+    """--stats-only on a pattern of files (or with --ranks, or under torchrun)."""
+    if request.input_path is None:
+        raise OptionError(
+            "--stats-only with --ranks streams files; give --input (a .npy, or a quoted "
+            "pattern like 'shards/*.npy')"
+        )
+    refused = [
+        (rank_sizes is not None, "--rank-sizes splits one batch; for files give --ranks K"),
+        (request.save_input is not None or request.save_output is not None, "--save-input and "
+         "--save-output write one tensor; population statistics read many: drop them"),
+        (request.steps is not None or request.batch_size is not None, "--steps and --batch-size "
+         "feed training batches; population statistics take every value: drop them"),
+        (request.dtype is not None, "--dtype converts one tensor; population statistics read "
+         "each file as it is: drop --dtype"),
+        (request.channel_axis != 1, "population statistics read every file channels-first "
+         "(N, C, ...); drop --channel-axis, or save the files with channels on axis 1"),
+        (one_tensor, "--var-method and --grad inspect one tensor; drop them"),
+    ]  # fmt: skip
+    for hit, message in refused:
+        if hit:
+            raise OptionError(message)
+    from bninspect.distributed.files import population_statistics
+
+    result, mine = population_statistics(str(request.input_path), ranks, timeout)
+    if mine:  # under torchrun, rank 0 alone prints
+        emit(result, json_output, detail)

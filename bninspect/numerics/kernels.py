@@ -38,7 +38,11 @@ Progress = Callable[[int], None]  # told the input bytes of each finished block
 
 
 def worker_count() -> int:
-    """Threads for the kernels: the CPUs this process may use, at most 8."""
+    """Threads for the kernels: the CPUs this process may use, at most 8; or as many as
+    BNINSPECT_KERNEL_THREADS says (set for each of several ranks sharing a machine)."""
+    given = os.environ.get("BNINSPECT_KERNEL_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return min(8, int(given))
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -111,6 +111,9 @@ class Inspection:
     # Drops the pages of a finished Region of ``batch`` when the input is memory-mapped
     # (--stats-only), so a later pass over it keeps memory bounded too; else None
     release_region: Callable[[Region], None] | None = None
+    # check --ranks / --rank-sizes: samples per data-parallel rank, for the catalogue's
+    # data-parallel mistakes; None when not given
+    rank_sizes: tuple[int, ...] | None = None
 
 
 def _check_outputs(request: InspectRequest) -> None:

@@ -26,6 +26,9 @@ RESULT_CLASSES = {
     "explain": "bninspect.results.explain:ExplainResult",
     "check": "bninspect.results.check:CheckResult",
     "check-grad": "bninspect.results.grad:GradCheckResult",  # check --grad-input
+    "run-ranks": "bninspect.results.distributed:DistributedRunResult",  # run --ranks
+    "explain-ranks": "bninspect.results.distributed:DistributedExplainResult",  # explain --ranks
+    "run-population": "bninspect.results.distributed:PopulationResult",  # --stats-only 'PATTERN'
     "conventions": "bninspect.results.conventions:ConventionsResult",
     "model": "bninspect.results.model:ModelResult",
 }

@@ -24,6 +24,9 @@ VIEWS = {
     "explain": ("bninspect.render.explain_view", "render_explain"),
     "check": ("bninspect.render.check_view", "render_check"),
     "check-grad": ("bninspect.render.grad_output", "render_grad_check"),  # check --grad-input
+    "run-ranks": ("bninspect.render.distributed_view", "render_split_run"),  # run --ranks
+    "explain-ranks": ("bninspect.render.distributed_view", "render_split_explain"),
+    "run-population": ("bninspect.render.distributed_view", "render_population"),
     "conventions": ("bninspect.render.card_view", "render_card"),
     "model": ("bninspect.render.model_output", "render_model"),
 }
