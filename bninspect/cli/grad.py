@@ -27,6 +27,7 @@ GradFlag = Annotated[
 GradOutput = Annotated[
     Path | None,
     typer.Option(
+        metavar="PATH",
         help="dy, the gradient of the loss with respect to the output (.npy, the input's shape "
         "and dtype); default: standard normal, numpy.random.default_rng([--seed, 5]).",
         rich_help_panel=GRAD,

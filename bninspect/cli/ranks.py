@@ -18,9 +18,10 @@ Ranks = Annotated[
         "--ranks",
         min=1,
         max=1024,
+        metavar="K",
         help="Split the batch over K ranks (K local processes in one gloo group, loopback "
         "only): per-rank batch norm as DDP computes it beside SyncBatchNorm's pooled "
-        "statistics. With --stats-only on a pattern of files: K ranks stream the files.",
+        "statistics (run --stats-only on a pattern of files: K ranks stream the files).",
         rich_help_panel=PANEL,
     ),
 ]
@@ -28,6 +29,7 @@ RankSizes = Annotated[
     str | None,
     typer.Option(
         "--rank-sizes",
+        metavar="N,N,...",
         help="Samples per rank, in rank order, e.g. 5,3,0,8 (uneven and empty ranks); they "
         "must add up to the batch. Instead of --ranks.",
         rich_help_panel=PANEL,
@@ -38,6 +40,7 @@ RankTimeout = Annotated[
     typer.Option(
         "--rank-timeout",
         min=0.1,
+        metavar="SECONDS",
         help="Seconds a rank waits for the others at the rendezvous and in each collective "
         "before the run ends with an error naming the rank.",
         rich_help_panel=PANEL,

@@ -150,8 +150,23 @@ def comparison_table(
         ("ULP at scale", lambda c: c.ulp_error_at_scale),
         ("bound", lambda c: c.bound_ulps),
         ("ULP at own value", lambda c: c.ulp_error),
-        ("correctly rounded", lambda c: c.correctly_rounded),
+        ("correctly rounded", _rounded_text),
     ]
     headers = ["", *(c.name for c in comparisons)]
-    rows = [[label, *(fmt(value(c)) for c in comparisons)] for label, value in measures]
+    rows = [[label, *(_cell(value(c)) for c in comparisons)] for label, value in measures]
     return grid(title, headers, rows, left=(0,))
+
+
+def _cell(value: object) -> str:
+    return value if isinstance(value, str) else fmt(value)
+
+
+def _rounded_text(c: Comparison) -> str:
+    """'yes', or 'no' with its reason beside it: a value one rounding off the correctly
+    rounded one is no error when it is within what a correct implementation can leave."""
+    if c.correctly_rounded is not False:
+        return fmt(c.correctly_rounded)
+    error, bound = c.ulp_error_at_scale, c.bound_ulps
+    if isinstance(error, float) and isinstance(bound, float) and error <= bound:
+        return "no: within rounding"
+    return "no"
