@@ -357,10 +357,10 @@ def map_input(
             if dtype is not None and header.dtype.isnative
             else "drop --stats-only (a full run converts it), or save it in native byte order"
         )
+        wanted = f"to {dtype}" if dtype is not None else f"({notice})"
         raise OptionError(
-            f"--stats-only reads {path} as it is ({_dtype_text(header.dtype)}); it cannot "
-            "convert it "
-            f"({notice}); {fix}"
+            f"--stats-only streams {path} as stored ({_dtype_text(header.dtype)}) and converts "
+            f"nothing {wanted}; {fix}"
         )
     array, mapping = map_array(path, header)
     info = InputInfo(
