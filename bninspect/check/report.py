@@ -75,7 +75,7 @@ NAN_BOUND = "the channel's statistics are not finite: only NaN against NaN or th
 MAX_NON_FINITE_SHOWN = 10
 
 
-def _non_finite(theirs, reference, counted: bool) -> NonFinite | Undefined:
+def non_finite_report(theirs, reference, counted: bool) -> NonFinite | Undefined:
     """The elements NaN or infinite on one side only, as a NonFinite (Undefined if none)."""
     reference_only, theirs_only = non_finite_disagreements(theirs, reference)
     if reference_only + theirs_only == 0:
@@ -139,7 +139,7 @@ def build_check_result(
     diagnosis, best = diagnose(inspection, theirs, stated, limits, judge, tell)
     shape = theirs.shape
     passed_output = bool(not mismatch.any())
-    non_finite = _non_finite(theirs, reference, not allow_nonfinite)
+    non_finite = non_finite_report(theirs, reference, not allow_nonfinite)
     buffers = (
         check_buffers(inspection, their_buffers, cond)
         if their_buffers is not None
