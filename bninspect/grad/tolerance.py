@@ -179,9 +179,18 @@ def gradient_bounds(ref: ReferenceBackward, cond: Conditioning, dtype: str) -> G
         if ref.passes_through:  # dweight and dbias are 0: nothing to round
             zero = np.zeros_like(B)
             parts["grad_weight"] = parts["grad_bias"] = (zero, zero)
+        # Where the spread is below what the dtype's statistics resolve (var + eps - dvar <= 0:
+        # a correct x_hat can be anything), the statistics' part is unbounded even where the
+        # reference's x_hat is 0 (its 0 * inf products); NaN only where the statistics are not
+        # finite (only an exact agreement matches there).
+        finite = np.isfinite(cond.mean) & np.isfinite(cond.var)
+        unresolved = finite & ~(s_low > 0)
         bounds = {}
         for name, (statistics, arithmetic) in parts.items():
-            statistics = np.where(statistics == 0, 0.0, statistics)  # 0 * inf terms
+            if name != "grad_bias" and not ref.passes_through:
+                statistics = np.where(unresolved, np.inf, statistics)
+            statistics = np.where(finite & np.isnan(statistics), 0.0, statistics)
+            statistics = np.where(finite, statistics, np.nan)
             before = statistics + arithmetic
             if dtype == working:
                 rounding = np.zeros_like(before)
