@@ -13,7 +13,7 @@ NaN or an infinity from finite input, so none is ranked for them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from bninspect.pytorch.peer import describe_peer
 from bninspect.results.check import NonFinite, Tolerance
 from bninspect.results.common import Number, Undefined, Verdict
 from bninspect.results.grad import (
+    Cs231nError,
     GradChannelCheck,
     GradCheckResult,
     GradDiagnosis,
@@ -47,6 +48,12 @@ from bninspect.text import number as fmt
 SHORT = {"grad_input": "dx", "grad_weight": "dweight", "grad_bias": "dbias"}
 NO_SCALE = "no scale: the gradient and its terms are 0 in this channel"
 ONE_FORM_REASON = "one form: the staged backward and the compact formula agree under it"
+NON_FINITE_REASON = (
+    "a NaN or infinity on one side against a finite value on the other is a mismatch: no "
+    "tolerance makes them equal"
+)
+CS231N_NON_FINITE = "your {} holds NaN or infinities where the reference is finite: CS231n's "
+CS231N_NON_FINITE += "relative error is NaN or inf there, whatever the other elements"
 
 
 @dataclass(frozen=True)
@@ -187,10 +194,12 @@ def _gradient_check(backward: Backward, their: TheirGradient, atol, rtol, top: i
         for c in range(theirs.shape[1])
     )
     shown_torch = torch_values if torch_grid is None else torch_grid
+    # Their NaN and infinities are reported apart (non_finite, the verdict): the worst are the
+    # largest errors of the elements that have one.
     worst = tuple(
         _element(int(i), theirs.shape, per_channel, theirs, reference, shown_torch, abs_error,
                  scale, dtype)  # fmt: skip
-        for i in worst_indices(abs_error, top)
+        for i in worst_indices(finite_error, top)
     )
     if torch_grid is None:
         torch_max: Number = torch_values
@@ -201,11 +210,14 @@ def _gradient_check(backward: Backward, their: TheirGradient, atol, rtol, top: i
     )
     finite_bounds = bound_ulps[np.isfinite(bound_ulps)]
     non_finite = non_finite_report(theirs, reference, counted=True)
-    if per_channel and isinstance(non_finite, NonFinite):  # a channel's index, not (0, c)
-        non_finite = NonFinite(
-            non_finite.reference_only, non_finite.theirs_only,
-            tuple((i[1],) for i in non_finite.indices), non_finite.counted, non_finite.reason,
-        )  # fmt: skip
+    if isinstance(non_finite, NonFinite):  # check's reason names a forward-only option
+        indices = non_finite.indices
+        if per_channel:  # a channel's index, not (0, c)
+            indices = tuple((i[1],) for i in indices)
+        non_finite = replace(non_finite, indices=indices, reason=NON_FINITE_REASON)
+    score = cs231n(theirs, reference)
+    if (~np.isfinite(theirs) & np.isfinite(reference)).any():
+        score = Cs231nError(Undefined(CS231N_NON_FINITE.format(SHORT[name])), "n/a")
     return GradientCheck(
         name=name,
         path=their.path,
@@ -218,7 +230,7 @@ def _gradient_check(backward: Backward, their: TheirGradient, atol, rtol, top: i
         max_abs_error=float(np.max(finite_error, initial=0.0)),
         max_ulp_error_at_scale=overall,
         torch_max_ulp_error_at_scale=torch_max,
-        cs231n=cs231n(theirs, reference),
+        cs231n=score,
         worst=worst,
         channels=channels,
         suggested=suggested_tolerance(
@@ -280,9 +292,10 @@ def diagnose(inspection: Inspection, backward: Backward, theirs: list[TheirGradi
         fits = [h for h in hypotheses if name in h.explains]
         best[name] = fits[0].name if fits else Undefined("no known mistake fits this gradient")
     stated_left = {n: _largest(m.at_scale) for n, m in stated.items()}
+    partial = {t.name for t in theirs if not np.isfinite(t.values).all()}
     return GradDiagnosis(
         explained=bool(wrong) and all(isinstance(best[n], str) for n in wrong),
-        summary=_summary(stated_left, wrong, best, hypotheses, backward),
+        summary=_summary(stated_left, wrong, best, hypotheses, backward, partial),
         stated=stated_left,
         best=best,
         hypotheses=tuple(hypotheses),
@@ -295,9 +308,12 @@ def _largest(values: np.ndarray) -> float:
     return float(np.max(values, initial=0.0))
 
 
-def _summary(stated, wrong, best, hypotheses, backward: Backward) -> str:
+def _summary(stated, wrong, best, hypotheses, backward: Backward, partial: set[str]) -> str:
+    """The diagnosis in a sentence or two; ``partial``: the gradients holding NaN or
+    infinities, judged on their finite elements."""
     dtype = backward.dtype
-    given = ", ".join(SHORT[n] for n in stated)
+    given = ", ".join(SHORT[n] + (" (its finite elements)" if n in partial else "")
+                      for n in stated)  # fmt: skip
     if not wrong:
         worst = max(stated.values())
         bounds = [backward.bound_ulps_of(n) for n in stated]
@@ -357,7 +373,8 @@ def build_grad_check(
         else Undefined(f"PyTorch was not run: {backward.no_torch}")
     )
     return GradCheckResult(
-        verdict=_verdict(checks, theirs, diagnosis, passed, backward.dtype),
+        verdict=_verdict(checks, theirs, {n: backward.reference_of(n) for n in SHORT}, diagnosis,
+                         passed, backward.dtype),  # fmt: skip
         input=inspection.tensor.info,
         settings=settings,
         grad_output=backward.grad_output,
@@ -369,29 +386,38 @@ def build_grad_check(
     )
 
 
-def _non_finite_text(g: GradientCheck, values: np.ndarray) -> str | None:
-    """'2 NaN where the reference is finite (first at [1, 2, 3, 0], [5, 0, 0, 1])', or None
-    (``values``: their gradient, to tell NaN from infinities)."""
-    nf = g.non_finite
-    if isinstance(nf, Undefined):
-        return None
-    parts = []
-    if nf.theirs_only:
-        nans = int(np.isnan(values).sum())
-        kinds = [f"{nans} NaN"] if nans else []
-        if nf.theirs_only > nans:
-            infinities = nf.theirs_only - nans
-            kinds.append(f"{infinities} infinit{'y' if infinities == 1 else 'ies'}")
-        parts.append(f"{' and '.join(kinds)} where the reference is finite")
-    if nf.reference_only:
-        parts.append(f"{nf.reference_only} finite or another value where the reference is NaN "
-                     "or infinite")  # fmt: skip
-    where = ", ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices[:3])
-    more = ", ..." if len(nf.indices) > 3 or nf.theirs_only + nf.reference_only > 3 else ""
-    return f"{' and '.join(parts)} (first at {where}{more})"
+def _where(mask: np.ndarray, per_channel: bool) -> str:
+    """The first index where ``mask`` (N, C, ...) holds, as '[n, c, ...]' ('[c]' per channel)."""
+    at = [int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape)]
+    return "[" + ", ".join(map(str, [at[1]] if per_channel else at)) + "]"
 
 
-def _verdict(checks, theirs, diagnosis: GradDiagnosis, passed: bool, dtype: str) -> Verdict:
+def _non_finite_text(name: str, values: np.ndarray, reference: np.ndarray) -> str | None:
+    """'2 NaN (first at [1, 2, 3, 0]) and 1 infinity (first at [0, 0, 0, 1]) where the
+    reference is finite', or None: their gradient's NaN and infinities, counted apart."""
+    t, r = _as_grid(values), _as_grid(reference)
+    per_channel = name != "grad_input"
+    with np.errstate(invalid="ignore"):
+        finite_reference = np.isfinite(r)
+        nan = np.isnan(t) & finite_reference
+        inf = np.isinf(t) & finite_reference
+        agree = (np.isnan(t) & np.isnan(r)) | (np.isinf(t) & (t == r))
+        off_reference = ~finite_reference & ~agree
+    kinds = []
+    for mask, one, many in ((nan, "NaN", "NaN"), (inf, "infinity", "infinities")):
+        n = int(mask.sum())
+        if n:
+            kinds.append(f"{n} {one if n == 1 else many} (first at {_where(mask, per_channel)})")
+    parts = [f"{' and '.join(kinds)} where the reference is finite"] if kinds else []
+    n = int(off_reference.sum())
+    if n:
+        parts.append(f"{n} other value{'s' if n > 1 else ''} where the reference is NaN or "
+                     f"infinite (first at {_where(off_reference, per_channel)})")  # fmt: skip
+    return " and ".join(parts) if parts else None
+
+
+def _verdict(checks, theirs, reference, diagnosis: GradDiagnosis, passed: bool, dtype: str
+             ) -> Verdict:  # fmt: skip
     def at_scale(g: GradientCheck) -> str:
         value = g.max_ulp_error_at_scale
         return "n/a" if isinstance(value, Undefined) else fmt(value)
@@ -410,7 +436,7 @@ def _verdict(checks, theirs, diagnosis: GradDiagnosis, passed: bool, dtype: str)
             return Verdict("pass", (first, diagnosis.summary))
         return Verdict("pass", (first,))
     values = {t.name: t.values for t in theirs}
-    texts = {g.name: _non_finite_text(g, values[g.name]) for g in checks}
+    texts = {g.name: _non_finite_text(g.name, values[g.name], reference[g.name]) for g in checks}
     failing = [g for g in checks if not g.passed]
     sentences = []
     for g in failing:
@@ -430,17 +456,24 @@ def _verdict(checks, theirs, diagnosis: GradDiagnosis, passed: bool, dtype: str)
         sentences.append(text)
     first = "; ".join(sentences)
     if any(text is not None for text in texts.values()):
-        rest = diagnosis.summary
-        if not diagnosis.explained and all(v <= 1 for v in diagnosis.stated_over_bound.values()):
-            rest = (
-                "no known mistake makes a NaN or an infinity from finite input, so none is "
-                "ranked for those elements; the finite ones match the stated formulas within "
-                "rounding"
-            )
+        # No mistake of the catalogue makes a NaN or an infinity from finite input: their
+        # non-finite elements are reported as such, the diagnosis is of the finite ones.
+        none_finite = [SHORT[n] for n, v in values.items() if not np.isfinite(v).any()]
+        rest = (
+            "no known mistake makes a NaN or an infinity from finite input, so none is ranked "
+            "for those elements"
+        )
+        if none_finite:
+            verb = "has" if len(none_finite) == 1 else "have"
+            rest += f"; your {' and '.join(none_finite)} {verb} no finite element to judge"
+        judged = [n for n in diagnosis.stated if SHORT[n] not in none_finite]
+        if not judged:
+            pass
+        elif not diagnosis.explained and all(
+            diagnosis.stated_over_bound[n] <= 1 for n in judged
+        ):
+            rest += "; the finite ones match the stated formulas within rounding"
         else:
-            rest = (
-                "no known mistake makes a NaN or an infinity from finite input, so none is "
-                f"ranked for those elements; of the finite ones: {rest}"
-            )
+            rest += f"; of the finite ones: {diagnosis.summary}"
         return Verdict("fail", (first, rest))
     return Verdict("fail", (first, diagnosis.summary))

@@ -227,9 +227,13 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
     if not isinstance(g.suggested, Undefined) and not g.passed:
         parts.append(Text(f"to pass as it is (vs {g.suggested.expected}):\n"
                           f"  {g.suggested.assert_close}", style="dim"))  # fmt: skip
-    parts.append(
-        Text(f"CS231n relative error {fmt(g.cs231n.rel_error)} ({g.cs231n.reading})", style="dim")
+    score = g.cs231n.rel_error
+    cs = (
+        f"CS231n relative error n/a: {score.reason}"
+        if isinstance(score, Undefined)
+        else f"CS231n relative error {fmt(score)} ({g.cs231n.reading})"
     )
+    parts.append(Text(cs, style="dim"))
     return parts
 
 
