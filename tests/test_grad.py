@@ -320,7 +320,13 @@ def test_explain_grad_precision_reproduces_autograd(cli):
     doc = cli.json("explain", *ARTICLE, "--index", "0,0,1,2", "--grad", "--precision")
     precision = doc["grad"]["precision"]
     assert precision["bit_exact"] is True
-    assert precision["grad_input_emulated"] == doc["grad"]["comparisons"][0]["torch"]
+    dx, dweight, dbias = doc["grad"]["comparisons"]
+    assert precision["emulated"]["grad_input"] == dx["torch"]
+    assert precision["torch"] == precision["emulated"]
+    assert precision["torch"]["grad_weight"] == dweight["torch"]
+    steps = {step["name"]: step for step in precision["emulation"]}
+    assert steps["dx"]["torch"] == precision["emulated"]["grad_input"]
+    assert steps["dbias"]["reference"] == dbias["reference"]
 
 
 def test_explain_grad_precision_refuses_half(cli):

@@ -120,7 +120,7 @@ def _precision_table(report: GradPrecision, dtype: str) -> RenderableType:
         f"Autograd's CPU backward redone ({report.path}; {report.cpu_capability} kernel, "
         f"{report.threads} threads)"
     )
-    rows = [[s.name, s.how, repr(s.torch_value), f"{s.exact:.9g}"] for s in report.steps]
+    rows = [[s.name, s.how, repr(s.torch), f"{s.reference:.9g}"] for s in report.emulation]
     table = grid(title, ["step", "how PyTorch computes it", "PyTorch", "exact"], rows,
                  left=(0, 1))  # fmt: skip
     if report.bit_exact:

@@ -116,12 +116,21 @@ class DxTerm:
 @dataclass(frozen=True)
 class GradPrecisionStep:
     """One step of PyTorch's CPU backward for the element, as PyTorch holds it (emulated) and
-    without rounding."""
+    without rounding (as explain --precision's PrecisionStep)."""
 
     name: str
     how: str
-    torch_value: float
-    exact: float
+    torch: float  # as PyTorch holds it (emulated)
+    reference: float  # the same quantity without rounding (float64)
+
+
+@dataclass(frozen=True)
+class GradValues:
+    """dx at the element, and dweight and dbias of its channel."""
+
+    grad_input: float
+    grad_weight: Number
+    grad_bias: Number
 
 
 @dataclass(frozen=True)
@@ -134,11 +143,10 @@ class GradPrecision:
     claim: str
     cpu_capability: str
     threads: int
-    steps: tuple[GradPrecisionStep, ...]
-    grad_input_emulated: float
-    grad_weight_emulated: Number
-    grad_bias_emulated: Number
-    bit_exact: bool
+    emulation: tuple[GradPrecisionStep, ...]  # PyTorch's arithmetic, step by step
+    emulated: GradValues  # as the emulation computes them
+    torch: GradValues  # as autograd computed them
+    bit_exact: bool  # emulated == torch, all three
 
 
 @dataclass(frozen=True)
