@@ -28,8 +28,10 @@ def _pc(values, x: np.ndarray, t=np.float64) -> np.ndarray:
 
 
 def _out(x: np.ndarray, *arrays) -> tuple[np.ndarray, ...]:
-    """Each array rounded to x's dtype, as float64."""
-    return tuple(np.asarray(a).astype(x.dtype).astype(np.float64) for a in arrays)
+    """Each array rounded to x's dtype, as float64 (beyond float16's range: inf, as any float16
+    backward returns there)."""
+    with np.errstate(over="ignore"):
+        return tuple(np.asarray(a).astype(x.dtype).astype(np.float64) for a in arrays)
 
 
 def _sum(values: np.ndarray, axes, t, order: str) -> np.ndarray:

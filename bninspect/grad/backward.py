@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bninspect.check.tolerance import inspection_conditioning
+from bninspect.dtypes import float_format
 from bninspect.grad.reference import ReferenceBackward, reference_backward
 from bninspect.grad.tolerance import GradientBounds, gradient_bounds
 from bninspect.numerics.agreement import elementwise_errors, ulp
@@ -85,13 +86,25 @@ def inspect_backward(inspection: Inspection, dy: np.ndarray, info: GradOutputInf
     )
 
 
+def within_range(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` (float64) with those beyond ``dtype``'s range replaced by the infinity they
+    round to: what a correct backward in the dtype returns there (a float16 dweight above
+    65504 is inf in every implementation), so that their infinity agrees with it."""
+    values = np.asarray(values, dtype=np.float64)
+    if dtype == "float64":
+        return values
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = values.astype(float_format(dtype).numpy).astype(np.float64)
+        return np.where(np.isinf(rounded) & np.isfinite(values), rounded, values)
+
+
 def channel_errors_at_scale(
     values: np.ndarray, reference: np.ndarray, scale: np.ndarray, dtype: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per channel (C,), the largest |values - reference| and it in ULPs of ``dtype`` at the
     channel's ``scale`` (NaN where an error meets a scale of 0). Elementwise arrays (N, C, ...)
-    or per-channel ones (C,)."""
-    abs_error, _ = elementwise_errors(values, reference, dtype)
+    or per-channel ones (C,). A reference beyond the dtype's range is its infinity."""
+    abs_error, _ = elementwise_errors(values, within_range(reference, dtype), dtype)
     if abs_error.ndim > 1:
         axes = (0, *range(2, abs_error.ndim))
         largest = np.max(abs_error, axis=axes, initial=0.0)

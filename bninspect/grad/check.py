@@ -26,7 +26,7 @@ from bninspect.check.compare import (
     worst_indices,
 )
 from bninspect.check.report import NAN_BOUND, non_finite_report, tolerance_for
-from bninspect.grad.backward import Backward, as_number, bound_number, cs231n
+from bninspect.grad.backward import Backward, as_number, bound_number, cs231n, within_range
 from bninspect.grad.tolerance import GradientBounds
 from bninspect.grad.variants import CATALOGUE, ONE_FORM, Pass
 from bninspect.numerics.agreement import ulp
@@ -94,9 +94,9 @@ def measure(theirs: np.ndarray, candidate: np.ndarray, name: str, bounds: Gradie
     for gradient ``name``. Elements NaN or infinite in theirs are left out (reported apart); a
     candidate NaN or infinite where theirs is finite is an infinite error. The allowance is
     the bound with its arithmetic taken at the candidate's own size (GradientBounds.limits)."""
-    t, y = _as_grid(theirs), _as_grid(candidate)
-    axes = (0, *range(2, t.ndim))
     dtype, scale = bounds.dtype, bounds.scales[name]
+    t, y = _as_grid(theirs), _as_grid(within_range(candidate, dtype))
+    axes = (0, *range(2, t.ndim))
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         judged = np.isfinite(t)
         error = np.where(judged, np.abs(t - y), 0.0)
@@ -173,7 +173,7 @@ def _gradient_check(backward: Backward, their: TheirGradient, atol, rtol, top: i
     tolerance = gradient_tolerance(bounds, name, atol, rtol)
     per_channel = name != "grad_input"
     theirs = _as_grid(their.values)
-    reference = _as_grid(backward.reference_of(name))
+    reference = _as_grid(within_range(backward.reference_of(name), dtype))
     scale = backward.scale_of(name)
     torch_values = backward.torch_of(name)
     torch_grid = None if isinstance(torch_values, Undefined) else _as_grid(torch_values)
@@ -367,14 +367,14 @@ def build_grad_check(
     checks = tuple(_gradient_check(backward, t, atol, rtol, top, torch_name) for t in theirs)
     diagnosis = diagnose(inspection, backward, theirs)
     passed = all(g.passed for g in checks)
+    compared = {n: within_range(backward.reference_of(n), backward.dtype) for n in SHORT}
     torch_version = (
         backward.torch.version
         if backward.torch is not None
         else Undefined(f"PyTorch was not run: {backward.no_torch}")
     )
     return GradCheckResult(
-        verdict=_verdict(checks, theirs, {n: backward.reference_of(n) for n in SHORT}, diagnosis,
-                         passed, backward.dtype),  # fmt: skip
+        verdict=_verdict(checks, theirs, compared, diagnosis, passed, backward.dtype),
         input=inspection.tensor.info,
         settings=settings,
         grad_output=backward.grad_output,
