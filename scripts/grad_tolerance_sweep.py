@@ -128,7 +128,8 @@ def correct_table(seeds):
     print("passes), and dx's bound in ULPs of the dtype at dx's scale (largest over the channels")
     print("and seeds; inf: the data's spread is below what the dtype's statistics resolve, and")
     print("any dx and dweight pass)")
-    print(f"{'dtype':9}{'mode':>6}{'offset':>7}{'dx bound':>10} " + "".join(f"{s:>8}" for s in short))
+    header = f"{'dtype':9}{'mode':>6}{'offset':>7}{'dx bound':>10} "
+    print(header + "".join(f"{s:>8}" for s in short))
     overall = 0.0
     for dtype in DTYPES:
         for mode in ("train", "eval"):
@@ -181,7 +182,7 @@ def mistakes_table(cases, seeds, before: bool):
         print("*: on some seed it fails but the diagnosis names another mistake first")
     names = [m.name for m in CATALOGUE]
     names += ["train-formula-in-eval (compact)", "batch-axis-only (compact)"]
-    print(f"{'mistake':31}" + "".join(f"{label:>9}" for label, *_ in cases))
+    print(f"{'mistake':32}" + "".join(f"{label:>9}" for label, *_ in cases))
     backwards = {}  # one pass per case, seed and mode
     for name in names:
         cells = []
@@ -207,7 +208,7 @@ def mistakes_table(cases, seeds, before: bool):
                     unnamed = True
             mark = "*" if unnamed else " "
             cells.append(f"{min(margins):>8.3g}{mark}" if margins else f"{'-':>8} ")
-        print(f"{name:31}{''.join(cells)}")
+        print(f"{name:32}{''.join(cells)}")
     print()
 
 
@@ -218,7 +219,8 @@ def main() -> None:
     args = parser.parse_args()
     correct_table(args.seeds)
     offsets = (0.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
-    print(f"Columns: offset of the data; shape {'x'.join(map(str, SMALL))} (128 values per channel),")
+    small = "x".join(map(str, SMALL))
+    print(f"Columns: offset of the data; shape {small} (128 values per channel),")
     print(f"L: {'x'.join(map(str, LARGE))} (2048 values per channel)")
     for dtype in ("f32", "f64", "f16", "bf16"):
         cases = [(f"{o:g}", SMALL, dtype, o) for o in offsets]
