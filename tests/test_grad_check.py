@@ -376,6 +376,8 @@ def test_check_grad_human_output_leads_with_the_verdict(cli, tmp_path):
         (["--grad-input", "{dx}", "--grad-output", "{dy}", "--grad-weight", "{dw}",
           "--no-affine"], 2, ["--no-affine"]),  # fmt: skip
         ([], 2, ["--output", "--grad-input"]),
+        (["--grad-input", "{dx}", "--grad-output", "{dy}", "--allow-nonfinite-mismatch"], 2,
+         ["--allow-nonfinite-mismatch", "forward"]),  # fmt: skip
     ],
 )
 def test_check_grad_bad_input(cli, tmp_path, args, code, words):
