@@ -388,3 +388,21 @@ def test_check_grad_bad_input(cli, tmp_path, args, code, words):
     message = cli.error("check", "--input", paths["x"], *filled, code=code)
     for word in words:
         assert word in message, message
+
+
+def test_unresolved_spread_says_nothing_can_be_told_apart():
+    """float16 data at 1e4 with a spread of 1 is constant in float16 (ULP 8): the statistics a
+    correct float16 backward may hold leave x_hat unbounded, so any dx passes, and the verdict
+    says so rather than reading as a plain pass; a hypothesis whose dx is not finite is never
+    within (its over_bound is inf, not NaN)."""
+    x, dy = offset_data(np.float16, 1e4)
+    dy = dy.astype(np.float16)
+    result = _library_check(x, dy, np.zeros(x.shape))
+    assert result.passed
+    assert "below what float16's statistics resolve" in result.verdict.summary[0]
+    assert "no mistake can be told apart" in result.verdict.summary[0]
+    g = result.gradients[0]
+    assert all(isinstance(c.bound_ulps, Undefined) and "any value passes" in c.bound_ulps.reason
+               for c in g.channels)  # fmt: skip
+    for h in result.diagnosis.hypotheses:
+        assert not np.isnan(h.over_bound["grad_input"]), h.name

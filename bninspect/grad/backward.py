@@ -122,14 +122,17 @@ def as_number(value: float, reason: str) -> Number:
 
 
 NO_BOUND = (
-    "no finite bound: the channel's statistics are not finite, or its spread is below what "
-    "the dtype's sums resolve"
+    "no finite bound: the channel's spread is below what the dtype's statistics resolve (a "
+    "correct x_hat can be anything), so any value passes"
 )
+EXACT_ONLY = "the channel's statistics are not finite: only an exact agreement passes"
 
 
 def bound_number(value: float) -> Number:
-    """A bound in ULPs as a JSON number, or why there is none (NaN or infinite)."""
-    return float(value) if np.isfinite(value) else Undefined(NO_BOUND)
+    """A bound in ULPs as a JSON number, or why there is none (infinite, or NaN)."""
+    if np.isfinite(value):
+        return float(value)
+    return Undefined(EXACT_ONLY if np.isnan(value) else NO_BOUND)
 
 
 def within_bounds(at_scale: np.ndarray, bound_ulps: np.ndarray) -> bool:
