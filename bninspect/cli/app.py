@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
+from bninspect.cli.process import StreamError, say, write_result
 from bninspect.errors import BnInspectError
 
 # typer raises click's exceptions (vendored in newer typer); find their base without importing
@@ -18,7 +20,7 @@ _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"Error: {message}", file=sys.stderr)
+    say(f"Error: {message}")  # one line on stderr, whatever the message holds (process.say)
     sys.exit(code)
 
 
@@ -28,11 +30,19 @@ class _OneLineErrors(TyperGroup):
     BNINSPECT_DEBUG is set, for reporting a bug."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not sys.warnoptions:
+            # numpy's RuntimeWarnings (overflow, invalid value) are handled where they arise
+            # (np.errstate); one missed would print a Python source line, which is no message
+            # for a user. -W or PYTHONWARNINGS (the fuzz script sets error) overrides this.
+            warnings.simplefilter("ignore", RuntimeWarning)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except _CLICK_EXCEPTION as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `bninspect`: the help, as asked
-                print(exc.format_message())
+                try:
+                    write_result(exc.format_message() + "\n")
+                except StreamError:
+                    pass
                 sys.exit(exc.exit_code)
             # Some typer versions put pydantic-style "Value error, " before a choice's message.
             message = exc.format_message().replace("Value error, ", "").rstrip(".")
@@ -42,6 +52,10 @@ class _OneLineErrors(TyperGroup):
             _fail(f"{message}{hint}", exc.exit_code)
         except BnInspectError as exc:
             _fail(str(exc), exc.exit_code)
+        except StreamError as exc:
+            _fail(str(exc), 1)
+        except KeyboardInterrupt:  # only in-process: the command line takes signals itself
+            _fail("interrupted by SIGINT", 130)
         except typer.Abort:
             _fail("aborted", 1)
         except MemoryError:

@@ -12,6 +12,11 @@ from bninspect.cli.options import JsonFlag, for_check, with_inspect_options
 from bninspect.cli.output import emit, inspect
 from bninspect.input.request import InspectRequest
 
+CHECK_ADVICE = (
+    "check a slice: save the first samples of the input and of your output (x[:n]) as "
+    "smaller .npy files and check those"
+)
+
 
 @app.command(short_help="Test your batch norm's output and name the mistake.")
 @with_inspect_options
@@ -19,7 +24,10 @@ def check(
     request: InspectRequest,
     output: Annotated[
         Path,
-        typer.Option(help="Your batch norm's output for --input (.npy, same shape)."),
+        typer.Option(
+            help="Your batch norm's output for --input (.npy, same shape).",
+            readable=False,  # checked by bninspect, exit code 1
+        ),
     ],
     atol: Annotated[
         float | None,
@@ -41,10 +49,14 @@ def check(
     """
     checked = for_check(request, atol, rtol)
 
-    def before(planned, _settings):
-        from bninspect.input.their_output import check_memory, load_output
+    def need(planned, _batch_size, _steps):  # their output, the reference, the errors...
+        from bninspect.input.their_output import check_need
 
-        check_memory(planned.shape, planned.dtype, request.input_path)
+        return check_need(planned.shape, planned.dtype, top)
+
+    def before(planned, _settings):
+        from bninspect.input.their_output import load_output
+
         return load_output(output, "--output", planned.shape, planned.dtype)
 
     def report(inspection, loaded, progress):
@@ -55,7 +67,15 @@ def check(
         tolerance = tolerance_for(inspection.tensor.info.dtype, atol, rtol)
         return build_check_result(inspection, theirs, info, tolerance, top, progress)
 
-    result = inspect(checked, json_output, report, before)
+    result = inspect(
+        checked,
+        json_output,
+        report,
+        before,
+        reads=(output,),
+        extra_need=need,
+        need_words=("check on ", CHECK_ADVICE),
+    )
     emit(result, json_output)
     if not result.passed:
         raise typer.Exit(3)

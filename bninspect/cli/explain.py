@@ -38,6 +38,7 @@ def explain(
         typer.Option(
             help="Your output for the same input (.npy): its value for the element beside the "
             "derivation, and the step where the numbers would have to differ.",
+            readable=False,  # checked by bninspect, exit code 1
         ),
     ] = None,
     json_output: JsonFlag = False,
@@ -54,10 +55,13 @@ def explain(
         resolved = resolve_index(wanted, batch_shape)
         if against is None:
             return resolved, None
-        from bninspect.input.their_output import load_output
+        from bninspect.input.their_output import load_element
 
-        # every step's output, stacked, as --save-output writes it
-        return resolved, load_output(against, "--against", planned.shape, planned.dtype)
+        # Every step's output, stacked, as --save-output writes it; only the element is read.
+        first = (settings.steps - 1) * settings.batch_size
+        element = (first + resolved[0], *resolved[1:])
+        theirs = load_element(against, "--against", planned.shape, planned.dtype, element)
+        return resolved, theirs
 
     def report(inspection, extra, _progress):
         from bninspect.report.explain import derive_element  # late, as in run
@@ -65,4 +69,10 @@ def explain(
         resolved, theirs = extra
         return derive_element(inspection, resolved, precision, theirs)
 
-    emit(inspect(request, json_output, report, before), json_output)
+    from bninspect.input.memory import explain_bytes
+
+    reads = (against,) if against is not None else ()
+    emit(
+        inspect(request, json_output, report, before, reads=reads, extra_need=explain_bytes),
+        json_output,
+    )

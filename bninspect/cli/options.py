@@ -23,6 +23,7 @@ from bninspect.input.parsing import (
     check_eps,
     check_momentum,
     parse_momentum,
+    parse_output_path,
     parse_shape,
     parse_vector_spec,
 )
@@ -86,6 +87,7 @@ SHARED_OPTIONS = [
         "--input",
         help="Inspect this .npy tensor instead of a generated one (pickles are never loaded).",
         rich_help_panel=INPUT,
+        readable=False,  # bninspect checks it, with its own message and exit code 1
     ),
     _option(
         "dtype",
@@ -190,14 +192,14 @@ SHARED_OPTIONS = [
     ),
     _option(
         "save_input",
-        Path | None,
+        str | None,  # parsed in build_request: pathlib would drop a trailing '/'
         None,
         help="Write the inspected tensor to this .npy file.",
         rich_help_panel=FILES,
     ),
     _option(
         "save_output",
-        Path | None,
+        str | None,  # as --save-input
         None,
         help="Write PyTorch's output to this .npy file.",
         rich_help_panel=FILES,
@@ -251,8 +253,8 @@ def build_request(
     mode: Mode,
     running_mean: str,
     running_var: str,
-    save_input: Path | None,
-    save_output: Path | None,
+    save_input: str | None,
+    save_output: str | None,
     force: bool,
     dtype: Enum | None,
     offset: float,
@@ -300,8 +302,10 @@ def build_request(
             "--running-mean": parse_vector_spec("--running-mean", running_mean),
             "--running-var": parse_vector_spec("--running-var", running_var),
         },
-        save_input=save_input,
-        save_output=save_output,
+        save_input=None if save_input is None else parse_output_path("--save-input", save_input),
+        save_output=(
+            None if save_output is None else parse_output_path("--save-output", save_output)
+        ),
         force=force,
         dtype=dtype.value if dtype is not None else None,
         offset=offset,

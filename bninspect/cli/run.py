@@ -48,4 +48,9 @@ def run(
 
         return build_run_result(inspection, progress, var_method)
 
-    emit(inspect(request, json_output, report, compare_only=True), json_output)
+    def need(planned, _batch_size, steps):  # the report, per channel and per step
+        from bninspect.input.memory import run_report_bytes
+
+        return run_report_bytes(planned.shape[1], steps)
+
+    emit(inspect(request, json_output, report, compare_only=True, extra_need=need), json_output)

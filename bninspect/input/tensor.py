@@ -4,8 +4,9 @@ and brought to a floating dtype PyTorch's batch norm runs in."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +15,14 @@ import numpy as np
 from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.input.channel_groups import groups_reproduce_whole
-from bninspect.input.memory import check_fits, run_bytes
+from bninspect.input.files import OpenFile, open_regular
 from bninspect.input.npy_files import (
+    READ_BYTES,
     BackgroundSha256,
+    NpyHeader,
     map_array,
-    read_array,
     read_data,
     read_header,
-    sha256_of,
 )
 from bninspect.input.parsing import MAX_RANK, MIN_RANK, SHAPE_FORMS
 from bninspect.results.common import InputInfo, Undefined
@@ -33,8 +34,8 @@ NOT_HASHED = Undefined(
     "statistics; run sha256sum on the file"
 )
 # Rows converted at a time when generating with --offset/--scale or another dtype, so the
-# float64 intermediate stays small.
-_GENERATE_BLOCK_BYTES = 64 << 20
+# float64 intermediates stay small (memory.py counts three of them).
+GENERATE_BLOCK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class InputTensor:
     array: np.ndarray
     info: InputInfo
     pending_sha256: Future | None = None
+    # Raises if the file behind a memory-mapped array changed while it was read (--stats-only;
+    # a file read into memory is checked as it is read)
+    check_unchanged: Callable[[], None] = lambda: None
+    mapping: object | None = None  # the mmap behind ``array`` (--stats-only), else None
 
     def finished_info(self) -> InputInfo:
         if self.pending_sha256 is None:
@@ -60,12 +65,18 @@ class PlannedInput:
     """An input checked from its description alone (--shape and --dtype, or a .npy header):
     its shape and dtype (a name in dtypes.FORMATS) are known, and ``obtain()`` generates or
     reads the values, which is the slow part. ``by_groups``: its shape and layout let PyTorch
-    run over channel groups, and the fit check counted on it."""
+    run over channel groups. ``obtaining_bytes``: what obtaining it holds beside the array at
+    its peak (a conversion's buffers); ``mapped``: the array is a memory map (--stats-only),
+    which holds no memory of its own. ``what`` and ``advice`` word a refusal for memory."""
 
     shape: tuple[int, ...]
     dtype: str
     obtain: Callable[[], InputTensor]
     by_groups: bool = False  # PyTorch may run over channel groups (channel_groups.py)
+    obtaining_bytes: int = 0
+    mapped: bool = False
+    what: str = ""
+    advice: str = ""
 
 
 def plan_generated(
@@ -75,23 +86,24 @@ def plan_generated(
     offset: float = 0.0,
     scale: float = 1.0,
     may_group: bool = False,
-    eval_pass: bool = False,
 ) -> PlannedInput:
-    """Check that a generated tensor fits in memory (holding one channel group of PyTorch's
-    output at a time where ``may_group`` and the shape allows, and an eval pass's output too
-    where ``eval_pass``: see memory.run_bytes); obtain() generates it (generate_input)."""
-    form = float_format(dtype)
-    elements = int(np.prod(shape))
-    by_groups = may_group and groups_reproduce_whole(tuple(shape), True)
-    check_fits(
-        run_bytes(tuple(shape), form.numpy.itemsize, by_groups, eval_pass)
-        + elements * 4 * (dtype != "float32"),
-        f"--shape {','.join(map(str, shape))} in {dtype}",
-        "use a smaller --shape",
-    )
+    """A generated tensor, planned (nothing built): obtain() generates it (generate_input).
+    ``may_group``: PyTorch may run over channel groups where the shape allows."""
     shape = tuple(shape)
+    form = float_format(dtype)
+    by_groups = may_group and groups_reproduce_whole(shape, True)
+    # Unless the draws are the tensor (float32, offset 0, scale 1), they are held beside it,
+    # with three float64 blocks of the conversion.
+    plain = dtype == "float32" and offset == 0.0 and scale == 1.0
+    obtaining = 0 if plain else math.prod(shape) * 4 + 3 * GENERATE_BLOCK_BYTES
     return PlannedInput(
-        shape, dtype, lambda: _generate(shape, seed, dtype, offset, scale), by_groups
+        shape,
+        dtype,
+        lambda: _generate(shape, seed, dtype, offset, scale),
+        by_groups,
+        obtaining,
+        what=f"--shape {','.join(map(str, shape))} in {form.name}",
+        advice="use a smaller --shape",
     )
 
 
@@ -117,12 +129,13 @@ def _generate(
         array = z
     else:
         array = np.empty(shape, dtype=form.numpy)
-        rows = max(1, _GENERATE_BLOCK_BYTES // max(1, z[0].nbytes * 2))
+        draws, values = z.reshape(-1), array.reshape(-1)
+        step = GENERATE_BLOCK_BYTES // 8  # float64 values per block, whatever the shape
         with np.errstate(over="ignore"):  # a huge offset overflows float16 to inf, as asked
-            for n in range(0, shape[0], rows):
-                block = z[n : n + rows].astype(np.float64) * scale + offset
-                array[n : n + rows] = block.astype(form.numpy)
-        del z
+            for start in range(0, draws.size, step):
+                block = draws[start : start + step].astype(np.float64) * scale + offset
+                values[start : start + step] = block.astype(form.numpy)
+        del z, draws
     notices = _generated_notices(array, dtype, offset, scale)
     info = InputInfo("generated", tuple(shape), dtype, seed, None, None, notices, offset, scale)
     return InputTensor(array, info)
@@ -193,13 +206,10 @@ def _conversion_for(dtype: np.dtype, wanted: str | None, path: Path) -> tuple[np
     refuse_non_numeric("--input", dtype, path)
 
 
-def _rounding_note(integers: np.ndarray, target: np.dtype) -> str:
-    """What a notice should add when integers convert to floats inexactly: beyond
-    2**(mantissa bits + 1) not every integer is a float32 (or float64...)."""
-    if integers.dtype.kind not in "iu" or integers.size == 0:
-        return ""
+def _rounding_note(lowest: int, highest: int, target: np.dtype) -> str:
+    """What a notice should add when integers from ``lowest`` to ``highest`` convert to floats
+    inexactly: beyond 2**(mantissa bits + 1) not every integer is a float32 (or float64...)."""
     bits = format_of(target).mantissa_bits + 1
-    lowest, highest = int(integers.min()), int(integers.max())
     if max(-lowest, highest) <= 2**bits:
         return ""
     return (
@@ -208,20 +218,27 @@ def _rounding_note(integers: np.ndarray, target: np.dtype) -> str:
     )
 
 
-def _checked_header(path: Path):
-    header = read_header(path, "--input")
-    shape = header.shape
-    if not MIN_RANK <= len(shape) <= MAX_RANK:
-        raise BnInspectError(
-            f"--input {path}: shape {shape} has rank {len(shape)}; batch norm takes rank 2 to 5, "
-            f"{SHAPE_FORMS}, with channels on axis 1"
-        )
-    if 0 in shape:
-        raise BnInspectError(
-            f"--input {path}: shape {shape} has an empty axis, so there is nothing to inspect; "
-            "give an array with at least one value on every axis"
-        )
-    return header
+def _opened_input(path: Path) -> tuple[OpenFile, NpyHeader]:
+    """--input opened (held open until it is read, so the header and the data are one file's)
+    and its header checked for batch norm: rank 2 to 5, no empty axis."""
+    file = open_regular(path, "--input")
+    try:
+        header = read_header(file)
+        shape = header.shape
+        if not MIN_RANK <= len(shape) <= MAX_RANK:
+            raise file.error(
+                f"shape {shape} has rank {len(shape)}; batch norm takes rank 2 to 5, "
+                f"{SHAPE_FORMS}, with channels on axis 1"
+            )
+        if 0 in shape:
+            raise file.error(
+                f"shape {shape} has an empty axis, so there is nothing to inspect; give an "
+                "array with at least one value on every axis"
+            )
+    except BaseException:
+        file.close()
+        raise
+    return file, header
 
 
 def load_input(path: Path, dtype: str | None = None) -> InputTensor:
@@ -231,54 +248,57 @@ def load_input(path: Path, dtype: str | None = None) -> InputTensor:
     return plan_file(path, dtype).obtain()
 
 
-def plan_file(
-    path: Path, dtype: str | None = None, may_group: bool = False, eval_pass: bool = False
-) -> PlannedInput:
-    """Check a .npy file's header (rank, dtype, that it fits in memory, holding one channel
-    group of PyTorch's output at a time where ``may_group`` and its shape and layout allow, and
-    an eval pass's output too where ``eval_pass``: see memory.run_bytes); obtain() loads it as
-    load_input does."""
-    header = _checked_header(path)
+def plan_file(path: Path, dtype: str | None = None, may_group: bool = False) -> PlannedInput:
+    """Check a .npy file's header (rank, dtype), holding the file open; obtain() loads it as
+    load_input does. ``may_group``: PyTorch may run over channel groups where the shape and
+    layout allow."""
+    file, header = _opened_input(path)
+    try:
+        target, notice = _conversion_for(header.dtype, dtype, path)
+    except BaseException:
+        file.close()
+        raise
     shape = header.shape
-    target, notice = _conversion_for(header.dtype, dtype, path)
-    elements = int(np.prod(shape))
     by_groups = may_group and groups_reproduce_whole(tuple(shape), not header.fortran_order)
-    # A converted input is the file's array and its copy at first, then the copy alone beside
-    # PyTorch's output in the new dtype.
-    converted = target != header.dtype
-    converting = elements * (header.dtype.itemsize + target.itemsize) if converted else 0
-    check_fits(
-        max(run_bytes(tuple(shape), target.itemsize, by_groups, eval_pass), converting),
-        f"--input {path} ({shape_text(shape)} {header.dtype.name})",
-        "inspect a slice of it saved as a smaller .npy, or use --stats-only",
+    # A conversion reads the file block by block into the new dtype's array.
+    obtaining = min(header.nbytes, READ_BYTES) if target != header.dtype else 0
+    return PlannedInput(
+        tuple(shape),
+        format_of(target).name,
+        lambda: _load(file, header, target, notice),
+        by_groups,
+        obtaining,
+        what=f"--input {path} ({shape_text(shape)} {header.dtype.name})",
+        advice="inspect a slice of it saved as a smaller .npy, or use --stats-only",
     )
-    name = format_of(target).name
-    return PlannedInput(tuple(shape), name, lambda: _load(path, header, target, notice), by_groups)
 
 
-def _load(path: Path, header, target: np.dtype, notice: str | None) -> InputTensor:
+def _load(file: OpenFile, header: NpyHeader, target: np.dtype, notice: str | None) -> InputTensor:
     # Read in large reads (3x faster than np.load here), each hashed from memory as it lands:
-    # the hash names exactly the bytes inspected, and nothing writes to them. np.load for
-    # Fortran order, which needs its transposed view.
-    if header.fortran_order:
-        hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-        pending = hasher.submit(sha256_of, path)
-        hasher.shutdown(wait=False)  # the thread finishes the hash; nothing else is queued
-        array = read_array(path, "--input")
-    else:
-        digest = BackgroundSha256()
-        array = read_data(path, header, "--input", digest.feed)
+    # the hash names exactly the bytes inspected, and nothing writes to them.
+    digest = BackgroundSha256()
+    extremes: list[tuple[int, int]] = []
+
+    def note_extremes(values: np.ndarray) -> None:  # for the rounding notice of integers
+        if values.dtype.kind in "iu" and values.size:
+            extremes.append((int(values.min()), int(values.max())))
+
+    try:
+        array = read_data(
+            file, header, digest.feed, target if notice is not None else None, note_extremes
+        )
+    finally:
         pending = digest.hexdigest()
-    if notice is not None:
-        notice += _rounding_note(array, target)
-        with np.errstate(over="ignore"):  # values beyond a smaller dtype's range become inf
-            array = array.astype(target)
+        file.close()
+    if notice is not None and extremes:
+        lowest, highest = min(e[0] for e in extremes), max(e[1] for e in extremes)
+        notice += _rounding_note(lowest, highest, target)
     info = InputInfo(
         "file",
         tuple(array.shape),
         format_of(target).name,
         None,
-        str(path),
+        str(file.path),
         None,
         (notice,) if notice else (),
     )
@@ -290,22 +310,45 @@ def _dtype_text(dtype: np.dtype) -> str:
     return dtype.name if dtype.isnative else dtype.str
 
 
-def map_input(path: Path, dtype: str | None = None) -> tuple[InputTensor, object]:
-    """Memory-map a .npy tensor read-only for streaming statistics, without loading or hashing
-    it; returns the tensor and the mmap (whose pages the reader may release)."""
-    header = _checked_header(path)
-    target, notice = _conversion_for(header.dtype, dtype, path)
-    if notice is not None:
-        fix = (
-            "drop --dtype, or drop --stats-only"
-            if dtype is not None and header.dtype.isnative
-            else "drop --stats-only (a full run converts it), or save it in native byte order"
+def plan_mapped(path: Path, dtype: str | None = None) -> PlannedInput:
+    """A .npy tensor to memory-map read-only for streaming statistics (--stats-only), without
+    loading or hashing it; refuses what would need converting. obtain() maps it."""
+    file, header = _opened_input(path)
+    try:
+        target, notice = _conversion_for(header.dtype, dtype, path)
+        if notice is not None:
+            fix = (
+                "drop --dtype, or drop --stats-only"
+                if dtype is not None and header.dtype.isnative
+                else "drop --stats-only (a full run converts it), or save it in native byte order"
+            )
+            raise OptionError(
+                f"--stats-only reads {path} as it is "
+                f"({_dtype_text(header.dtype)}); it cannot convert it ({notice}); {fix}"
+            )
+        if header.fortran_order:
+            map_array(file, header)  # refuses it
+    except BaseException:
+        file.close()
+        raise
+
+    def obtain() -> InputTensor:
+        mapped = map_array(file, header)
+        info = InputInfo("file", header.shape, format_of(target).name, None, str(path), NOT_HASHED)
+        return InputTensor(
+            mapped.array, info, check_unchanged=mapped.check_unchanged, mapping=mapped.mapping
         )
-        raise OptionError(
-            f"--stats-only reads {path} as it is ({_dtype_text(header.dtype)}); it cannot "
-            "convert it "
-            f"({notice}); {fix}"
-        )
-    array, mapping = map_array(path, header)
-    info = InputInfo("file", header.shape, format_of(target).name, None, str(path), NOT_HASHED)
-    return InputTensor(array, info), mapping
+
+    return PlannedInput(
+        header.shape,
+        format_of(target).name,
+        obtain,
+        mapped=True,
+        what=f"--input {path} ({shape_text(header.shape)} {header.dtype.name})",
+        advice="inspect a slice of it saved as a smaller .npy",
+    )
+
+
+def map_input(path: Path, dtype: str | None = None) -> InputTensor:
+    """Memory-map a .npy tensor read-only for streaming statistics (see plan_mapped)."""
+    return plan_mapped(path, dtype).obtain()

@@ -10,6 +10,7 @@ starts importing torch in the background while it reads or generates the values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,15 +24,16 @@ from bninspect.conventions.rules import PYTORCH, Convention, batch_weight, effec
 from bninspect.dtypes import is_bfloat16
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.input.channel_groups import groups_reproduce_whole
-from bninspect.input.npy_files import check_writable, release_pages, write_arrays
+from bninspect.input.memory import check_fits, run_need
+from bninspect.input.npy_files import check_writable, identity, release_pages, write_arrays
 from bninspect.input.parameters import LayerParameters, resolve_parameters
 from bninspect.input.request import InspectRequest
 from bninspect.input.tensor import (
     InputTensor,
     PlannedInput,
-    map_input,
     plan_file,
     plan_generated,
+    plan_mapped,
 )
 from bninspect.numerics import kernels
 from bninspect.numerics.kernels import OutputErrors, Progress, Region
@@ -109,15 +111,26 @@ class Inspection:
     release_region: Callable[[Region], None] | None = None
 
 
-def _check_outputs(request: InspectRequest) -> None:
+def _check_outputs(request: InspectRequest, reads: tuple[Path, ...]) -> None:
+    """Refuse save paths that cannot be written, or that name a file this run reads (the
+    input, a vector's file, or the command's own ``reads``), by identity: a link or another
+    name of it is the same file."""
     inputs = [request.input_path] if request.input_path else []
     inputs += [Path(s.path) for s in request.vectors.values() if s.kind == "file"]
+    protected = tuple(filter(None, (identity(path) for path in (*inputs, *reads))))
     targets = [("--save-input", request.save_input), ("--save-output", request.save_output)]
     targets = [(option, path) for option, path in targets if path is not None]
-    if len(targets) == 2 and targets[0][1].resolve() == targets[1][1].resolve():
+    if len(targets) == 2 and _same_place(targets[0][1], targets[1][1]):
         raise OptionError("--save-input and --save-output name the same file; give two paths")
     for option, path in targets:
-        check_writable(path, option, request.force, tuple(inputs))
+        check_writable(path, option, request.force, protected)
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    """Whether two save paths name one file (existing or not)."""
+    if identity(a) is not None and identity(a) == identity(b):
+        return True
+    return identity(a.parent) == identity(b.parent) and a.name == b.name
 
 
 ZERO_EPS_WORDS = "'batch_norm eps must be positive during training'"
@@ -132,7 +145,7 @@ def _check_trainable(
     it cannot run, or None."""
     if mode != "train":
         return None
-    one_value = int(np.prod(batch_shape)) // batch_shape[1] == 1
+    one_value = math.prod(batch_shape) // batch_shape[1] == 1
     if eps == 0 and convention.refuses_zero_eps_in_train:
         raise BnInspectError(
             f"train mode with --eps 0: PyTorch raises {ZERO_EPS_WORDS} (a constant channel would "
@@ -171,7 +184,7 @@ def _batching(request: InspectRequest, rows: int) -> tuple[int, int]:
         )
     if steps is None:
         if rows % size:
-            divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+            divisors = _first_divisors(rows, 9)
             shown = ", ".join(map(str, divisors[:8])) + (", ..." if len(divisors) > 8 else "")
             raise OptionError(
                 f"--batch-size {size} does not divide the {rows} samples of {name}; give a "
@@ -184,6 +197,21 @@ def _batching(request: InspectRequest, rows: int) -> tuple[int, int]:
             f"has {rows}; give at most --steps {rows // size}"
         )
     return size, steps
+
+
+def _first_divisors(n: int, count: int) -> list[int]:
+    """The ``count`` smallest divisors of ``n`` (fewer if it has fewer), in a time bounded
+    whatever n is: trial division up to sqrt(n) but at most a million tries, with the
+    cofactors of those found (past a million tries, some divisors between may be missing)."""
+    small, large = [], []
+    d = 1
+    while d * d <= n and d <= 1_000_000 and len(small) < count:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return sorted(set(small + large))[:count]
 
 
 def _unfed_notice(rows: int, batch_size: int, steps: int) -> str | None:
@@ -223,6 +251,9 @@ def prepare(
     request: InspectRequest,
     also_check: Callable[[PlannedInput, Settings], object] | None = None,
     compare_only: bool = False,
+    reads: tuple[Path, ...] = (),
+    extra_need: Callable[[PlannedInput, int, int], int] | None = None,
+    need_words: tuple[str, str] | None = None,
 ) -> Prepared:
     """Check the outputs can be written, check the input from its description, split it into
     batches and resolve the layer's vectors, and call ``also_check`` (a command's own checks,
@@ -234,19 +265,20 @@ def prepare(
     reference (run). Then, over one plain pass of an input whose shape and layout allow it
     (channel_groups.py), PyTorch will run over channel groups, each compared as it comes: the
     whole output is never held (1.4x a large input's size in memory instead of 2.2x), and the
-    fit check counts on that."""
+    fit check counts on that.
+
+    ``reads``: the command's own files (check --output, explain --against), which no save
+    path may name. ``extra_need(planned, batch_size, steps)``: the bytes the command's own
+    work holds beside the run's (memory.run_need), counted in the one fit check;
+    ``need_words``: (what the check's message puts before the input, its advice)."""
     _quiet_openmp()  # on the main thread, before any other starts
-    _check_outputs(request)
+    _check_outputs(request, reads)
     convention = request.convention
-    mapping = None
     may_group = compare_only and _one_plain_pass(request)
-    over_steps = request.steps is not None or request.batch_size is not None
-    eval_pass = over_steps and request.mode == "train"  # the train/eval gap's extra output
     if request.input_path is not None and request.stats_only:
-        mapped, mapping = map_input(request.input_path, request.dtype)
-        planned = PlannedInput(mapped.array.shape, mapped.info.dtype, lambda: mapped)
+        planned = plan_mapped(request.input_path, request.dtype)
     elif request.input_path is not None:
-        planned = plan_file(request.input_path, request.dtype, may_group, eval_pass)
+        planned = plan_file(request.input_path, request.dtype, may_group)
     unfed_notice = None
     if request.input_path is not None:
         batch_size, steps = _batching(request, planned.shape[0])
@@ -256,7 +288,7 @@ def prepare(
         batch_size, steps = shape[0], request.steps or 1
         whole = (batch_size * steps, *shape[1:])
         planned = plan_generated(
-            whole, request.seed, dtype, request.offset, request.scale, may_group, eval_pass
+            whole, request.seed, dtype, request.offset, request.scale, may_group
         )
     eps, eps_notice = effective_eps(convention, request.eps)
     batch_shape = (batch_size, *planned.shape[1:])
@@ -268,6 +300,23 @@ def prepare(
         raise BnInspectError(
             f"--save-output writes PyTorch's output, but {no_peer}; drop --save-output"
         )
+    # Everything the run will hold, counted from the description alone, before anything the
+    # size of the input (or of its channels, or steps) is built.
+    check_fits(
+        run_need(
+            planned,
+            batch_size,
+            steps,
+            torch_runs=no_peer is None,
+            eval_pass=request.mode == "train"
+            and (request.steps is not None or request.batch_size is not None or steps > 1),
+            save_input=request.save_input is not None,
+            save_output=request.save_output is not None,
+            command=extra_need,
+        ),
+        (need_words[0] if need_words else "") + planned.what,
+        need_words[1] if need_words else planned.advice,
+    )
     channels = planned.shape[1]
     params = resolve_parameters(
         request.vectors, channels, planned.dtype, request.seed, request.affine
@@ -301,7 +350,7 @@ def prepare(
         tensor,
         settings,
         params,
-        mapping,
+        tensor.mapping,
         convention,
         no_peer,
         torch_runner,
@@ -501,5 +550,6 @@ def save_outputs(request: InspectRequest, inspection: Inspection) -> list[str]:
         array, note = _savable(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
         files.append((request.save_output, array))
         messages.append(f"wrote PyTorch's output to {request.save_output}{note}")
-    write_arrays(files)
+    # The inspected file must still be what was read (a memory map shows a change half made).
+    write_arrays(files, request.force, inspection.tensor.check_unchanged)
     return messages
