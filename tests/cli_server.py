@@ -35,10 +35,18 @@ from pathlib import Path
 # Faults injected in the child, each at one named point of the run.
 
 
+def _small_blocks():
+    """The statistics' pass in 64 KiB blocks: a small file is read in many."""
+    from bninspect.numerics import kernels
+
+    kernels.block_bytes_for = lambda nbytes: 64 << 10
+
+
 def _truncate_while_mapped(arg):
     """--stats-only: after the first block of the mapped input, the file loses its tail."""
     from bninspect.pytorch import inspection
 
+    _small_blocks()
     original = inspection._release_region
 
     def release_region(prepared, x):
@@ -61,6 +69,7 @@ def _rewrite_while_mapped(arg):
     """--stats-only: after the first block of the mapped input, bytes are rewritten in place."""
     from bninspect.pytorch import inspection
 
+    _small_blocks()
     original = inspection._release_region
 
     def release_region(prepared, x):
@@ -80,10 +89,12 @@ def _rewrite_while_mapped(arg):
 
 
 def _overwrite(path, offset):
+    """Rewrite up to 4 KiB of the file in place from ``offset``, within its size."""
     fd = os.open(path, os.O_WRONLY)
     try:
         time.sleep(0.02)  # a file-system clock tick: the write must show in the times
-        os.pwrite(fd, b"\x7f" * 4096, offset)
+        length = max(1, min(4096, os.fstat(fd).st_size - offset))
+        os.pwrite(fd, b"\x7f" * length, offset)
     finally:
         os.close(fd)
 
@@ -97,7 +108,7 @@ def _rewrite_while_read(arg):
 
     def read_into(file, view, offset):
         got = original(file, view, offset)
-        if not done and str(file.path) == arg["path"]:
+        if not done and os.path.abspath(file.path) == os.path.abspath(arg["path"]):
             done.append(True)
             _overwrite(arg["path"], arg.get("offset", 256))
         return got
@@ -112,8 +123,8 @@ def _output_appears(arg):
     original = npy_files._land
 
     def land(pending, force):
-        target = str(pending.target)
-        if target == arg["path"] and not os.path.lexists(target):
+        target = os.path.abspath(pending.target)
+        if target == os.path.abspath(arg["path"]) and not os.path.lexists(target):
             with open(target, "wb") as f:
                 f.write(b"someone else's")
         return original(pending, force)
@@ -323,6 +334,9 @@ class CliServer:
 
     def __init__(self) -> None:
         env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+        # numpy's OpenBLAS starts a thread pool on import unless told one thread; bninspect
+        # does no linear algebra, and the server must fork with one thread.
+        env["OPENBLAS_NUM_THREADS"] = "1"
         env.pop("BNINSPECT_DEBUG", None)
         env.pop("PYTHONWARNINGS", None)
         self.process = subprocess.Popen(
@@ -349,6 +363,7 @@ class CliServer:
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=30)
+        self.process.stdout.close()
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def against_report(
     implied_var: Number = missing
     if not isinstance(x_hat, Undefined) and x_hat != 0 and x != mean:
         implied_std = (x - mean) / x_hat
-        implied_var = implied_std**2 - eps
+        implied_var = implied_std * implied_std - eps  # ** would raise past float64's range
     x_hat_ref = (x - mean) / std if std else 0.0
     steps = (
         ImpliedStep("y", y_ref, y_theirs),
@@ -58,7 +58,11 @@ def against_report(
     if not isinstance(scaled, Undefined) and scaled <= ROUNDING_ULPS:
         verdict = "your value matches the reference to rounding: the steps agree"
     else:
-        solved_eps = implied_std**2 - var if not isinstance(implied_std, Undefined) else implied_std
+        solved_eps = (
+            implied_std * implied_std - var
+            if not isinstance(implied_std, Undefined)
+            else implied_std
+        )
         found = _mistakes(inspection, c, x, values, y_theirs, solved_eps)
         verdict = _verdict(found, implied_var, solved_eps, var, mean)
     return AgainstReport(info.path, y_theirs, abs_error, scaled, steps, verdict)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from typing import Any
 
 import typer
@@ -30,11 +29,6 @@ class _OneLineErrors(TyperGroup):
     BNINSPECT_DEBUG is set, for reporting a bug."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        if not sys.warnoptions:
-            # numpy's RuntimeWarnings (overflow, invalid value) are handled where they arise
-            # (np.errstate); one missed would print a Python source line, which is no message
-            # for a user. -W or PYTHONWARNINGS (the fuzz script sets error) overrides this.
-            warnings.simplefilter("ignore", RuntimeWarning)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except _CLICK_EXCEPTION as exc:

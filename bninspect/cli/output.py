@@ -8,6 +8,7 @@ and messages go to stderr (process.say), one printable line each.
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,21 @@ def emit(result: Any, as_json: bool) -> None:
 
     from bninspect.render.table_output import render
 
-    console = Console()
-    with console.capture() as captured:
-        # crop=False: a table wider than the terminal wraps there instead of losing its right
-        # edge. The result's text is made printable first: a file name must not move the
-        # cursor, colour the terminal or break a line.
-        console.print(render(printable_result(result)), crop=False)
-    write_result(captured.get())
+    # Rendered into memory as rich would render it to stdout (its width, its colours), then
+    # written in one checked write.
+    terminal, text = Console(), io.StringIO()
+    console = Console(
+        file=text,
+        width=terminal.width,
+        color_system=terminal.color_system,
+        force_terminal=terminal.is_terminal,
+        no_color=terminal.no_color,
+    )
+    # crop=False: a table wider than the terminal wraps there instead of losing its right
+    # edge. The result's text is made printable first: a file name must not move the cursor,
+    # colour the terminal or break a line.
+    console.print(render(printable_result(result)), crop=False)
+    write_result(text.getvalue())
 
 
 def printable_result(value: Any) -> Any:

@@ -14,6 +14,10 @@ Set up first thing (``install``), before anything else is imported or any thread
   ``Error: interrupted by SIGTERM`` and exits 128 + the signal's number (SIGINT 130, SIGHUP 129,
   SIGTERM 143). SIGXFSZ (a file-size limit) is ignored, so an oversized write fails with an
   error instead of killing the process; SIGPIPE stays ignored as Python has it.
+- Warnings: numpy's RuntimeWarnings (overflow, invalid value) are handled where they arise
+  (np.errstate); one missed would print a Python source line, no message for a user, so they
+  are ignored unless -W or PYTHONWARNINGS says otherwise (the tests and scripts/fuzz.py make
+  them errors, to find any).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 # Imported now, in the main thread: the watcher thread must import nothing when a signal
 # comes, while the main thread may be importing itself.
@@ -105,6 +110,8 @@ def install() -> None:
         return
     _installed = True
     _reopen_closed_streams()
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore", RuntimeWarning)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
     threading.Thread(target=_watch, args=(CAUGHT,), name="signals", daemon=True).start()

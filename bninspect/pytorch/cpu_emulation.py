@@ -120,17 +120,18 @@ def round_to(value: Fraction | float, dtype: str) -> float:
     largest = np.nextafter(target.type(np.inf), target.type(0))
     below = np.nextafter(largest, target.type(0))
     top = Fraction(float(largest))
+    sign = -1.0 if exact_value < 0 else 1.0  # copysign would take the Fraction as a float
     if abs(exact_value) >= top + (top - Fraction(float(below))) / 2:
-        return math.copysign(math.inf, exact_value)
+        return sign * math.inf
     if abs(exact_value) >= top:
-        return math.copysign(float(largest), exact_value)
+        return sign * float(largest)
     with np.errstate(over="ignore"):  # within one step of the answer, which is finite
         guess = np.asarray(float(exact_value)).astype(target)
-    candidates = [
-        np.nextafter(guess, target.type(-np.inf)),
-        guess,
-        np.nextafter(guess, target.type(np.inf)),
-    ]
+        candidates = [  # a step beyond the largest is infinite, and left out below
+            np.nextafter(guess, target.type(-np.inf)),
+            guess,
+            np.nextafter(guess, target.type(np.inf)),
+        ]
     finite = [c for c in candidates if np.isfinite(c)]
 
     def distance(c) -> tuple[Fraction, int]:

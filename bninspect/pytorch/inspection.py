@@ -290,6 +290,11 @@ def prepare(
         planned = plan_generated(
             whole, request.seed, dtype, request.offset, request.scale, may_group
         )
+        if steps > 1:
+            given = ",".join(map(str, shape))
+            planned = dataclasses.replace(
+                planned, what=f"--shape {given} over --steps {steps} in {dtype}"
+            )
     eps, eps_notice = effective_eps(convention, request.eps)
     batch_shape = (batch_size, *planned.shape[1:])
     if request.stats_only:
