@@ -58,41 +58,50 @@ BAD_HEADERS = [
 ]
 
 
+def one_error(result) -> tuple[int, str]:
+    """(exit code, the one Error line) of a run that failed cleanly, nothing on stdout."""
+    assert (result["status"], result["stdout"]) == ("exit", ""), result
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result
+    return result["code"], lines[0].removeprefix("Error: ")
+
+
 @pytest.mark.parametrize(("shape", "problem"), BAD_HEADERS)
 @pytest.mark.parametrize(("option", "command"), READERS)
-def test_impossible_sizes_are_refused_by_every_reader(cli, tmp_path, monkeypatch, shape,
-                                                      problem, option, command):
+def test_impossible_sizes_are_refused_by_every_reader(server, tmp_path, shape, problem, option,
+                                                      command):
     """They used to give "internal error", or under --stats-only a success reporting shape
-    [-1, 3, 4, 5]; a wrapping product passed the size check."""
-    monkeypatch.chdir(tmp_path)
-    np.save("good.npy", np.ones((2, 2), np.float32))
+    [-1, 3, 4, 5]; a wrapping product passed the size check, and (2**31, 2**31, 4) grew
+    without bound. In its own process, with 1 GiB beyond its start and 20 s."""
+    np.save(tmp_path / "good.npy", np.ones((2, 2), np.float32))
     (tmp_path / "bad.npy").write_bytes(npy(shape, data=bytes(240)))
-    assert cli.error(*command("bad.npy"), code=1) == f"{option} bad.npy: {problem}"
+    result = server.run(command("bad.npy"), tmp_path, memory=1 << 30, timeout=20)
+    assert one_error(result) == (1, f"{option} bad.npy: {problem}")
 
 
 @pytest.mark.parametrize(("option", "command"), READERS)
-def test_a_file_longer_than_its_header_says_is_refused(cli, tmp_path, monkeypatch, option,
-                                                       command):
-    monkeypatch.chdir(tmp_path)
-    np.save("good.npy", np.ones((2, 2), np.float32))
-    with open("two.npy", "wb") as f:  # two arrays saved into one file
+def test_a_file_longer_than_its_header_says_is_refused(server, tmp_path, option, command):
+    np.save(tmp_path / "good.npy", np.ones((2, 2), np.float32))
+    with open(tmp_path / "two.npy", "wb") as f:  # two arrays saved into one file
         np.save(f, np.ones((2, 2), np.float32))
         np.save(f, np.ones((2, 2), np.float32))
-    assert cli.error(*command("two.npy"), code=1) == (
+    result = server.run(command("two.npy"), tmp_path, memory=1 << 30, timeout=20)
+    assert one_error(result) == (1, (
         f"{option} two.npy: has 144 bytes after the array its header describes (144 bytes in "
         "all), which numpy.save never writes (several arrays saved into one file?); save the "
         "array alone with numpy.save"
-    )
+    ))
 
 
-def test_a_header_longer_than_numpy_writes_is_not_read(cli, tmp_path):
+def test_a_header_longer_than_numpy_writes_is_not_read(server, tmp_path):
     """A version 2 header may claim 4 GiB of text; it is refused before anything is read."""
     path = tmp_path / "x.npy"
     path.write_bytes(b"\x93NUMPY\x02\x00" + (2**32 - 1).to_bytes(4, "little") + b"{")
-    assert cli.error("run", "--input", path, code=1) == (
+    result = server.run(["run", "--input", path], tmp_path, memory=1 << 30, timeout=20)
+    assert one_error(result) == (1, (
         f"--input {path}: the .npy header claims 4294967295 bytes, more than numpy ever writes "
         "(10000); save the array again with numpy.save"
-    )
+    ))
 
 
 def test_batch_divisors_are_found_in_bounded_time():

@@ -152,7 +152,10 @@ def test_a_signal_while_files_land_leaves_both(server, tmp_path):
         tmp_path,
         inject="signal-while-landing",
     )
-    assert one_error(result, 143) == "interrupted by SIGTERM"
+    assert (result["status"], result["code"], result["stdout"]) == ("exit", 143, "")
+    *wrote, last = result["stderr"].splitlines()  # the run may say what it wrote first
+    assert last == "Error: interrupted by SIGTERM"
+    assert all(line.startswith("wrote ") for line in wrote), result["stderr"]
     assert sorted(os.listdir(tmp_path)) == ["x.npy", "y.npy"]
 
 

@@ -93,3 +93,20 @@ def test_rounding_overflows_as_ieee_does():
     assert round_to(Fraction(65520), "float16") == np.inf  # float16: max 65504, ULP 32
     assert round_to(Fraction(65519), "float16") == 65504.0
     assert divide(1, Fraction(0)) == np.inf and np.isnan(divide(0, 0))
+
+
+def test_precision_refuses_what_would_take_minutes(server, tmp_path):
+    """One value per image: the emulation walks each value in Python (about 0.1 ms each);
+    10**7 of them used to run for hours. Refused before any work (in its own process, with
+    a time limit)."""
+    result = server.run(
+        ["explain", "--shape", "10000000,2", "--index", "0,0", "--precision"], tmp_path,
+        timeout=30,
+    )
+    assert (result["status"], result["code"], result["stdout"]) == ("exit", 2, "")
+    assert result["stderr"] == "Error: " + (
+        "--precision redoes PyTorch's arithmetic for one value per image in Python, one value "
+        "at a time (about 0.1 ms each): the channel's 10000000 values would take about 17 "
+        "minutes; explain a batch of at most 200000 samples (--batch-size, or a slice of the "
+        "input)\n"
+    )

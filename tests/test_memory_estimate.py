@@ -60,7 +60,6 @@ CASES = [
     ["run", "--shape", "32,64,64,64", "--dtype", "float16", "--offset", "1", "--scale", "2"],
     ["run", "--input", "x16.npy", "--dtype", "bfloat16", "--save-input", "in.npy",
      "--save-output", "out.npy", "--force", "--batch-size", "8"],
-    ["run", "--input", "x32.npy", "--stats-only", "--var-method"],
     ["explain", "--input", "x16.npy", "--index", "0,0,0,0", "--against", "y16.npy", "--json"],
     ["check", "--input", "x32.npy", "--output", "y32.npy", "--top", "20000", "--json"],
     ["run", "--shape", "2,20000,2", "--json"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from bninspect.cli.app import app
 from bninspect.cli.options import JsonFlag, with_inspect_options
 from bninspect.cli.output import emit, inspect
+from bninspect.errors import OptionError
 from bninspect.input.parsing import parse_index, resolve_index
 from bninspect.input.request import InspectRequest
 
@@ -53,6 +55,15 @@ def explain(
     def before(planned, settings):  # an element of the last step's batch, their value for it
         batch_shape = (settings.batch_size, *planned.shape[1:])
         resolved = resolve_index(wanted, batch_shape)
+        if precision:  # before any work: a channel too long to emulate in Python is refused
+            from bninspect.pytorch.cpu_emulation import one_value_cost
+
+            image_size = math.prod(planned.shape[2:])
+            problem = one_value_cost(
+                settings.batch_size * image_size, image_size, settings.mode == "train"
+            )
+            if problem is not None:
+                raise OptionError(problem)
         if against is None:
             return resolved, None
         from bninspect.input.their_output import load_element

@@ -87,6 +87,27 @@ STRIDED = (
 )
 
 
+# With one value per image, train mode sums each channel's values one at a time, as PyTorch's
+# threads do, in Python with exact rationals: about 0.1 ms a value here. Channels longer than
+# this would take minutes: refused before any work (one_value_cost).
+PYTHON_VALUES_LIMIT = 200_000
+
+
+def one_value_cost(values_per_channel: int, image_size: int, train: bool) -> str | None:
+    """Why emulating a channel of ``values_per_channel`` values (``image_size`` per image)
+    would take too long, or None."""
+    if not train or image_size > 1 or values_per_channel <= PYTHON_VALUES_LIMIT:
+        return None
+    seconds = values_per_channel * 1e-4
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+    return (
+        f"--precision redoes PyTorch's arithmetic for one value per image in Python, one value "
+        f"at a time (about 0.1 ms each): the channel's {values_per_channel} values would take "
+        f"about {took}; explain a batch of at most {PYTHON_VALUES_LIMIT} samples "
+        "(--batch-size, or a slice of the input)"
+    )
+
+
 def claim(dtype: str, path: str) -> str:
     """How closely the emulation follows PyTorch on this dtype and path, as measured."""
     if dtype in ("float16", "bfloat16"):
