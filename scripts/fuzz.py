@@ -39,6 +39,7 @@ import pickle
 import random
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -340,7 +341,7 @@ BAD_VALUES = {
     "--eps": ["nan", "inf", "-inf", "-0.0", "1e309", "-1e-300", "abc", "0x10", "1" * 400],
     "--momentum": ["nan", "-0", "1.0000001", "none", "NONE", "", "1e-400", "2", "x"],
     "--weight": ["", ",", "nan,1", "1e39,1", "1,2,3", "random,1", "ones ", "1;2",
-                 "../x.npy", "w.npy", "/dev/null.npy"],
+                 "../x.npy", "w.npy", "nowhere/w.npy"],
     "--running-var": ["-1,1", "-0.0,1", "1e-320,1", "inf,1", "1e38,1"],
     "--steps": ["0", "-1", "1000000000", "9" * 30, "x", "1.5"],
     "--batch-size": ["0", "-3", "9" * 25, "1"],
@@ -409,6 +410,12 @@ def path_cases() -> list[Case]:
     def fifo(folder):
         os.mkfifo(folder / "pipe.npy")
 
+    def device(folder):
+        try:
+            os.mknod(folder / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:  # not root: a FIFO stands for it
+            os.mkfifo(folder / "null")
+
     def shut(folder):
         (folder / "sub").mkdir()
         np.save(folder / "sub" / "x.npy", GOOD)
@@ -439,7 +446,10 @@ def path_cases() -> list[Case]:
         Case("path", ["run", "--save-output", "pipe.npy"], fifo, options={"timeout": 15}),
         Case("path", ["run", "--input", "/dev/zero"], options={"timeout": 15}),
         Case("path", ["run", "--input", "/dev/stdin"], options={"timeout": 15}),
-        Case("path", ["run", "--save-output", "/dev/null"], options={"timeout": 15}),
+        # a device of the case's own: never a system one (as root, a bninspect that replaced
+        # devices under --force would replace /dev/null)
+        Case("path", ["run", "--save-output", "null", "--force"], device,
+             options={"timeout": 15}),
         Case("path", ["run", "--input", "."]),
         Case("path", ["run", "--save-output", "."]),
         Case("path", ["run", "--save-output", "new/"]),

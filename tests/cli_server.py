@@ -199,7 +199,41 @@ def _signal_while_computing(arg):
     kernels.moments = moments
 
 
+_AT_EXIT: list = []  # called in the child just before it exits
+
+
+def _probe_memory(arg):
+    """Not a fault: record the fit check's estimate, the resident memory when it ran and the
+    peak at the end, as JSON in arg["path"] (tests/test_memory_estimate.py)."""
+    from bninspect.pytorch import inspection
+
+    seen: dict = {}
+    check_fits = inspection.check_fits
+
+    def spy(need, what, advice):
+        seen.update(need=need, rss_at_check=_status_bytes("VmRSS"))
+        check_fits(need, what, advice)
+
+    inspection.check_fits = spy
+
+    def record():
+        seen["peak"] = _status_bytes("VmHWM")
+        with open(arg["path"], "w") as f:
+            json.dump(seen, f)
+
+    _AT_EXIT.append(record)
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 FAULTS = {
+    "probe-memory": _probe_memory,
     "truncate-while-mapped": _truncate_while_mapped,
     "rewrite-while-mapped": _rewrite_while_mapped,
     "rewrite-while-read": _rewrite_while_read,
@@ -215,11 +249,7 @@ FAULTS = {
 
 
 def _vm_size() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes("VmSize")
 
 
 def _child(request: dict, out_path: str, err_path: str) -> None:
@@ -274,6 +304,8 @@ def _child(request: dict, out_path: str, err_path: str) -> None:
             sys.stdout.flush()
     except BaseException:  # noqa: BLE001
         code = 120  # what Python itself exits with when the final flush fails
+    for hook in _AT_EXIT:
+        hook()
     os._exit(code)
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -49,7 +50,9 @@ def listing(folder) -> list[str]:
          "bninspect writes regular files only, give another path"),
         (["run", "--input", "/dev/zero"], 1, "--input /dev/zero: is a character device, not a "
          "regular file; give a .npy file"),
-        (["run", "--save-input", "/dev/null", "--force"], 2, "--save-input /dev/null: is a "
+        # A device of its own, never a system one: bninspect before this fix replaced the
+        # device with a file under --force (as root, /dev/null itself).
+        (["run", "--save-input", "{device}", "--force"], 2, "--save-input {device}: is a "
          "character device; bninspect writes regular files only, give another path"),
     ],
 )
@@ -60,7 +63,13 @@ def test_non_regular_files_are_refused_without_waiting(server, tmp_path, x_npy, 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     (tmp_path / "fifo.npy").symlink_to(fifo)
-    names = {"fifo": fifo, "fifo_npy": tmp_path / "fifo.npy", "x": x_npy}
+    device = tmp_path / "null"
+    if "{device}" in args:
+        try:  # a character device like /dev/null's, in the test's own folder
+            os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    names = {"fifo": fifo, "fifo_npy": tmp_path / "fifo.npy", "x": x_npy, "device": device}
     result = server.run([a.format(**names) for a in args], tmp_path, timeout=20)
     assert result["status"] == "exit", result
     assert (result["code"], result["stderr"]) == (code, f"Error: {message.format(**names)}\n")
