@@ -146,6 +146,12 @@ class OpenFile:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:  # a run refused after opening its input lets go of it here
+        try:
+            self.close()
+        except OSError:
+            pass
+
     def __enter__(self) -> OpenFile:
         return self
 
