@@ -88,3 +88,9 @@ def bits_view(array: np.ndarray) -> np.ndarray:
     import numpy as np
 
     return array.view(np.uint16) if is_bfloat16(array.dtype) else array
+
+
+def shortest_text(value: float, name: str) -> str:
+    """The shortest text that reads back as the same ``name``-dtype number (numpy's repr): every
+    bit of a float32 in 8 or 9 digits, not the 17 of its float64 value."""
+    return str(float_format(name).numpy.type(value))

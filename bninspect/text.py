@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import math
 
+MAX_DIGITS = 17  # a float64 needs no more significant digits than this to read back exactly
 
-def number(value: float) -> str:
-    """About 5 significant digits; NaN and infinities spelled out."""
+
+def number(value: float, digits: int = 5) -> str:
+    """About ``digits`` significant digits (5 by default); NaN and infinities spelled out."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return f"{value:.5g}"
+    return f"{value:.{digits}g}"
+
+
+def digits_to_resolve(values, resolution: float) -> int:
+    """Significant digits that show ``values`` to within ``resolution`` (at least 5): a mean of
+    10000.0034 beside a spread of 1 reads as 10000.0034, not as 10000."""
+    largest = max((abs(float(v)) for v in values if math.isfinite(v)), default=0.0)
+    if largest == 0 or not (math.isfinite(resolution) and resolution > 0):
+        return 5
+    needed = math.floor(math.log10(largest)) - math.floor(math.log10(resolution)) + 1
+    return min(max(5, needed), MAX_DIGITS)
 
 
 def number_apart(value: float, other: float) -> str:
@@ -29,6 +41,7 @@ def number_apart(value: float, other: float) -> str:
 def shape(sizes: tuple[int, ...]) -> str:
     """(1, 2, 3, 4) -> '1x2x3x4'."""
     return "x".join(map(str, sizes))
+
 
 def short(value: float) -> str:
     """1e-05 -> '1e-5', 0.1 -> '0.1': a number as people write it in an option."""

@@ -29,6 +29,19 @@ ARTICLE_INPUT = [
 ]
 
 
+ARTICLE_WEIGHT = [0.5653, 0.0322]
+
+
+def article_unbiased(x: np.ndarray) -> np.ndarray:
+    """The article's tensor through a hand-written batch norm that divides the variance by
+    N - 1 (numpy's var(ddof=1)), the mistake the article warns of: an output for `check`."""
+    x = x.astype(np.float64)
+    weight = np.array(ARTICLE_WEIGHT, dtype=np.float32).astype(np.float64).reshape(1, -1, 1, 1)
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), ddof=1, keepdims=True)
+    return ((x - mean) / np.sqrt(var + 1e-5) * weight).astype(np.float32)
+
+
 def samples() -> dict[str, np.ndarray]:
     """Every sample by file name."""
     rng = np.random.default_rng(2024)
@@ -43,8 +56,21 @@ def samples() -> dict[str, np.ndarray]:
     # keeps the division finite.
     constant = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     constant[:, 1] = 3.0
+    article = np.array([ARTICLE_INPUT], dtype=np.float32)
+    # The backward pass on the article's tensor (docs/grad.md): dy as bninspect draws it by
+    # default (stream 5 of seed 0), and a dx from a backward with a classic mistake, the batch
+    # statistics treated as constants (dx = weight * inv_std * dy, the eval formula in train
+    # mode), computed in float64 and rounded to float32.
+    dy = np.random.default_rng([0, 5]).standard_normal(article.shape, dtype=np.float32)
+    weight = np.array([0.5653, 0.0322], dtype=np.float32).astype(np.float64).reshape(1, -1, 1, 1)
+    x = article.astype(np.float64)
+    inv_std = 1 / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    dx_mistaken = (weight * inv_std * dy.astype(np.float64)).astype(np.float32)
     return {
-        "article.npy": np.array([ARTICLE_INPUT], dtype=np.float32),
+        "article.npy": article,
+        "article_unbiased.npy": article_unbiased(article),
+        "article_grad_output.npy": dy,
+        "article_grad_input_mistaken.npy": dx_mistaken,
         "sequence_3d.npy": sequence,
         "volume_5d.npy": volume,
         "constant_channel.npy": constant,

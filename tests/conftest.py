@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "bninspect" / "results" / "schemas"
 
 # Rendered tables must not depend on the terminal running the tests.
 os.environ.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
@@ -37,6 +41,9 @@ class Cli:
             f"exit {result.exit_code} != {code}\nstdout:\n{result.stdout}\n"
             f"stderr:\n{result.stderr}\nexception: {result.exception!r}"
         )
+        if "--json" in args and result.stdout:
+            # Every JSON document any test produces must validate against its published schema.
+            validate_document(json.loads(result.stdout, parse_constant=_reject_constant))
         return result
 
     def json(self, *args: str) -> dict:
@@ -52,6 +59,22 @@ class Cli:
         assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
         assert "Traceback" not in result.stderr
         return lines[0].removeprefix("Error: ")
+
+
+@functools.cache
+def _validator(command: str):
+    from jsonschema import Draft202012Validator
+
+    path = SCHEMAS / f"{command}.schema.json"
+    schema = json.loads(path.read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def validate_document(doc: dict) -> None:
+    """Fail with every violation if ``doc`` does not match its command's schema file."""
+    errors = sorted(_validator(doc["command"]).iter_errors(doc), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"/{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
 
 
 def _reject_constant(name: str):

@@ -56,7 +56,7 @@ def inspect_array(
         "test",
         "test",
         convention=convention.name,
-        steps=x.shape[0] // batch_size,
+        training_steps=x.shape[0] // batch_size,
         batch_size=batch_size,
         torch_momentum=Undefined("not used by the tests"),
     )
@@ -65,7 +65,7 @@ def inspect_array(
     # As prepare decides: one pass (no batch size given), a shape and layout that allow it.
     by_groups = (
         compare_only
-        and settings.steps == 1
+        and settings.training_steps == 1
         and batch_size == x.shape[0]
         and groups_reproduce_whole(x.shape, x.flags.c_contiguous)
     )

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 
 # How close the float64 reference's statistics must be to the exact ones, in float64 ULPs of the
-# exact value (README, "What is computed"): the mean is rounded once from a sum that is exact,
+# exact value (docs/precision.md): the mean is rounded once from a sum that is exact,
 # error-free or within a few ULPs of itself; m2 is rounded about once more; a variance is m2 / n,
 # one rounding more, which can be two ULPs where it and m2 lie at opposite ends of their binades.
 MEAN_ULPS, M2_ULPS, VAR_ULPS = 1.5, 2.0, 2.5

@@ -108,8 +108,8 @@ def test_explain_agrees_with_run_for_every_element(x, mode):
     for index in itertools.product(*map(range, x.shape)):
         explained = derive_element(inspection, index)
         c = index[1]
-        assert explained.y_torch == float(inspection.torch_run.output[index])
-        steps = {step.name: step.value for step in explained.steps}
+        assert explained.y.torch == float(inspection.torch_run.output[index])
+        steps = {step.name: step.value for step in explained.derivation}
         if mode == "train":
             assert steps["mean"] == run.channels[c].mean
             assert steps["var_biased"] == run.channels[c].var_biased
@@ -117,8 +117,8 @@ def test_explain_agrees_with_run_for_every_element(x, mode):
         assert steps["std"] == run.channels[c].std
         # Redo the last steps in plain Python float arithmetic from the steps' own values.
         assert steps["x_hat"] == (explained.x - steps.get("mean", 0.0)) / steps["std"]
-        assert steps["y"] == steps["x_hat"] * 0.5 + 0.25 == explained.y_reference
-        worst[c] = max(worst[c], explained.abs_error)
+        assert steps["y"] == steps["x_hat"] * 0.5 + 0.25 == explained.y.reference
+        worst[c] = max(worst[c], explained.y.abs_error)
     np.testing.assert_array_equal(worst, [ch.max_abs_error for ch in run.channels])
 
 

@@ -81,8 +81,10 @@ def test_compare_value_counts_at_the_given_scale():
     # channel scale of 1.5 (ULP 2**-23 in [1, 2))
     compared = compare_value("y", 2.0**-10 + 2.0**-30, 2.0**-10, "float32", 1.5)
     assert compared.ulp_error == 8.0
-    assert compared.scaled_error == 2.0**-7 and compared.scale == 1.5
+    assert compared.ulp_error_at_scale == 2.0**-7 and compared.scale == 1.5
     # no scale (weight 0 and y 0, or a NaN buffer): an error cannot be counted, an agreement can
-    assert isinstance(compare_value("y", 0.0, 2.0**-30, "float32", 0.0).scaled_error, Undefined)
-    assert compare_value("y", 0.0, 0.0, "float32", 0.0).scaled_error == 0
-    assert compare_value("running_mean", np.nan, np.nan, "float32", np.nan).scaled_error == 0
+    assert isinstance(
+        compare_value("y", 0.0, 2.0**-30, "float32", 0.0).ulp_error_at_scale, Undefined
+    )
+    assert compare_value("y", 0.0, 0.0, "float32", 0.0).ulp_error_at_scale == 0
+    assert compare_value("running_mean", np.nan, np.nan, "float32", np.nan).ulp_error_at_scale == 0

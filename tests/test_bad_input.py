@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 SHAPE_ERRORS = [
-    ("1,,2", "--shape '1,,2': entry 1 is empty; give comma-separated sizes like 1,2,3,4"),
+    ("1,,2", "--shape '1,,2': entry 1 is empty; give sizes like 1x2x3x4 or 1,2,3,4"),
     (
         "a,b",
-        "--shape 'a,b': entry 0 ('a') is not an integer; give comma-separated sizes like 1,2,3,4",
+        "--shape 'a,b': entry 0 ('a') is not an integer; give sizes like 1x2x3x4 or 1,2,3,4",
     ),
     (
         "1,0,3",

@@ -143,11 +143,13 @@ def test_compared_by_groups_reports_what_the_whole_output_does(mode, monkeypatch
     assert whole.output_errors is None and grouped.output_errors is not None
     assert grouped.torch_run.step_outputs == ()
     whole_result, grouped_result = build_run_result(whole), build_run_result(grouped)
-    assert grouped_result.peer == (
+    assert grouped_result.torch_module == (
         "torch.nn.BatchNorm2d itself; run over 3 groups of channels in turn, which gives one "
         "call's bits (PyTorch computes each channel alone) without holding the whole output"
     )
-    assert dataclasses.replace(grouped_result, peer=whole_result.peer) == whole_result
+    assert (
+        dataclasses.replace(grouped_result, torch_module=whole_result.torch_module) == whole_result
+    )
 
 
 def test_steps_keep_the_whole_output():
@@ -168,8 +170,8 @@ def test_run_reports_the_same_by_groups_as_whole(cli, tmp_path, monkeypatch):
     common = ("run", "--input", path, "--weight", "random", "--bias", "random", "--json")
     grouped = cli.json(*common)
     whole = cli.json(*common, "--save-output", tmp_path / "y.npy")
-    assert "over 5 groups of channels" in grouped.pop("peer")
-    assert "groups" not in whole.pop("peer")
+    assert "over 5 groups of channels" in grouped.pop("torch_module")
+    assert "groups" not in whole.pop("torch_module")
     assert grouped == whole
     assert np.load(path).tobytes() == x.tobytes()  # the input untouched
 
@@ -195,7 +197,7 @@ def test_run_fits_where_only_one_group_of_output_fits(cli, tmp_path, monkeypatch
     monkeypatch.setattr(groups_module, "GROUP_BYTES", 32 << 10)
     # 384 KiB by groups (input, a group's copy and output, a float64 channel), 576 KiB whole
     monkeypatch.setattr(memory, "available_bytes", lambda: 400 << 10)
-    assert "over 8 groups" in cli.json("run", "--input", path)["peer"]
+    assert "over 8 groups" in cli.json("run", "--input", path)["torch_module"]
     message = cli.error("explain", "--input", path, "--index", "0,0,0,0", code=1)
     assert message.startswith(f"--input {path} (2x8x64x64 float32) needs about")
     message = cli.error("run", "--input", path, "--save-output", tmp_path / "y.npy", code=1)

@@ -119,7 +119,7 @@ def test_constant_legend_in_eval_mode_does_not_promise_the_bias(cli, tmp_path):
     assert "constant" in doc["channels"][1]["flags"]
     assert "not the bias" in doc["flag_legend"]["constant"]
     explained = cli.json("explain", "--input", path, "--mode", "eval", "--index", "0,1,0")
-    assert explained["y_reference"] == pytest.approx(2 / np.sqrt(1 + 1e-5), rel=1e-12)
+    assert explained["y"]["reference"] == pytest.approx(2 / np.sqrt(1 + 1e-5), rel=1e-12)
 
 
 def test_the_cancel_legend_gives_the_limit_of_the_input_dtype(cli, tmp_path):

@@ -24,11 +24,11 @@ def test_parse_shape():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("1,,2", "--shape '1,,2': entry 1 is empty; give comma-separated sizes like 1,2,3,4"),
+        ("1,,2", "--shape '1,,2': entry 1 is empty; give sizes like 1x2x3x4 or 1,2,3,4"),
         (
             "a,b",
-            "--shape 'a,b': entry 0 ('a') is not an integer; give comma-separated sizes "
-            "like 1,2,3,4",
+            "--shape 'a,b': entry 0 ('a') is not an integer; give sizes like 1x2x3x4 or "
+            "1,2,3,4",
         ),
         (
             "1,0,3",
@@ -48,7 +48,7 @@ def test_parse_shape():
             "--shape '1,1,1,1,1,1' has rank 6; batch norm takes rank 2 to 5, (N,C), "
             "(N,C,L), (N,C,H,W) or (N,C,D,H,W), with channels on axis 1",
         ),
-        ("", "--shape '': entry 0 is empty; give comma-separated sizes like 1,2,3,4"),
+        ("", "--shape '': entry 0 is empty; give sizes like 1x2x3x4 or 1,2,3,4"),
     ],
 )
 def test_parse_shape_errors(text, message):

@@ -108,8 +108,8 @@ def test_effects_add_up_to_the_emulated_error(data):
     explained = derive_element(inspection, index, precision=True)
     report = explained.precision
     total = sum(Fraction(s.effect_on_y) for s in report.steps)
-    unit = report.y_emulated - explained.y_reference
-    scale_ulp = 2.0 ** (np.frexp(report.channel_scale)[1] - 1 - 23)
+    unit = report.y_emulated - explained.y.reference
+    scale_ulp = 2.0 ** (np.frexp(report.output_scale)[1] - 1 - 23)
     assert abs(float(total) - unit / scale_ulp) <= 1e-6 * (1 + abs(float(total)))
 
 
@@ -128,7 +128,7 @@ def test_the_constant_channel_loses_its_bits_in_beta():
         "beta": 256.0,
         "y": 0,
     }
-    assert explained.precision.bit_exact and explained.y_torch == 0.500030517578125
+    assert explained.precision.bit_exact and explained.y.torch == 0.500030517578125
 
 
 def test_round_to_is_exact_with_ties_to_even():
@@ -152,7 +152,7 @@ def test_explain_precision_json(cli):
         "beta",
         "y",
     ]
-    assert precision["bit_exact"] is True and precision["y_torch"] == doc["y_torch"]
+    assert precision["bit_exact"] is True and precision["y_torch"] == doc["y"]["torch"]
     assert set(precision["steps"][0]) == {"name", "how", "torch_value", "exact", "effect_on_y"}
     assert cli.json("explain", "--index", "0,0,0,0")["null_reasons"]["/precision"] == (
         "not asked for: add --precision"
@@ -179,7 +179,7 @@ def test_eval_mode_division_by_zero_has_no_precision_report(cli):
     """Found by review: running_var 0 with eps 0 used to end in an internal error."""
     args = ("explain", "--mode", "eval", "--eps", "0", "--running-var", "0,1", "--precision")
     doc = cli.json(*args, "--index", "0,0,0,0")
-    assert doc["precision"] is None and doc["y_torch"] is None  # 0 * (1 / 0): NaN
+    assert doc["precision"] is None and doc["y"]["torch"] is None  # 0 * (1 / 0): NaN
     assert doc["null_reasons"]["/precision"].startswith("sqrt(var + eps) is 0")
     table = cli(*args, "--index", "0,0,0,0").stdout
     assert "--precision: sqrt(var + eps) is 0" in table
@@ -362,7 +362,7 @@ def test_float16_beta_rounds_the_product_first():
     x = np.full((2, 1, 4, 4), 100.0, dtype=np.float16)
     inspection = inspect_array(x, weight=[-0.23706055], bias=[0.4645996])
     explained = derive_element(inspection, (0, 0, 0, 0), precision=True)
-    assert explained.precision.bit_exact and explained.y_torch == 0.465087890625
+    assert explained.precision.bit_exact and explained.y.torch == 0.465087890625
     assert np.all(emulated_outputs(inspection) == inspection.torch_run.output)
 
 
@@ -402,7 +402,7 @@ def test_a_fortran_ordered_input_is_not_claimed(cli, tmp_path):
     common += ("--bias", "0.0123,0.0456,0.0789", "--running-var", "0.3,0.5,0.7")
     doc = cli.json("explain", "--input", path, "--index", "0,1,0", "--precision", *common)
     assert doc["precision"] is None and doc["null_reasons"]["/precision"] == STRIDED
-    assert doc["y_torch"] == float(np.float16(0.0456))  # the bias: x - mean = 0 exactly
+    assert doc["y"]["torch"] == float(np.float16(0.0456))  # the bias: x - mean = 0 exactly
     inspection = inspect_array(
         np.asfortranarray(np.full((2, 3, 3), 1000.0, np.float16)),
         mode="eval",
@@ -412,7 +412,7 @@ def test_a_fortran_ordered_input_is_not_claimed(cli, tmp_path):
         running_var=[0.3, 0.5, 0.7],
     )
     # the kernel's arithmetic, forced: not the bias PyTorch gives here
-    assert precision_report(inspection, (0, 1, 0)).y_emulated != doc["y_torch"]
+    assert precision_report(inspection, (0, 1, 0)).y_emulated != doc["y"]["torch"]
     np.save(path, np.full((2, 3, 3), 1000.0, dtype=np.float16))  # the same values, C order
     doc = cli.json("explain", "--input", path, "--index", "0,1,0", "--precision", *common)
     assert doc["precision"]["claim"] == HALF_TESTED and doc["precision"]["bit_exact"] is True

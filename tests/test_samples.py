@@ -47,7 +47,7 @@ def test_samples_show_what_they_claim(cli):
         "--index",
         "0,1,0,0",
     )
-    assert explained["y_reference"] == 0.5
+    assert explained["y"]["reference"] == 0.5
     # PyTorch computes x * alpha + beta with alpha = 1/sqrt(1e-5) ~ 316 and beta = 0.5 - 3 * alpha:
     # the sum cancels at magnitude ~949, where a float32 spacing is 2**-14.
-    assert abs(explained["y_torch"] - 0.5) <= 2.0**-14
+    assert abs(explained["y"]["torch"] - 0.5) <= 2.0**-14

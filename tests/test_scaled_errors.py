@@ -64,12 +64,12 @@ def test_running_mean_error_is_counted_at_the_update_scale(
         error = abs(theirs[c] - after[c])
         assert channel["running_mean_abs_error"] == pytest.approx(error, rel=1e-6, abs=1e-300)
         at_scale = error / _float32_ulp(scale)
-        assert channel["running_mean_scaled_error"] == pytest.approx(at_scale, rel=1e-6)
+        assert channel["running_mean_ulp_error_at_scale"] == pytest.approx(at_scale, rel=1e-6)
         assert at_scale <= 4  # PyTorch's float32 update is good to rounding at the scale
     cancelling = doc["channels"][0]
     assert abs(after[0]) < 1e-3 * OLD_MEAN  # the update did cancel
     assert cancelling["running_mean_ulp_error"] > 50 * max(
-        cancelling["running_mean_scaled_error"], 0.01
+        cancelling["running_mean_ulp_error_at_scale"], 0.01
     )
 
 
@@ -87,7 +87,7 @@ def test_each_step_counts_at_its_own_update_scale(cli, tmp_path):
             scale = _update_scale(after[c], before[c], 0.1, values[c])
             assert channel["running_mean_scale"] == pytest.approx(scale, rel=1e-12)
             expected = channel["running_mean_abs_error"] / _float32_ulp(scale)
-            assert channel["running_mean_scaled_error"] == pytest.approx(expected, rel=1e-12)
+            assert channel["running_mean_ulp_error_at_scale"] == pytest.approx(expected, rel=1e-12)
         before = after
 
 
@@ -98,7 +98,7 @@ def test_eval_mode_buffers_are_their_own_scale(cli, tmp_path):
     for channel, given in zip(doc["channels"], (0.3, -0.1), strict=True):
         assert channel["running_mean_scale"] == float(np.float32(abs(given)))
         # eval mode leaves the buffer as PyTorch and the reference both hold it
-        assert channel["running_mean_scaled_error"] == 0
+        assert channel["running_mean_ulp_error_at_scale"] == 0
 
 
 def test_explain_counts_the_buffers_as_run_does(cli, tmp_path):
@@ -107,11 +107,11 @@ def test_explain_counts_the_buffers_as_run_does(cli, tmp_path):
     common = ("--input", path, "--running-mean", f"{OLD_MEAN},{OLD_MEAN}")
     ran = cli.json("run", *common)["channels"][0]
     explained = cli.json("explain", *common, "--index", "3,0,2,5")
-    mean, var = explained["running"]
+    mean, var = explained["running_buffers"]
     assert mean["scale"] == ran["running_mean_scale"]
-    assert mean["scaled_error"] == ran["running_mean_scaled_error"]
+    assert mean["ulp_error_at_scale"] == ran["running_mean_ulp_error_at_scale"]
     assert mean["ulp_error"] == ran["running_mean_ulp_error"]
-    assert var["scale"] == ran["running_var"] and var["scaled_error"] == var["ulp_error"]
+    assert var["scale"] == ran["running_var"] and var["ulp_error_at_scale"] == var["ulp_error"]
 
 
 def test_explain_counts_y_at_the_channels_scale(cli, tmp_path):
@@ -123,16 +123,16 @@ def test_explain_counts_y_at_the_channels_scale(cli, tmp_path):
     n, h, w = np.unravel_index(np.argmin(np.abs(y)), y.shape)  # the element nearest y = 0
     doc = cli.json("explain", "--input", path, "--index", f"{n},0,{h},{w}")
     scale = np.abs(y).max()  # above the weight, 1
-    assert doc["output_scale"] == pytest.approx(scale, rel=1e-12)
+    assert doc["y"]["scale"] == pytest.approx(scale, rel=1e-12)
     ran = torch.nn.functional.batch_norm(
         torch.from_numpy(x), torch.zeros(2), torch.ones(2), training=True
     )
     error = abs(float(ran[n, 0, h, w]) - y[n, h, w])
-    assert doc["abs_error"] == pytest.approx(error, rel=1e-6)
-    assert doc["scaled_error"] == pytest.approx(error / _float32_ulp(scale), rel=1e-6)
-    assert doc["ulp_error"] == pytest.approx(error / _float32_ulp(y[n, h, w]), rel=1e-6)
+    assert doc["y"]["abs_error"] == pytest.approx(error, rel=1e-6)
+    assert doc["y"]["ulp_error_at_scale"] == pytest.approx(error / _float32_ulp(scale), rel=1e-6)
+    assert doc["y"]["ulp_error"] == pytest.approx(error / _float32_ulp(y[n, h, w]), rel=1e-6)
     # x * alpha + beta cancels at an offset of 100 std: near y = 0 the own-value count explodes
-    assert doc["ulp_error"] > 100 * doc["scaled_error"] > 0
+    assert doc["y"]["ulp_error"] > 100 * doc["y"]["ulp_error_at_scale"] > 0
 
 
 def test_a_zero_mean_batch_is_not_counted_at_its_spread(cli, tmp_path):
@@ -143,7 +143,7 @@ def test_a_zero_mean_batch_is_not_counted_at_its_spread(cli, tmp_path):
     np.save(path, x)
     for channel in cli.json("run", "--input", path)["channels"]:
         assert channel["running_mean_scale"] == pytest.approx(abs(channel["running_mean"]))
-        assert channel["running_mean_scaled_error"] == channel["running_mean_ulp_error"]
+        assert channel["running_mean_ulp_error_at_scale"] == channel["running_mean_ulp_error"]
 
 
 def test_float64_input_counts_the_spread_its_sum_errs_at(cli, tmp_path):
@@ -166,7 +166,7 @@ def test_the_scale_is_the_references_own_without_pytorch(cli, tmp_path):
     doc = cli.json("run", *common, "--stats-only")
     for channel, step in zip(doc["channels"], doc["running_history"][0]["channels"], strict=True):
         assert channel["running_mean_scale"] == step["running_mean_scale"] > 0
-        assert channel["running_mean_scaled_error"] is None
+        assert channel["running_mean_ulp_error_at_scale"] is None
 
 
 def test_a_non_finite_running_mean_is_its_own_scale(cli, tmp_path):
@@ -180,7 +180,9 @@ def test_a_non_finite_running_mean_is_its_own_scale(cli, tmp_path):
         assert doc["channels"][c]["running_mean_scale"] is None
         assert reasons[f"/channels/{c}/running_mean_scale"].startswith(kind)
         assert reasons[f"/channels/{c}/running_mean"].startswith(kind)
-        assert doc["channels"][c]["running_mean_scaled_error"] == 0  # PyTorch agrees: same value
+        assert (
+            doc["channels"][c]["running_mean_ulp_error_at_scale"] == 0
+        )  # PyTorch agrees: same value
 
 
 def test_explain_agrees_with_run_on_a_nan_channel(cli, tmp_path):
@@ -190,6 +192,8 @@ def test_explain_agrees_with_run_on_a_nan_channel(cli, tmp_path):
     np.save(path, x)
     ran = cli.json("run", "--input", path)["channels"][0]
     explained = cli.json("explain", "--input", path, "--index", "1,0,0,0")
-    mean, var = explained["running"]
-    assert ran["running_mean_scaled_error"] == mean["scaled_error"] == 0  # NaN beside NaN
-    assert var["scaled_error"] == ran["running_var_ulp_error"] == 0
+    mean, var = explained["running_buffers"]
+    assert (
+        ran["running_mean_ulp_error_at_scale"] == mean["ulp_error_at_scale"] == 0
+    )  # NaN beside NaN
+    assert var["ulp_error_at_scale"] == ran["running_var_ulp_error_at_scale"] == 0

@@ -128,7 +128,7 @@ def test_a_convention_pytorch_cannot_run_needs_no_torch():
     # reference runs and torch is never imported.
     result = bninspect_without_torch("run", "--shape", "1,3", "--convention", "keras", "--json")
     assert result.returncode == 0, result.stderr
-    assert '"peer": "none: PyTorch' in result.stdout
+    assert '"torch_module": "none: PyTorch' in result.stdout
 
 
 def test_module_entry_point_runs():

@@ -60,7 +60,7 @@ def test_every_step_matches_pytorchs_module(cli, tmp_path, momentum, torch_momen
     buffers, outputs, _ = torch_steps(x, BATCH, torch_momentum, [0.5, 0, -1], [2, 1, 0.5])
     np.testing.assert_array_equal(np.load(y_path), outputs)
     history = doc["running_history"]
-    assert [step["step"] for step in history] == list(range(1, STEPS + 1))
+    assert [step["training_step"] for step in history] == list(range(1, STEPS + 1))
     assert [step["first_sample"] for step in history] == list(range(0, BATCH * STEPS, BATCH))
     for step, (mean, var, tracked) in zip(history, buffers, strict=True):
         assert step["num_batches_tracked"] == tracked
@@ -96,7 +96,7 @@ def test_batch_size_alone_gives_the_train_eval_gap(cli, tmp_path):
     x = np.random.default_rng(4).standard_normal((12, 2, 3, 3)).astype(np.float32)
     np.save(path, x)
     doc = cli.json("run", "--input", path, "--batch-size", 4)
-    assert doc["settings"]["steps"] == 3
+    assert doc["settings"]["training_steps"] == 3
     _, outputs, evaluated = torch_steps(x, 4, 0.1, [0, 0], [1, 1])
     gap = np.abs(outputs[-4:] - evaluated).astype(np.float64)
     for c, channel in enumerate(doc["channels"]):
@@ -138,7 +138,7 @@ def six_samples(tmp_path):
 def test_batch_size_splits_a_loaded_tensor(cli, six_samples, options, steps, size):
     doc = cli.json("run", "--input", six_samples, *options)
     x = np.load(six_samples).astype(np.float64)
-    assert (doc["settings"]["steps"], doc["settings"]["batch_size"]) == (steps, size)
+    assert (doc["settings"]["training_steps"], doc["settings"]["batch_size"]) == (steps, size)
     for k, step in enumerate(doc["running_history"]):
         batch_means = x[k * size : (k + 1) * size].mean(axis=(0, 2))
         np.testing.assert_allclose([ch["batch_mean"] for ch in step["channels"]], batch_means)
@@ -150,8 +150,8 @@ def test_batch_size_splits_a_loaded_tensor(cli, six_samples, options, steps, siz
 def test_explain_derives_an_element_of_the_last_batch(cli, six_samples):
     doc = cli.json("explain", "--input", six_samples, "--batch-size", 2, "--index", "1,0,2")
     run = cli.json("run", "--input", six_samples, "--batch-size", 2)
-    assert doc["x"] == float(np.load(six_samples)[5, 0, 2]) and doc["step"] == 3
-    steps = {step["name"]: step for step in doc["steps"]}
+    assert doc["x"] == float(np.load(six_samples)[5, 0, 2]) and doc["training_step"] == 3
+    steps = {step["name"]: step for step in doc["derivation"]}
     assert steps["x"]["substitution"] == "input[5, 0, 2]: batch 3, sample 1"
     assert (
         steps["running_mean"]["value"] == run["running_history"][-1]["channels"][0]["running_mean"]
@@ -174,8 +174,8 @@ def test_explain_derives_an_element_of_the_last_batch(cli, six_samples):
         (
             ["--batch-size", "2"],
             2,
-            "--batch-size splits --input's axis 0; a generated tensor's batch size is the first "
-            "size of --shape",
+            "--batch-size splits --input's samples; a generated tensor's batch size is the "
+            "first size of --shape",
         ),
         (
             ["--convention", "keras", "--momentum", "none"],
@@ -290,7 +290,7 @@ def test_explain_keeps_the_unfed_notice_out_of_the_eps_rule(cli, six_samples):
         "samples 4 to 5 not fed: 2 steps of 2 samples use the first 4 of 6 on axis 0",
         "tf-fused raises eps 1e-06 to its floor 1.001e-05 (tf.nn.fused_batch_norm's min_epsilon)",
     ]
-    std = next(step for step in doc["steps"] if step["name"] == "std")
+    std = next(step for step in doc["derivation"] if step["name"] == "std")
     assert std["rule"] == (
         "tf-fused: eps 1.001e-05; tf-fused raises eps 1e-06 to its floor 1.001e-05 "
         "(tf.nn.fused_batch_norm's min_epsilon)"

@@ -33,8 +33,7 @@ def streamed_statistics(path, block: int):
     (tensor_input.map_input), the kernel over blocks of ``block`` bytes, each block's pages
     released as it finishes (inspection's callback), then the mapping closed. Also the
     regions the callback was told of."""
-    tensor = map_input(path)
-    mapping = tensor.mapping
+    tensor, mapping = map_input(path)
     release = inspection._release_region(SimpleNamespace(mapping=mapping), tensor.array)
     seen = []
 
@@ -101,7 +100,7 @@ def test_the_mapped_file_is_never_modified(cli, tmp_path):
     np.save(path, np.random.default_rng(3).standard_normal((3, 2, 1000)).astype(np.float32))
     before, stamp = path.read_bytes(), os.stat(path).st_mtime_ns
     cli("run", "--input", path, "--stats-only")
-    tensor = map_input(path)
+    tensor, _ = map_input(path)
     with pytest.raises((TypeError, ValueError)):
         tensor.array[0, 0, 0] = 1.0  # read-only mapping
     channel_statistics(tensor.array)

@@ -37,8 +37,15 @@ def scaled_errors(
 ) -> np.ndarray:
     """Per channel, max |theirs - candidate| in ULPs of ``dtype`` at the channel's scale (the
     candidate's largest |y|, or |weight|); NaN against NaN agrees, other non-finite is inf."""
+    return scaled_errors_and_scales(theirs, candidate, weight, dtype)[0]
+
+
+def scaled_errors_and_scales(
+    theirs: np.ndarray, candidate: np.ndarray, weight: np.ndarray, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """scaled_errors, and each channel's scale (output_scale of the candidate)."""
     channels = theirs.shape[1]
-    out = np.empty(channels)
+    out, scales = np.empty(channels), np.empty(channels)
     with np.errstate(invalid="ignore", over="ignore"):
         for c in range(channels):
             t = np.asarray(theirs[:, c], dtype=np.float64).reshape(-1)
@@ -48,12 +55,14 @@ def scaled_errors(
             error = np.where(both_nan | same_inf, 0.0, np.abs(t - y))
             error = np.where(np.isnan(error), np.inf, error)
             scale = output_scale(y, weight[c])
+            largest = float(error.max(initial=0.0))
+            scales[c] = scale
             out[c] = (
-                error.max() / float(ulp(scale, dtype))
+                largest / float(ulp(scale, dtype))
                 if scale > 0
-                else (0.0 if error.max() == 0 else np.inf)
+                else (0.0 if largest == 0 else np.inf)
             )
-    return out
+    return out, scales
 
 
 def reference_output(inspection: Inspection) -> np.ndarray:
@@ -161,14 +170,47 @@ def worst_indices(abs_error: np.ndarray, top: int) -> np.ndarray:
     return chosen[np.argsort(-flat[chosen], kind="stable")]
 
 
-def mismatched(abs_error: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> np.ndarray:
-    """Where |error| > atol + rtol * |reference| (an infinite error always)."""
+def mismatched(
+    abs_error: np.ndarray,
+    reference: np.ndarray,
+    tolerance: Tolerance,
+    allow_nonfinite: bool = False,
+) -> np.ndarray:
+    """Where |error| > atol + rtol * |reference| (with the tolerance's per-channel atol where it
+    has one). An infinite error (a NaN or infinity of one side against another value of the
+    other) is always a mismatch, unless ``allow_nonfinite``; an agreement (NaN with NaN, equal
+    infinities) never is. A NaN bound (a channel whose statistics are not finite) matches only
+    agreements."""
     out = np.empty(abs_error.shape, dtype=bool)
+    per_channel = (
+        None
+        if tolerance.per_channel_atol is None
+        else np.array([a if isinstance(a, float) else np.nan for a in tolerance.per_channel_atol])
+    )
     for s in channel_chunks(abs_error.shape):
-        with np.errstate(invalid="ignore"):
-            bound = tolerance.atol + tolerance.rtol * np.abs(reference[:, s])
-        out[:, s] = ~(abs_error[:, s] <= np.where(np.isnan(bound), np.inf, bound))
+        e = abs_error[:, s]
+        with np.errstate(invalid="ignore", over="ignore"):
+            atol = tolerance.atol
+            if per_channel is not None:
+                atol = per_channel[s].reshape((1, -1) + (1,) * (e.ndim - 2))
+            bound = atol + tolerance.rtol * np.abs(reference[:, s])
+            bound = np.where(np.isnan(bound), 0.0, bound)
+            over = ~(e <= bound)
+        infinite = np.isinf(e)
+        out[:, s] = (over & ~infinite) | (infinite & (not allow_nonfinite))
     return out
+
+
+def non_finite_disagreements(theirs: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+    """How many elements have a NaN or infinite reference where theirs is another value, and
+    how many are NaN or infinite in theirs where the reference is finite."""
+    reference_side = theirs_side = 0
+    for s in channel_chunks(theirs.shape):
+        t, r = theirs[:, s], reference[:, s]
+        agree = (np.isnan(t) & np.isnan(r)) | (np.isinf(t) & (t == r))
+        reference_side += int((~np.isfinite(r) & ~agree).sum())
+        theirs_side += int((~np.isfinite(t) & np.isfinite(r)).sum())
+    return reference_side, theirs_side
 
 
 def _pattern(theirs: np.ndarray, reference: np.ndarray, unit: float) -> tuple[str, Number, Number]:
@@ -207,23 +249,28 @@ def _affine_pattern(t: np.ndarray, r: np.ndarray, unit: float) -> tuple[str, Num
 
 
 def channel_checks(
-    theirs, reference, abs_error, mismatch, weight, dtype, best_variants
+    theirs, reference, abs_error, mismatch, weight, dtype, best_variants, bounds=None
 ) -> tuple[ChannelCheck, ...]:
-    """One ChannelCheck per channel."""
+    """One ChannelCheck per channel; ``bounds`` (per channel, absolute): what a correct
+    implementation can leave, below which the error's pattern is "exact" (default
+    ROUNDING_ULPS at the channel's scale)."""
     checks = []
     for c in range(theirs.shape[1]):
         t, r = theirs[:, c].reshape(-1), reference[:, c].reshape(-1)
         e = abs_error[:, c].reshape(-1)
         scale = output_scale(r, weight[c])
         unit = float(ulp(scale, dtype)) if scale > 0 else 0.0
-        pattern, factor, offset = _pattern(t, r, ROUNDING_ULPS * unit)
+        within = ROUNDING_ULPS * unit
+        if bounds is not None and np.isfinite(bounds[c]):
+            within = max(within, float(bounds[c]))
+        pattern, factor, offset = _pattern(t, r, within)
         with np.errstate(over="ignore"):
             scaled = float(e.max() / unit) if unit else Undefined("no scale: weight and y are 0")
         checks.append(
             ChannelCheck(
                 channel=c,
                 max_abs_error=float(e.max()),
-                max_ulp_error=scaled,
+                max_ulp_error_at_scale=scaled,
                 mismatches=int(mismatch[:, c].sum()),
                 non_finite=int((~np.isfinite(t) & np.isfinite(r)).sum()),
                 pattern=pattern,

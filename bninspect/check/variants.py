@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bninspect.check.compare import ROUNDING_ULPS, scaled_errors
+from bninspect.check.compare import scaled_errors
 from bninspect.pytorch.inspection import Inspection
 from bninspect.results.common import Number, Undefined
 
@@ -50,8 +50,9 @@ class Variant:
 
     name: str
     description: str
-    # The mistaken output, or None where the mistake does not apply.
-    compute: Callable[[Inspection, np.ndarray], np.ndarray | Outcome | None]
+    # The mistaken output, or None where the mistake does not apply; told the Judge of what a
+    # correct implementation can leave (tolerance.Judge), for variants that choose by it.
+    compute: Callable[..., np.ndarray | Outcome | None]
     precision: str | None = None  # None: the input's dtype
     fitted: bool = False
 
@@ -92,20 +93,20 @@ def _used(inspection: Inspection):
     return inspection.forward.mean, inspection.forward.var
 
 
-def _unbiased(inspection, theirs):
+def _unbiased(inspection, theirs, judge=None):
     x, stats, p, eps, train = _layer(inspection)
     if not train or stats.count < 2:
         return None
     return normalized(x, stats.mean, stats.var_unbiased, eps, p.weight, p.bias)
 
 
-def _eps_outside(inspection, theirs):
+def _eps_outside(inspection, theirs, judge=None):
     x, _, p, eps, _ = _layer(inspection)
     mean, var = _used(inspection)
     return normalized(x, mean, var, eps, p.weight, p.bias, eps_outside=True)
 
 
-def _no_eps(inspection, theirs):
+def _no_eps(inspection, theirs, judge=None):
     x, _, p, eps, _ = _layer(inspection)
     if eps == 0:
         return None
@@ -141,7 +142,7 @@ def eps_text(value: float) -> str:
     return f"{value:.5g}"
 
 
-def _other_eps(inspection, theirs):
+def _other_eps(inspection, theirs, judge=None):
     """One eps for the whole layer: a known default if it fits every channel to rounding, else
     the median of the per-channel estimates."""
     estimates = estimate_eps(inspection, theirs)
@@ -150,7 +151,6 @@ def _other_eps(inspection, theirs):
         return None
     x, _, p, eps, _ = _layer(inspection)
     mean, var = _used(inspection)
-    dtype = inspection.tensor.info.dtype
     overall = float(np.median(solved))
 
     def under(value: float) -> np.ndarray:
@@ -167,8 +167,7 @@ def _other_eps(inspection, theirs):
     fitting = [
         known
         for known in KNOWN_EPS
-        if known != eps
-        and np.max(scaled_errors(theirs, under(known), p.weight, dtype)) <= ROUNDING_ULPS
+        if known != eps and judge is not None and np.all(judge.fits(theirs, under(known)))
     ]
     if fitting:
         known = min(fitting, key=lambda k: abs(math.log(k) - math.log(max(overall, 1e-300))))
@@ -194,7 +193,7 @@ def _other_eps(inspection, theirs):
 def _over_axes(axes: tuple[int, ...], affine_axis: int = 1):
     """Statistics over ``axes``, weight and bias along ``affine_axis``."""
 
-    def compute(inspection, theirs):
+    def compute(inspection, theirs, judge=None):
         x, _, p, eps, _ = _layer(inspection)
         if any(a >= x.ndim for a in axes):
             return None
@@ -209,7 +208,7 @@ def _over_axes(axes: tuple[int, ...], affine_axis: int = 1):
     return compute
 
 
-def _channels_last(inspection, theirs):
+def _channels_last(inspection, theirs, judge=None):
     """Statistics per index of the last axis, as if the data were (N, ..., C); weight and bias
     along axis 1 (only the statistics read channels-last) or, where the last axis has C
     entries, along the last axis too (a whole channels-last implementation): the closer one."""
@@ -228,26 +227,26 @@ def _channels_last(inspection, theirs):
     return Outcome(on_axis_1, "weight and bias along axis 1")
 
 
-def _per_sample(inspection, theirs):
+def _per_sample(inspection, theirs, judge=None):
     x = inspection.batch
     if x.ndim < 3 or np.prod(x.shape[2:]) < 2:
         return None
     return _over_axes(tuple(range(2, x.ndim)))(inspection, theirs)
 
 
-def _per_layer(inspection, theirs):
+def _per_layer(inspection, theirs, judge=None):
     x = inspection.batch
     return _over_axes(tuple(range(1, x.ndim)))(inspection, theirs)
 
 
-def _batch_only(inspection, theirs):
+def _batch_only(inspection, theirs, judge=None):
     x = inspection.batch
     if x.ndim < 3 or x.shape[0] < 2:
         return None
     return _over_axes((0,))(inspection, theirs)
 
 
-def _other_statistics(inspection, theirs):
+def _other_statistics(inspection, theirs, judge=None):
     """Running statistics in train mode, batch statistics in eval mode."""
     x, stats, p, eps, train = _layer(inspection)
     before = inspection.forward.before
@@ -258,7 +257,7 @@ def _other_statistics(inspection, theirs):
     return Outcome(y, "batch statistics in eval mode")
 
 
-def _untrained(inspection, theirs):
+def _untrained(inspection, theirs, judge=None):
     x, _, p, eps, _ = _layer(inspection)
     before = inspection.forward.before
     channels = x.shape[1]
@@ -267,7 +266,7 @@ def _untrained(inspection, theirs):
     return normalized(x, np.zeros(channels), np.ones(channels), eps, p.weight, p.bias)
 
 
-def _no_affine(inspection, theirs):
+def _no_affine(inspection, theirs, judge=None):
     x, _, p, eps, _ = _layer(inspection)
     if np.all(p.weight == 1) and np.all(p.bias == 0):
         return None
@@ -275,7 +274,7 @@ def _no_affine(inspection, theirs):
     return normalized(x, mean, var, eps, np.ones_like(p.weight), np.zeros_like(p.bias))
 
 
-def _swapped(inspection, theirs):
+def _swapped(inspection, theirs, judge=None):
     x, _, p, eps, _ = _layer(inspection)
     if np.all(p.weight == p.bias):
         return None
@@ -283,7 +282,7 @@ def _swapped(inspection, theirs):
     return normalized(x, mean, var, eps, p.bias, p.weight)
 
 
-def _weight_first(inspection, theirs):
+def _weight_first(inspection, theirs, judge=None):
     """Statistics of weight * x, then bias: the weight cancels but for eps and its sign."""
     x, _, p, eps, _ = _layer(inspection)
     if np.all(p.weight == 1):
@@ -326,7 +325,7 @@ def _fit_line(x: np.ndarray, y: np.ndarray, centre: float) -> tuple[float, float
     return slope, float(y_mean - slope * d_mean)
 
 
-def _naive_variance(inspection, theirs):
+def _naive_variance(inspection, theirs, judge=None):
     """Their output read as the formula with its own mean and variance (a line in x per
     channel), accepted as far as one-pass cancellation can move them: the naive formula's
     result depends chaotically on the order of summation, so only its reach is checked."""
@@ -390,8 +389,40 @@ def _naive_variance(inspection, theirs):
     return Outcome(output, detail, plausible=beyond_stable)
 
 
+def _per_rank(inspection, theirs, judge=None):
+    """Data parallel without SyncBatchNorm: each rank's block of the batch normalized with its
+    own batch statistics (check --ranks / --rank-sizes)."""
+    from bninspect.numerics.pooling import rank_statistics, shard_bounds
+
+    x, _, p, eps, train = _layer(inspection)
+    sizes = inspection.rank_sizes
+    if not train or sizes is None or len(sizes) < 2:
+        return None
+    y = np.empty(x.shape, dtype=np.float64)
+    for (first, end), own in zip(shard_bounds(sizes), rank_statistics(x, sizes), strict=True):
+        if own is not None:
+            y[first:end] = normalized(x[first:end], own.mean, own.var_biased, eps, p.weight, p.bias)
+    return Outcome(y, f"{len(sizes)} ranks of {','.join(map(str, sizes))} samples")
+
+
+def _averaged_variances(inspection, theirs, judge=None):
+    """SyncBatchNorm done wrong: the batch mean, but the per-rank variances averaged (by
+    count) instead of pooled, losing the spread of the rank means."""
+    from bninspect.numerics.pooling import averaged_variance, rank_statistics
+
+    x, stats, p, eps, train = _layer(inspection)
+    sizes = inspection.rank_sizes
+    if not train or sizes is None or len(sizes) < 2:
+        return None
+    variance = averaged_variance(rank_statistics(x, sizes))
+    return Outcome(
+        normalized(x, stats.mean, variance, eps, p.weight, p.bias),
+        f"{len(sizes)} ranks of {','.join(map(str, sizes))} samples",
+    )
+
+
 def _in_dtype(dtype: str):
-    def compute(inspection, theirs):
+    def compute(inspection, theirs, judge=None):
         if inspection.tensor.info.dtype in ("float16", "bfloat16") or dtype == (
             inspection.tensor.info.dtype
         ):
@@ -472,6 +503,75 @@ CATALOGUE = (
         _naive_variance,
         fitted=True,
     ),
+    Variant(
+        "per-rank-statistics",
+        "normalizes each data-parallel rank's samples with that rank's own statistics, no "
+        "sync (DDP without SyncBatchNorm)",
+        _per_rank,
+    ),
+    Variant(
+        "averaged-variances",
+        "averages the per-rank variances instead of pooling them, losing the spread of the "
+        "rank means",
+        _averaged_variances,
+    ),
     Variant("float16", "computes in float16", _in_dtype("float16"), precision="float16"),
     Variant("bfloat16", "computes in bfloat16", _in_dtype("bfloat16"), precision="bfloat16"),
+)
+
+
+# Mistakes in the formula itself, which compose: a real implementation can make two at once
+# (the unbiased variance and eps outside the root is one). Each is (options, the test that it
+# changes nothing here).
+FORMULA_MISTAKES = {
+    "unbiased-variance": {"unbiased": True},
+    "eps-outside-sqrt": {"eps_mode": "outside"},
+    "no-eps": {"eps_mode": "none"},
+    "no-affine": {"affine": "none"},
+    "weight-bias-swapped": {"affine": "swapped"},
+}
+
+
+def _formula(inspection, unbiased=False, eps_mode="inside", affine="stated"):
+    """The output under the formula mistakes given (see FORMULA_MISTAKES), or None where one of
+    them changes nothing here (so the pair would be the other mistake alone)."""
+    x, stats, p, eps, train = _layer(inspection)
+    mean, var = _used(inspection)
+    if unbiased:
+        if not train or stats.count < 2:
+            return None
+        var = stats.var_unbiased
+    weight, bias = p.weight, p.bias
+    if affine == "none":
+        if np.all(weight == 1) and np.all(bias == 0):
+            return None
+        weight, bias = np.ones_like(weight), np.zeros_like(bias)
+    elif affine == "swapped":
+        if np.all(weight == bias):
+            return None
+        weight, bias = bias, weight
+    if eps_mode == "none":
+        if eps == 0:
+            return None
+        eps = 0.0
+    return normalized(x, mean, var, eps, weight, bias, eps_outside=eps_mode == "outside")
+
+
+def _pair(first: str, second: str) -> Variant:
+    options = {**FORMULA_MISTAKES[first], **FORMULA_MISTAKES[second]}
+    described = {v.name: v.description for v in CATALOGUE}
+
+    def compute(inspection, theirs, judge=None):
+        return _formula(inspection, **options)
+
+    return Variant(f"{first}+{second}", f"{described[first]}, and {described[second]}", compute)
+
+
+# Every pair of formula mistakes that can happen together (not two eps placements, not two
+# affine mistakes): tried when no single mistake explains every channel.
+PAIRS = tuple(
+    _pair(first, second)
+    for i, first in enumerate(FORMULA_MISTAKES)
+    for second in list(FORMULA_MISTAKES)[i + 1 :]
+    if not set(FORMULA_MISTAKES[first]) & set(FORMULA_MISTAKES[second])
 )

@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 
 from bninspect.cli.app import app
-from bninspect.cli.options import ConventionName, JsonFlag, resolve_momentum
+from bninspect.cli.options import (
+    ConventionName,
+    JsonFlag,
+    QuietFlag,
+    VerboseFlag,
+    detail_level,
+    resolve_momentum,
+)
 from bninspect.cli.output import emit
 from bninspect.conventions.rules import CONVENTIONS
 from bninspect.errors import OptionError
@@ -18,15 +25,23 @@ def conventions(
     momentum: Annotated[
         str | None,
         typer.Option(
+            metavar="M",
             help="Translate this momentum (in --from's meaning; none: PyTorch's cumulative "
             "average) into every convention's.",
         ),
     ] = None,
     source: Annotated[
         ConventionName | None,
-        typer.Option("--from", help="The convention --momentum is given in (default pytorch)."),
+        typer.Option(
+            "--from",
+            metavar="NAME",
+            help=f"The convention --momentum is given in ({', '.join(CONVENTIONS)}; default "
+            "pytorch).",
+        ),
     ] = None,
     json_output: JsonFlag = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """The reference card: how each framework's batch norm differs, and where each fact
     comes from.
@@ -36,6 +51,7 @@ def conventions(
     the real framework here. With --momentum, the same running-statistics rule in every
     convention's terms.
     """
+    detail = detail_level(quiet, verbose, json_output)
     from bninspect.conventions.card import build_card
 
     if source is not None and momentum is None:
@@ -45,4 +61,4 @@ def conventions(
         )
     rules = CONVENTIONS[source.value if source is not None else "pytorch"]
     translated = resolve_momentum(momentum, rules) if momentum is not None else None
-    emit(build_card(translated, rules, translate=momentum is not None), json_output)
+    emit(build_card(translated, rules, translate=momentum is not None), json_output, detail)

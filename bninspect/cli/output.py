@@ -8,19 +8,20 @@ and messages go to stderr (process.say), one printable line each.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bninspect.cli.process import require_stdout, say, write_result
+from bninspect.input.layout import user_indices
 from bninspect.input.request import InspectRequest
 from bninspect.render.progress_bar import progress_bar
 from bninspect.text import printable
 
 
-def emit(result: Any, as_json: bool) -> None:
-    """Print the result: JSON alone on stdout, or rich tables; notices go to stderr."""
+def emit(result: Any, as_json: bool, detail: str = "normal", **view_options: Any) -> None:
+    """Print the result: JSON alone on stdout, or the verdict and tables at ``detail`` ("quiet",
+    "normal" or "verbose"); notices go to stderr."""
     notices = [
         notice
         for part in ("input", "settings", "output")
@@ -33,25 +34,11 @@ def emit(result: Any, as_json: bool) -> None:
 
         write_result(to_json(result) + "\n")
         return
-    from rich.console import Console
+    from bninspect.render.screen import format_result
 
-    from bninspect.render.table_output import render
-
-    # Rendered into memory as rich would render it to stdout (its width, its colours), then
-    # written in one checked write.
-    terminal, text = Console(), io.StringIO()
-    console = Console(
-        file=text,
-        width=terminal.width,
-        color_system=terminal.color_system,
-        force_terminal=terminal.is_terminal,
-        no_color=terminal.no_color,
-    )
-    # crop=False: a table wider than the terminal wraps there instead of losing its right
-    # edge. The result's text is made printable first: a file name must not move the cursor,
-    # colour the terminal or break a line.
-    console.print(render(printable_result(result)), crop=False)
-    write_result(text.getvalue())
+    # The result's text made printable first: a file name must not move the cursor, colour
+    # the terminal or break a line.
+    write_result(format_result(printable_result(result), detail, **view_options))
 
 
 def printable_result(value: Any) -> Any:
@@ -98,10 +85,10 @@ def inspect(
     """Prepare (every check, with ``before(planned_input, settings)`` checking and loading
     what else the command needs, all before torch loads), run, save files;
     ``report(inspection, what_before_gave, progress)`` builds the result, under the same
-    progress bar. ``compare_only``: the report needs PyTorch's output only as its errors
-    (see inspection.prepare); ``reads``: the command's own input files, which no save path may
-    name; ``extra_need``, ``need_words``: the memory the command's own work needs, and how a
-    refusal words it (see inspection.prepare)."""
+    progress bar, and its element indices go back to the user's layout. ``compare_only``: the
+    report needs PyTorch's output only as its errors (see inspection.prepare); ``reads``: the
+    command's own input files, which no save path may name; ``extra_need``, ``need_words``:
+    the memory the command's own work needs, and how a refusal words it (inspection.prepare)."""
     require_stdout()  # before any work: a result with nowhere to go is not worth computing
     # numpy and the kernels load here, not at start-up: --help and usage errors stay instant.
     from bninspect.pytorch.inspection import prepare, run_inspection, save_outputs
@@ -112,6 +99,8 @@ def inspect(
         result = report(inspection, prepared.extra, progress)
     # A memory-mapped input (--stats-only) was read until now: it must not have changed.
     inspection.tensor.check_unchanged()
+    info = inspection.tensor.info  # results index the core's (N, C, ...): give the user's
+    result = user_indices(result, info.channel_axis, len(info.shape))
     for message in save_outputs(request, inspection):
         say(message)
     return result

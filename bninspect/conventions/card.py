@@ -13,7 +13,7 @@ from bninspect.conventions.rules import (
     momentum_for,
     scale_factor_weights,
 )
-from bninspect.results.common import CUMULATIVE, Number, Undefined
+from bninspect.results.common import CUMULATIVE, Number, Undefined, Verdict
 from bninspect.results.conventions import (
     CardFact,
     ConventionCard,
@@ -25,10 +25,10 @@ from bninspect.text import short
 
 RULE_LABELS = {
     "normalizes": "normalizes with",
-    "stores": "stores in running var",
-    "momentum": "running update, default",
+    "stores": "running_var stores",
+    "momentum": "running update",
     "eps": "eps default",
-    "one_value": "one value per channel, train",
+    "one_value": "one value/channel",
 }
 _ONE_VALUE = {
     "refuse": "error",
@@ -153,7 +153,41 @@ def build_card(
 ) -> ConventionsResult:
     """The whole card; with ``translate``, ``momentum`` (in ``source``'s meaning) as every
     convention writes it."""
+    translation = translate_momentum(momentum, source) if translate else None
     return ConventionsResult(
+        verdict=card_verdict(translation),
         conventions=tuple(convention_card(c) for c in CONVENTIONS.values()),
-        translation=translate_momentum(momentum, source) if translate else None,
+        translation=translation,
     )
+
+
+def card_verdict(translation: MomentumTranslation | None) -> Verdict:
+    """The card's answer: what every framework shares and where they part; with a momentum to
+    translate, that momentum in the most asked-for conventions' terms."""
+    normalizing = {c.normalizes for c in CONVENTIONS.values()}
+    shared = (
+        f"all normalize with the {normalizing.pop()} variance and put eps inside the square root"
+        if len(normalizing) == 1
+        else "they normalize with different variances"
+    )
+    first = (
+        f"{len(CONVENTIONS)} conventions: {shared}; they part on the variance stored, what "
+        "momentum means, and the eps default."
+    )
+    if translation is None:
+        return Verdict("ok", (first,))
+    given = CONVENTIONS[translation.source]
+    said = [
+        f"{CONVENTIONS[e.convention].display} {e.parameter} {short(e.momentum)}"
+        for e in translation.equivalents
+        if e.convention != given.name and not isinstance(e.momentum, Undefined)
+    ]
+    momentum = (
+        "none" if isinstance(translation.momentum, Undefined) else short(translation.momentum)
+    )
+    second = (
+        f"{given.display} {given.momentum_parameter} {momentum} is the same rule as "
+        + ", ".join(said[:4])
+        + (" (and the rest below)." if len(said) > 4 else ".")
+    )
+    return Verdict("ok", (first, second))

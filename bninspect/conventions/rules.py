@@ -170,7 +170,8 @@ ONNX = Convention(
         "momentum + current_var * (1 - momentum)",
         "momentum": "onnx docs/Operators.md BatchNormalization-15: momentum default 0.9",
         "eps": "onnx docs/Operators.md BatchNormalization-15: epsilon default 1e-5",
-        "one_value": "not in the spec; onnxruntime: variance 0, Y = B (tests/test_onnx_peer.py)",
+        "one_value": "not in the spec; onnxruntime: variance 0, Y = B (run against it in "
+        "bninspect's test suite)",
     },
     notes=(
         "attributes are float32: momentum 0.9 is 0.89999998, epsilon 1e-5 is 9.9999997e-6",

@@ -134,7 +134,8 @@ def run_need(
     """Peak bytes a run over ``planned`` (in ``steps`` batches of ``batch_size`` samples)
     holds beyond what the process holds now: the input (none if memory-mapped) and what
     obtaining it holds beside it, or later PyTorch's runtime and outputs (every step's; or one
-    channel group's at a time), the eval pass's output, the reference's kernel blocks, the
+    channel group's at a time; another layout's copy), the eval pass's output, the reference's
+    kernel blocks, the
     copies saving makes (bfloat16 is saved as float32; several steps' outputs are joined),
     the reports, and ``command``'s own (e.g. check's arrays)."""
     shape, itemsize = planned.shape, _itemsize(planned.dtype)
@@ -148,6 +149,10 @@ def run_need(
         later += TORCH_RUNTIME_BYTES
         later += group_bytes_held(shape, itemsize) if planned.by_groups else fed * itemsize
         later += batch * itemsize if eval_pass else 0
+        # Channels elsewhere than axis 1: PyTorch's output may come in another layout than
+        # the input's (channels-last kernels exist for rank 4 and 5 only), copied into the
+        # input's: one more output at most.
+        later += fed * itemsize if planned.channel_axis != 1 else 0
     widened = 4 if planned.dtype == "bfloat16" else 0  # saved as float32
     if save_input:
         later += elements * widened

@@ -37,6 +37,8 @@ from bninspect.input.files import (
 
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_PROTOCOL = b"\x80"  # the first byte of every pickle since protocol 2
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 # numpy's own limit on the header's text (np.lib.format's max_header_size): longer headers are
 # refused before they are read, so a header length of 4 GiB cannot make us read 4 GiB.
 MAX_HEADER_BYTES = 10000
@@ -67,10 +69,23 @@ def _damaged(file: OpenFile) -> BnInspectError:
     return file.error("the .npy header is damaged; save the array again with numpy.save")
 
 
-def read_header(file: OpenFile) -> NpyHeader:
-    """The validated header of an open file; refuses anything that is not a complete .npy file
-    of a plain (non-object) dtype whose data is exactly the rest of the file."""
+def read_header(source: OpenFile | Path, what: str | None = None) -> NpyHeader:
+    """The validated header of an open file, or of the file at a path (opened as
+    files.open_regular does, ``what`` naming it); refuses anything that is not a complete .npy
+    file of a plain (non-object) dtype whose data is exactly the rest of the file."""
+    if not isinstance(source, OpenFile):
+        with opened_npy(Path(source), what or "file") as (_, header):
+            return header
+    file = source
     start = file.pread(len(NPY_MAGIC) + 2, 0)
+    if start[:4] == ZIP_MAGIC or (
+        start[:1] == PICKLE_PROTOCOL and Path(file.path).suffix in TORCH_SUFFIXES
+    ):
+        raise file.error(
+            f"a PyTorch file (torch.save), not a .npy; for a model's batch norms run bninspect "
+            f"model --weights {file.path} (with --model to run a batch), or save one tensor "
+            "with numpy.save"
+        )
     if start[:1] == PICKLE_PROTOCOL:
         raise file.error(
             "is a Python pickle, not a .npy file, and bninspect never loads pickles; save the "
@@ -152,7 +167,7 @@ def _check_sizes(file: OpenFile, header: NpyHeader) -> None:
 def opened_npy(path: Path, what: str) -> Iterator[tuple[OpenFile, NpyHeader]]:
     """``path`` opened (a regular file only, see files.open_regular) and its header validated;
     closed on leaving. ``what`` names the file in messages, e.g. "--input"."""
-    file = open_regular(path, what)
+    file = open_regular(Path(path), what)
     try:
         yield file, read_header(file)
     finally:
@@ -252,7 +267,7 @@ class BackgroundSha256:
         return pending
 
 
-def read_array(
+def read_hashed(
     path: Path, what: str, dtype: np.dtype | None = None
 ) -> tuple[np.ndarray, NpyHeader, str]:
     """A whole .npy array (as ``dtype`` if given, converted block by block), its header and
@@ -261,6 +276,24 @@ def read_array(
         digest = hashlib.sha256()
         array = read_data(file, header, digest.update, dtype)
     return array, header, digest.hexdigest()
+
+
+def read_array(path: Path, what: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """A whole .npy array (as ``dtype`` if given), validated, through one opening."""
+    return read_hashed(path, what, dtype)[0]
+
+
+def sha256_of(path: Path, what: str = "file") -> str:
+    """Hex SHA-256 of a regular file's bytes, read in 1 MiB blocks through one opening and
+    checked unchanged after (prefer read_hashed, which hashes the very bytes it returns)."""
+    digest = hashlib.sha256()
+    with open_regular(Path(path), what) as file:
+        position = 0
+        while block := file.pread(1 << 20, position):
+            digest.update(block)
+            position += len(block)
+        file.check_unchanged()
+    return digest.hexdigest()
 
 
 def read_element(
@@ -339,8 +372,11 @@ class MappedFile:
         self.file.check_unchanged()
 
 
-def map_array(file: OpenFile, header: NpyHeader) -> MappedFile:
-    """Memory-map a vetted .npy file read-only."""
+def map_array(source: OpenFile | Path, header: NpyHeader, what: str = "--input") -> MappedFile:
+    """Memory-map a vetted .npy file (open, or at a path) read-only."""
+    file = source if isinstance(source, OpenFile) else open_regular(Path(source), what)
+    if file is not source and read_header(file) != header:
+        raise file.error("changed since its header was read; run again")
     if header.fortran_order:
         raise file.error(
             "is stored in Fortran order, which cannot be streamed channel by channel; save it "
@@ -404,6 +440,9 @@ def check_writable(
     def refused(problem: str) -> OptionError:
         return refuse(option, path, problem, OptionError)
 
+    protected = tuple(
+        p if isinstance(p, tuple) else identity(Path(p)) for p in protected  # paths, or ids
+    )
     try:
         status = os.lstat(path)
     except FileNotFoundError:

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
 from bninspect.errors import OptionError
+from bninspect.input.layout import shape_forms
 from bninspect.text import shape as shape_of
 from bninspect.text import short
 
 MIN_RANK, MAX_RANK = 2, 5
-SHAPE_FORMS = "(N,C), (N,C,L), (N,C,H,W) or (N,C,D,H,W)"
+SHAPE_FORMS = shape_forms(1)
 
 VectorKind = Literal["ones", "zeros", "random", "list", "file"]
 
@@ -34,27 +36,29 @@ class VectorSpec:
     path: str | None = None
 
 
-def _split_ints(option: str, text: str, what: str) -> tuple[int, ...]:
-    parts = [part.strip() for part in text.split(",")]
+def _split_ints(option: str, text: str, what: str, separators: str = ",") -> tuple[int, ...]:
+    """The integers of ``text``, separated by any of ``separators``; ``what`` says in messages
+    what to give instead."""
+    unified = text
+    for separator in separators[1:]:
+        unified = unified.replace(separator, separators[0])
     values = []
-    for position, part in enumerate(parts):
+    for position, part in enumerate(p.strip() for p in unified.split(separators[0])):
         if part == "":
-            raise OptionError(
-                f"{option} '{text}': entry {position} is empty; give {what} like 1,2,3,4"
-            )
+            raise OptionError(f"{option} '{text}': entry {position} is empty; give {what}")
         try:
             values.append(int(part))
         except ValueError:
             raise OptionError(
-                f"{option} '{text}': entry {position} ('{part}') is not an integer; "
-                f"give {what} like 1,2,3,4"
+                f"{option} '{text}': entry {position} ('{part}') is not an integer; give {what}"
             ) from None
     return tuple(values)
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse ``--shape`` ("1,2,3,4") into a tuple of positive sizes with rank 2 to 5."""
-    shape = _split_ints("--shape", text, "comma-separated sizes")
+def parse_shape(text: str, channel_axis: int = 1) -> tuple[int, ...]:
+    """Parse ``--shape`` ("1x2x3x4", as the tool prints shapes, or "1,2,3,4") into a tuple of
+    positive sizes with rank 2 to 5 (channels on ``channel_axis``, for the messages)."""
+    shape = _split_ints("--shape", text, "sizes like 1x2x3x4 or 1,2,3,4", "xX,")
     for position, size in enumerate(shape):
         if size <= 0:
             raise OptionError(
@@ -64,14 +68,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not MIN_RANK <= len(shape) <= MAX_RANK:
         raise OptionError(
             f"--shape '{text}' has rank {len(shape)}; batch norm takes rank 2 to 5, "
-            f"{SHAPE_FORMS}, with channels on axis 1"
+            f"{shape_forms(channel_axis)}, with channels on axis {channel_axis}"
         )
     return shape
 
 
 def parse_index(text: str) -> tuple[int, ...]:
     """Parse ``--index`` ("0,0,0,0", negatives allowed) into a tuple of integers."""
-    return _split_ints("--index", text, "one integer per axis")
+    return _split_ints("--index", text, "one integer per axis like 1,2,3,4")
 
 
 def resolve_index(index: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -104,6 +108,12 @@ def parse_vector_spec(option: str, text: str) -> VectorSpec:
         return VectorSpec(kind=stripped, text=stripped)
     if stripped.endswith(".npy"):
         return VectorSpec(kind="file", text=stripped, path=stripped)
+    if stripped.endswith((".pt", ".pth", ".ckpt", ".pt2")):
+        raise OptionError(
+            f"{option} '{text}': a PyTorch file, not a .npy of one value per channel; for a "
+            f"model's batch norms run bninspect model --weights {stripped} (with --model to run "
+            "a batch)"
+        )
     values = []
     for position, part in enumerate(p.strip() for p in stripped.split(",")):
         try:
@@ -121,7 +131,6 @@ def parse_vector_spec(option: str, text: str) -> VectorSpec:
     # Reports show the list as parsed: ' 1 , 2 ' reads back as '1,2'.
     canonical = ",".join(p.strip() for p in stripped.split(","))
     return VectorSpec(kind="list", text=canonical, values=tuple(values))
-
 
 
 def parse_output_path(option: str, text: str) -> Path:
@@ -167,3 +176,26 @@ def check_momentum(
     if not (math.isfinite(momentum) and 0.0 <= momentum <= 1.0):
         raise OptionError(f"--momentum {short(momentum)}: must lie in [0, 1]; {meaning}")
     return momentum
+
+
+@dataclass(frozen=True)
+class TypedValue:
+    """A number as the user typed it: its value and the unit of its last digit (1e-4 for
+    0.0142, 1 for 12, 1e-5 for 1.20e-3), which says how precisely it was given."""
+
+    value: float
+    digit_unit: float
+
+
+def parse_against_value(text: str) -> TypedValue:
+    """Parse ``--against-value``: a finite decimal number, keeping how many digits it has."""
+    try:
+        decimal = Decimal(text.strip())
+    except InvalidOperation:
+        raise OptionError(
+            f"--against-value '{text}': not a number; give your value for the element, e.g. "
+            "-1.1236"
+        ) from None
+    if not (decimal.is_finite() and math.isfinite(float(decimal))):
+        raise OptionError(f"--against-value '{text}': must be a finite number")
+    return TypedValue(float(decimal), float(Decimal(1).scaleb(decimal.as_tuple().exponent)))

@@ -19,7 +19,11 @@ class InspectRequest:
     """The parsed input and layer options shared by every command. ``vectors`` maps each of
     VECTOR_OPTIONS to its spec; ``shape`` is None when ``input_path`` is given. ``eps`` and
     ``momentum`` are in ``convention``'s meaning (momentum None: PyTorch's cumulative average).
-    ``steps``/``batch_size`` None: one step over the whole tensor, or as the other implies."""
+    ``steps``/``batch_size`` None: one step over the whole tensor, or as the other implies.
+    ``shape`` and every index are in the user's layout, channels on ``channel_axis`` (the core
+    moves them to axis 1: layout.py). ``given`` names the options given on the command line,
+    for the notices of those that change nothing (option_effects.py); ``notices`` holds
+    them."""
 
     shape: tuple[int, ...] | None
     seed: int
@@ -39,3 +43,7 @@ class InspectRequest:
     convention: Convention = PYTORCH
     steps: int | None = None
     batch_size: int | None = None
+    num_batches_tracked: int = 0  # PyTorch's counter before the pass
+    channel_axis: int = 1  # as given: negative counts from the end
+    given: frozenset[str] = frozenset()
+    notices: tuple[str, ...] = ()

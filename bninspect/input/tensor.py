@@ -16,6 +16,7 @@ from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.input.channel_groups import groups_reproduce_whole
 from bninspect.input.files import OpenFile, open_regular
+from bninspect.input.layout import resolve_axis, shape_forms, to_core_shape, to_user_shape
 from bninspect.input.npy_files import (
     READ_BYTES,
     BackgroundSha256,
@@ -24,7 +25,7 @@ from bninspect.input.npy_files import (
     read_data,
     read_header,
 )
-from bninspect.input.parsing import MAX_RANK, MIN_RANK, SHAPE_FORMS
+from bninspect.input.parsing import MAX_RANK, MIN_RANK
 from bninspect.results.common import InputInfo, Undefined
 from bninspect.text import shape as shape_text
 
@@ -40,7 +41,9 @@ GENERATE_BLOCK_BYTES = 8 << 20
 
 @dataclass(frozen=True)
 class InputTensor:
-    """The array, shape (N, C, *spatial) in one of dtypes.FORMATS, and where it came from.
+    """The array as the core sees it, shape (N, C, *spatial) in one of dtypes.FORMATS (a view of
+    the user's array with its channel axis moved to 1: layout.py), and where it came from
+    (``info.shape`` and ``info.channel_axis`` in the user's layout).
 
     ``pending_sha256`` is the file's hash while a background thread still computes it (it
     overlaps the torch import); ``finished_info()`` waits for it.
@@ -59,24 +62,37 @@ class InputTensor:
             return self.info
         return dataclasses.replace(self.info, sha256=self.pending_sha256.result())
 
+    def user_array(self) -> np.ndarray:
+        """The array in the user's layout (channels back on their axis): the array read or
+        generated, not a copy."""
+        return np.moveaxis(self.array, 1, self.info.channel_axis)
+
 
 @dataclass(frozen=True)
 class PlannedInput:
     """An input checked from its description alone (--shape and --dtype, or a .npy header):
-    its shape and dtype (a name in dtypes.FORMATS) are known, and ``obtain()`` generates or
-    reads the values, which is the slow part. ``by_groups``: its shape and layout let PyTorch
-    run over channel groups. ``obtaining_bytes``: what obtaining it holds beside the array at
-    its peak (a conversion's buffers); ``mapped``: the array is a memory map (--stats-only),
-    which holds no memory of its own. ``what`` and ``advice`` word a refusal for memory."""
+    its shape (the core's, channels on axis 1) and dtype (a name in dtypes.FORMATS) are known,
+    and ``obtain()`` generates or reads the values, which is the slow part. ``by_groups``: its
+    shape and layout let PyTorch run over channel groups. ``channel_axis``: where the user's
+    layout has the channels (non-negative). ``obtaining_bytes``: what obtaining it holds beside
+    the array at its peak (a conversion's buffers); ``mapped``: the array is a memory map
+    (--stats-only), which holds no memory of its own. ``what`` and ``advice`` word a refusal
+    for memory."""
 
     shape: tuple[int, ...]
     dtype: str
     obtain: Callable[[], InputTensor]
     by_groups: bool = False  # PyTorch may run over channel groups (channel_groups.py)
+    channel_axis: int = 1
     obtaining_bytes: int = 0
     mapped: bool = False
     what: str = ""
     advice: str = ""
+
+    @property
+    def user_shape(self) -> tuple[int, ...]:
+        """The shape in the user's layout."""
+        return to_user_shape(self.shape, self.channel_axis)
 
 
 def plan_generated(
@@ -86,21 +102,26 @@ def plan_generated(
     offset: float = 0.0,
     scale: float = 1.0,
     may_group: bool = False,
+    channel_axis: int = 1,
 ) -> PlannedInput:
-    """A generated tensor, planned (nothing built): obtain() generates it (generate_input).
-    ``may_group``: PyTorch may run over channel groups where the shape allows."""
+    """A generated tensor of ``shape`` (the user's layout, channels on ``channel_axis``),
+    planned (nothing built): obtain() generates it (generate_input). ``may_group``: PyTorch
+    may run over channel groups where the shape allows."""
     shape = tuple(shape)
     form = float_format(dtype)
-    by_groups = may_group and groups_reproduce_whole(shape, True)
+    axis = resolve_axis(channel_axis, len(shape), f"--shape {shape_text(shape)}")
+    core = to_core_shape(shape, axis)
+    by_groups = may_group and axis == 1 and groups_reproduce_whole(core, True)
     # Unless the draws are the tensor (float32, offset 0, scale 1), they are held beside it,
     # with three float64 blocks of the conversion.
     plain = dtype == "float32" and offset == 0.0 and scale == 1.0
     obtaining = 0 if plain else math.prod(shape) * 4 + 3 * GENERATE_BLOCK_BYTES
     return PlannedInput(
-        shape,
+        core,
         dtype,
-        lambda: _generate(shape, seed, dtype, offset, scale),
+        lambda: _generate(shape, seed, dtype, offset, scale, axis),
         by_groups,
+        axis,
         obtaining,
         what=f"--shape {','.join(map(str, shape))} in {form.name}",
         advice="use a smaller --shape",
@@ -113,15 +134,19 @@ def generate_input(
     dtype: str = "float32",
     offset: float = 0.0,
     scale: float = 1.0,
+    channel_axis: int = 1,
 ) -> InputTensor:
     """``offset + scale * z`` in ``dtype``, z standard normal float32 from
-    ``numpy.random.default_rng(seed)``. The same float32 draws serve every dtype, so changing
-    --dtype changes only the precision, and float32 with offset 0 and scale 1 is z itself."""
-    return plan_generated(shape, seed, dtype, offset, scale).obtain()
+    ``numpy.random.default_rng(seed)`` drawn in ``shape`` (the user's layout). The same float32
+    draws serve every dtype, so changing --dtype changes only the precision, and float32 with
+    offset 0 and scale 1 is z itself."""
+    return plan_generated(
+        shape, seed, dtype, offset, scale, channel_axis=channel_axis
+    ).obtain()
 
 
 def _generate(
-    shape: tuple[int, ...], seed: int, dtype: str, offset: float, scale: float
+    shape: tuple[int, ...], seed: int, dtype: str, offset: float, scale: float, axis: int
 ) -> InputTensor:
     form = float_format(dtype)
     z = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
@@ -137,8 +162,10 @@ def _generate(
                 values[start : start + step] = block.astype(form.numpy)
         del z, draws
     notices = _generated_notices(array, dtype, offset, scale)
-    info = InputInfo("generated", tuple(shape), dtype, seed, None, None, notices, offset, scale)
-    return InputTensor(array, info)
+    info = InputInfo(
+        "generated", tuple(shape), dtype, seed, None, None, notices, offset, scale, axis
+    )
+    return InputTensor(np.moveaxis(array, axis, 1), info)
 
 
 def _generated_notices(array: np.ndarray, dtype: str, offset: float, scale: float) -> tuple:
@@ -218,7 +245,7 @@ def _rounding_note(lowest: int, highest: int, target: np.dtype) -> str:
     )
 
 
-def _opened_input(path: Path) -> tuple[OpenFile, NpyHeader]:
+def _opened_input(path: Path, channel_axis: int = 1) -> tuple[OpenFile, NpyHeader]:
     """--input opened (held open until it is read, so the header and the data are one file's)
     and its header checked for batch norm: rank 2 to 5, no empty axis."""
     file = open_regular(path, "--input")
@@ -228,7 +255,7 @@ def _opened_input(path: Path) -> tuple[OpenFile, NpyHeader]:
         if not MIN_RANK <= len(shape) <= MAX_RANK:
             raise file.error(
                 f"shape {shape} has rank {len(shape)}; batch norm takes rank 2 to 5, "
-                f"{SHAPE_FORMS}, with channels on axis 1"
+                f"{shape_forms(channel_axis)}, with channels on axis {channel_axis}"
             )
         if 0 in shape:
             raise file.error(
@@ -241,39 +268,48 @@ def _opened_input(path: Path) -> tuple[OpenFile, NpyHeader]:
     return file, header
 
 
-def load_input(path: Path, dtype: str | None = None) -> InputTensor:
+def load_input(path: Path, dtype: str | None = None, channel_axis: int = 1) -> InputTensor:
     """Load a .npy tensor (never unpickling), check its rank and dtype, and convert it to
     ``dtype`` if given, or integer/boolean data to float32, with a notice. The file's SHA-256 is
     computed in a background thread (see InputTensor.pending_sha256)."""
-    return plan_file(path, dtype).obtain()
+    return plan_file(path, dtype, channel_axis=channel_axis).obtain()
 
 
-def plan_file(path: Path, dtype: str | None = None, may_group: bool = False) -> PlannedInput:
+def plan_file(
+    path: Path, dtype: str | None = None, may_group: bool = False, channel_axis: int = 1
+) -> PlannedInput:
     """Check a .npy file's header (rank, dtype), holding the file open; obtain() loads it as
     load_input does. ``may_group``: PyTorch may run over channel groups where the shape and
-    layout allow."""
-    file, header = _opened_input(path)
+    layout allow. The file holds the channels on ``channel_axis``."""
+    file, header = _opened_input(path, channel_axis)
     try:
+        axis = resolve_axis(channel_axis, len(header.shape), f"--input {path}")
         target, notice = _conversion_for(header.dtype, dtype, path)
     except BaseException:
         file.close()
         raise
     shape = header.shape
-    by_groups = may_group and groups_reproduce_whole(tuple(shape), not header.fortran_order)
+    core = to_core_shape(tuple(shape), axis)
+    by_groups = (
+        may_group and axis == 1 and groups_reproduce_whole(core, not header.fortran_order)
+    )
     # A conversion reads the file block by block into the new dtype's array.
     obtaining = min(header.nbytes, READ_BYTES) if target != header.dtype else 0
     return PlannedInput(
-        tuple(shape),
+        core,
         format_of(target).name,
-        lambda: _load(file, header, target, notice),
+        lambda: _load(file, header, target, notice, axis),
         by_groups,
+        axis,
         obtaining,
         what=f"--input {path} ({shape_text(shape)} {header.dtype.name})",
         advice="inspect a slice of it saved as a smaller .npy, or use --stats-only",
     )
 
 
-def _load(file: OpenFile, header: NpyHeader, target: np.dtype, notice: str | None) -> InputTensor:
+def _load(
+    file: OpenFile, header: NpyHeader, target: np.dtype, notice: str | None, axis: int
+) -> InputTensor:
     # Read in large reads (3x faster than np.load here), each hashed from memory as it lands:
     # the hash names exactly the bytes inspected, and nothing writes to them.
     digest = BackgroundSha256()
@@ -301,8 +337,9 @@ def _load(file: OpenFile, header: NpyHeader, target: np.dtype, notice: str | Non
         str(file.path),
         None,
         (notice,) if notice else (),
+        channel_axis=axis,
     )
-    return InputTensor(array, info, pending)
+    return InputTensor(np.moveaxis(array, axis, 1), info, pending)
 
 
 def _dtype_text(dtype: np.dtype) -> str:
@@ -310,11 +347,12 @@ def _dtype_text(dtype: np.dtype) -> str:
     return dtype.name if dtype.isnative else dtype.str
 
 
-def plan_mapped(path: Path, dtype: str | None = None) -> PlannedInput:
+def plan_mapped(path: Path, dtype: str | None = None, channel_axis: int = 1) -> PlannedInput:
     """A .npy tensor to memory-map read-only for streaming statistics (--stats-only), without
     loading or hashing it; refuses what would need converting. obtain() maps it."""
-    file, header = _opened_input(path)
+    file, header = _opened_input(path, channel_axis)
     try:
+        axis = resolve_axis(channel_axis, len(header.shape), f"--input {path}")
         target, notice = _conversion_for(header.dtype, dtype, path)
         if notice is not None:
             fix = (
@@ -334,21 +372,32 @@ def plan_mapped(path: Path, dtype: str | None = None) -> PlannedInput:
 
     def obtain() -> InputTensor:
         mapped = map_array(file, header)
-        info = InputInfo("file", header.shape, format_of(target).name, None, str(path), NOT_HASHED)
+        info = InputInfo(
+            "file", header.shape, format_of(target).name, None, str(path), NOT_HASHED,
+            channel_axis=axis,
+        )
         return InputTensor(
-            mapped.array, info, check_unchanged=mapped.check_unchanged, mapping=mapped.mapping
+            np.moveaxis(mapped.array, axis, 1),
+            info,
+            check_unchanged=mapped.check_unchanged,
+            mapping=mapped.mapping,
         )
 
     return PlannedInput(
-        header.shape,
+        to_core_shape(header.shape, axis),
         format_of(target).name,
         obtain,
+        channel_axis=axis,
         mapped=True,
         what=f"--input {path} ({shape_text(header.shape)} {header.dtype.name})",
         advice="inspect a slice of it saved as a smaller .npy",
     )
 
 
-def map_input(path: Path, dtype: str | None = None) -> InputTensor:
-    """Memory-map a .npy tensor read-only for streaming statistics (see plan_mapped)."""
-    return plan_mapped(path, dtype).obtain()
+def map_input(
+    path: Path, dtype: str | None = None, channel_axis: int = 1
+) -> tuple[InputTensor, object]:
+    """Memory-map a .npy tensor read-only for streaming statistics (see plan_mapped): the
+    tensor and the mmap (whose pages the reader may release)."""
+    tensor = plan_mapped(path, dtype, channel_axis).obtain()
+    return tensor, tensor.mapping

@@ -175,7 +175,7 @@ static inline double hsum(vd v) {
 
 /* ---- moments ----------------------------------------------------------------------------- */
 
-/* The sums' accuracy (README, "What is computed"). Each chunk is summed around a shift, and the
+/* The sums' accuracy (docs/precision.md). Each chunk is summed around a shift, and the
  * kernel returns with the channel's sum a bound on its error, from how each chunk was summed:
  *  - shift 0 (the mean within half a standard deviation of 0: the values cancel, and a ULP of
  *    the sum can be far below one of sum |x|): float16 chunks are exact (every value is a

@@ -108,8 +108,16 @@ def round_to_dtype(value: float, dtype: str) -> float:
         return float(np.asarray(value, dtype=np.float64).astype(float_format(dtype).numpy))
 
 
+NO_BOUND = Undefined("no bound judged for this value")
+
+
 def compare_value(
-    name: str, reference: float, torch_value: float | Undefined, dtype: str, scale: float
+    name: str,
+    reference: float,
+    torch_value: float | Undefined,
+    dtype: str,
+    scale: float,
+    bound_ulps: Number = NO_BOUND,
 ) -> Comparison:
     """One PyTorch value beside its float64 reference, with its errors (in ULPs of ``dtype`` at
     ``scale`` and at the reference itself) and whether it is the reference correctly rounded to
@@ -120,7 +128,8 @@ def compare_value(
         missing = torch_value
         return Comparison(
             name, float(reference), rounded, torch=missing, torch_hex=missing, abs_error=missing,
-            scale=float(scale), scaled_error=missing, ulp_error=missing, correctly_rounded=missing,
+            scale=float(scale), ulp_error_at_scale=missing, ulp_error=missing,
+            correctly_rounded=missing, bound_ulps=bound_ulps,
         )  # fmt: skip
     abs_error, ulp_error = elementwise_errors(np.array([torch_value]), np.array([reference]), dtype)
     scaled: Number = float(errors_at_scale(abs_error, np.array([scale]), dtype)[0])
@@ -135,9 +144,10 @@ def compare_value(
         torch_hex=float(torch_value).hex(),
         abs_error=float(abs_error[0]),
         scale=float(scale),
-        scaled_error=scaled,
+        ulp_error_at_scale=scaled,
         ulp_error=float(ulp_error[0]),
         correctly_rounded=bool(both_nan or rounded == torch_value),
+        bound_ulps=bound_ulps,
     )
 
 

@@ -42,14 +42,18 @@ def _unscaled(stored: np.ndarray, scale_factor: float) -> np.ndarray:
     return stored / scale_factor
 
 
-def initial_state(running_mean: np.ndarray, running_var: np.ndarray) -> RunningState:
+def initial_state(
+    running_mean: np.ndarray, running_var: np.ndarray, num_batches_tracked: int = 0
+) -> RunningState:
     """A layer holding these running statistics, before any step (scale factor 1: for Caffe, the
-    blobs hold the statistics themselves)."""
+    blobs hold the statistics themselves), PyTorch's counter at ``num_batches_tracked``: the
+    cumulative average then weighs the next step's batch 1/(num_batches_tracked + 1), as if the
+    statistics were the average of that many batches."""
     return RunningState(
         np.asarray(running_mean, dtype=np.float64),
         np.asarray(running_var, dtype=np.float64),
         1.0,
-        0,
+        num_batches_tracked,
     )
 
 
@@ -65,8 +69,9 @@ def blend(old: np.ndarray, new: np.ndarray, keep: float, take: float) -> np.ndar
 
 
 def coefficients(convention: Convention, momentum: float | None, step: int) -> tuple[float, float]:
-    """(keep, take) of step ``step`` (1-based) in ``convention``'s rule for ``momentum`` in its
-    own meaning; None is PyTorch's cumulative average, which weighs step k by 1/k."""
+    """(keep, take) of step ``step`` (1-based, counted as PyTorch's num_batches_tracked after
+    the step) in ``convention``'s rule for ``momentum`` in its own meaning; None is PyTorch's
+    cumulative average, which weighs that step's batch by 1/step."""
     meaning = convention.momentum_meaning
     if momentum is None:
         weight = 1.0 / step

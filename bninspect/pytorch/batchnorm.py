@@ -26,9 +26,11 @@ TORCH_DTYPES = {
 
 
 def to_torch(x: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``x``'s memory where possible (a read-only array is copied first);
-    bfloat16 goes through its uint16 bits, which torch.from_numpy understands."""
-    source = x if x.flags.writeable else x.copy()
+    """A tensor sharing ``x``'s memory where possible (a read-only array is copied first, in
+    its own layout), with ``x``'s strides: channels-last data stays channels last, as a user
+    porting it would hand it to PyTorch (``torch.from_numpy(x).movedim(-1, 1)``); bfloat16
+    goes through its uint16 bits, which torch.from_numpy understands."""
+    source = x if x.flags.writeable else x.copy(order="K")
     if x.dtype.name == "bfloat16":
         return torch.from_numpy(source.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(source)
@@ -78,6 +80,17 @@ class TorchRun:
         return self.step_outputs[-1]
 
 
+def in_layout_of(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """PyTorch's output ``y`` in the memory layout of its input ``x``: itself where PyTorch kept
+    the layout (always for C-contiguous input, and for channels last in rank 4 and 5), else a
+    copy (rank 3, or channels on another axis, come back C-contiguous)."""
+    if x.flags.c_contiguous or y.strides == x.strides:
+        return y
+    out = np.empty_like(x)  # numpy keeps x's order of strides (order="K")
+    np.copyto(out, y)
+    return out
+
+
 def _buffers(module: torch.nn.Module) -> TorchStep:
     return TorchStep(
         to_numpy(module.running_mean).copy(),
@@ -94,9 +107,10 @@ def _fresh_module(
     affine: bool,
     dtype: torch.dtype,
     train: bool,
+    num_batches_tracked: int = 0,
 ) -> torch.nn.Module:
     """A new ``torch.nn.<module_name>`` for ``channels`` of the layer, holding their parameters
-    and running buffers rounded to ``dtype``."""
+    and running buffers rounded to ``dtype``, its counter at ``num_batches_tracked``."""
     weight, bias = params.weight[channels], params.bias[channels]
     module_class = getattr(torch.nn, module_name)
     module = module_class(len(weight), eps=eps, affine=affine, dtype=dtype)
@@ -110,6 +124,7 @@ def _fresh_module(
             module.bias.copy_(as_tensor(bias))
         module.running_mean.copy_(as_tensor(params.running_mean[channels]))
         module.running_var.copy_(as_tensor(params.running_var[channels]))
+        module.num_batches_tracked.fill_(num_batches_tracked)
     return module.train(train)
 
 
@@ -131,25 +146,31 @@ def run_batchnorm(
     affine: bool,
     train: bool,
     with_eval: bool = False,
+    num_batches_tracked: int = 0,
 ) -> TorchRun:
     """Run one fresh ``torch.nn.<module_name>`` (e.g. "BatchNorm2d") in ``x``'s dtype over ``x``
     (N, C, ...) in consecutive batches of ``batch_size`` samples, one per entry of ``momenta``
     (the module's momentum at that step; None: cumulative average), with the given parameters
-    and buffers, in train or eval mode, without autograd. ``with_eval`` (train mode) runs the
-    last batch once more in eval mode: a whole extra forward pass, so only when asked for."""
+    and buffers and counter, in train or eval mode, without autograd. ``with_eval`` (train
+    mode) runs the last batch once more in eval mode: a whole extra forward pass, so only when
+    asked for. ``x`` may be a view with channels on another axis in memory (channels last):
+    PyTorch gets it as it is, and each output comes back in ``x``'s layout."""
     dtype = TORCH_DTYPES[x.dtype.name]
-    module = _fresh_module(module_name, params, slice(None), eps, affine, dtype, train)
+    module = _fresh_module(
+        module_name, params, slice(None), eps, affine, dtype, train, num_batches_tracked
+    )
     outputs, steps, eval_output = [], [], None
     with torch.no_grad():
         try:
             for step, momentum in enumerate(momenta):
                 rows = slice(step * batch_size, (step + 1) * batch_size)
                 module.momentum = momentum
-                outputs.append(to_numpy(module(to_torch(x[rows]))))
+                batch = x[rows]
+                outputs.append(in_layout_of(to_numpy(module(to_torch(batch))), batch))
                 if train:
                     steps.append(_buffers(module))
             if train and with_eval:
-                eval_output = to_numpy(module.eval()(to_torch(x[rows])))
+                eval_output = in_layout_of(to_numpy(module.eval()(to_torch(batch))), batch)
         except (ValueError, RuntimeError) as exc:  # a refusal bninspect's checks did not foresee
             raise BnInspectError(f"PyTorch refused this input: {exc}") from None
     last = _buffers(module)
@@ -174,6 +195,7 @@ def run_by_channel_groups(
     train: bool,
     on_group: Callable[[int, int, np.ndarray, np.ndarray], None],
     group_bytes: int | None = None,
+    num_batches_tracked: int = 0,
 ) -> TorchRun:
     """What run_batchnorm gives for one step over all of ``x`` (N, C, ...), where
     channel_groups.groups_reproduce_whole holds for it, holding one channel group's output at a
@@ -186,7 +208,9 @@ def run_by_channel_groups(
     running_mean, running_var = [], []
     with torch.no_grad():
         for c0, c1 in groups:
-            module = _fresh_module(module_name, params, slice(c0, c1), eps, affine, dtype, train)
+            module = _fresh_module(
+                module_name, params, slice(c0, c1), eps, affine, dtype, train, num_batches_tracked
+            )
             module.momentum = momentum
             group = to_torch(x[:, c0:c1]).contiguous()  # the kernel's contiguous path wants it
             try:

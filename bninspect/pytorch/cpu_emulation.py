@@ -66,12 +66,12 @@ HALF_PER_THREAD = "float16/bfloat16, one value per image, N > threads: per-threa
 HALF_SMALL_BATCH = "float16/bfloat16, one value per image, N <= threads: sequential float32 sums"
 EVAL = "eval: running statistics"
 
-TESTED = "bit for bit: tests/test_precision.py checks every element against torch"
+TESTED = "bit for bit: bninspect's test suite checks every element against torch"
 # Measured with scripts/measure_half_emulation.py on torch 2.13, 2 threads: every element of
 # its grid (rank 2 to 5, train and eval, unit and random parameters, offsets to 1000, and x at
 # the running mean to 3000), and of its --quick grid with ATEN_CPU_CAPABILITY=avx2 and =default.
 HALF_TESTED = (
-    "bit for bit: tests/test_precision.py checks every element against torch; all 1,891,744 "
+    "bit for bit: bninspect's test suite checks every element against torch; all 1,891,744 "
     "elements sampled matched with the AVX512 kernel (all 483,718 of a quarter of them with "
     "AVX2 and with DEFAULT)"
 )

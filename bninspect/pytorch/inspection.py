@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,8 +25,10 @@ from bninspect.conventions.rules import PYTORCH, Convention, batch_weight, effec
 from bninspect.dtypes import is_bfloat16
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.input.channel_groups import groups_reproduce_whole
+from bninspect.input.layout import batch_axis, resolve_axis, to_user_shape
 from bninspect.input.memory import check_fits, run_need
 from bninspect.input.npy_files import check_writable, identity, release_pages, write_arrays
+from bninspect.input.option_effects import batch_notices
 from bninspect.input.parameters import LayerParameters, resolve_parameters
 from bninspect.input.request import InspectRequest
 from bninspect.input.tensor import (
@@ -109,6 +112,9 @@ class Inspection:
     # Drops the pages of a finished Region of ``batch`` when the input is memory-mapped
     # (--stats-only), so a later pass over it keeps memory bounded too; else None
     release_region: Callable[[Region], None] | None = None
+    # check --ranks / --rank-sizes: samples per data-parallel rank, for the catalogue's
+    # data-parallel mistakes; None when not given
+    rank_sizes: tuple[int, ...] | None = None
 
 
 def _check_outputs(request: InspectRequest, reads: tuple[Path, ...]) -> None:
@@ -138,7 +144,7 @@ ONE_VALUE_WORDS = "'Expected more than 1 value per channel when training'"
 
 
 def _check_trainable(
-    batch_shape: tuple[int, ...], mode: str, eps: float, convention: Convention
+    batch_shape: tuple[int, ...], mode: str, eps: float, convention: Convention, axis: int = 1
 ) -> str | None:
     """In train mode, refuse what PyTorch's module refuses when PyTorch's rules are asked for,
     with the reason and a way out. Other conventions go on without PyTorch's module: return why
@@ -153,10 +159,10 @@ def _check_trainable(
         )
     if one_value and convention.one_value == "refuse":
         raise BnInspectError(
-            f"train mode needs more than one value per channel, but shape "
-            f"{shape_text(batch_shape)} has one: its batch variance is 0 and the unbiased one "
-            f"undefined, so PyTorch raises {ONE_VALUE_WORDS}; use --mode eval to normalize with "
-            "the running statistics, or give a batch with more values"
+            "train mode needs more than one value per channel, but shape "
+            f"{shape_text(to_user_shape(batch_shape, axis))} has one: its batch variance is 0 "
+            f"and the unbiased one undefined, so PyTorch raises {ONE_VALUE_WORDS}; use --mode "
+            "eval to normalize with the running statistics, or give a batch with more values"
         )
     hits = ((ZERO_EPS_WORDS, eps == 0), (ONE_VALUE_WORDS, one_value))
     refused = [words for words, hit in hits if hit]
@@ -165,22 +171,23 @@ def _check_trainable(
     return f"PyTorch's module raises {' and '.join(refused)} in train mode"
 
 
-def _batching(request: InspectRequest, rows: int) -> tuple[int, int]:
-    """(batch size, steps) for a loaded tensor of ``rows`` samples: --batch-size and --steps as
-    given, or the one implied by the other, or one step over everything."""
+def _batching(request: InspectRequest, rows: int, axis: int = 0) -> tuple[int, int]:
+    """(batch size, steps) for a loaded tensor of ``rows`` samples on its ``axis``: --batch-size
+    and --steps as given, or the one implied by the other, or one step over everything."""
     steps, size = request.steps, request.batch_size
     name = request.input_path
     if size is None:
         steps = steps or 1
         if rows % steps:
             raise OptionError(
-                f"--steps {steps}: {name} has {rows} samples on axis 0, which do not split into "
-                f"{steps} equal batches; give --batch-size too, or --steps dividing {rows}"
+                f"--steps {steps}: {name} has {rows} samples on axis {axis}, which do not split "
+                f"into {steps} equal batches; give --batch-size too, or --steps dividing {rows}"
             )
         return rows // steps, steps
     if size > rows:
         raise OptionError(
-            f"--batch-size {size}: {name} has only {rows} samples on axis 0; give at most {rows}"
+            f"--batch-size {size}: {name} has only {rows} samples on axis {axis}; give at most "
+            f"{rows}"
         )
     if steps is None:
         if rows % size:
@@ -214,8 +221,8 @@ def _first_divisors(n: int, count: int) -> list[int]:
     return sorted(set(small + large))[:count]
 
 
-def _unfed_notice(rows: int, batch_size: int, steps: int) -> str | None:
-    """Say which samples at the end of axis 0 no step reached, if any."""
+def _unfed_notice(rows: int, batch_size: int, steps: int, axis: int = 0) -> str | None:
+    """Say which samples at the end of the samples' ``axis`` no step reached, if any."""
     used = batch_size * steps
     if used == rows:
         return None
@@ -224,7 +231,8 @@ def _unfed_notice(rows: int, batch_size: int, steps: int) -> str | None:
     size_text = "1 sample" if batch_size == 1 else f"{batch_size} samples"
     verb = "uses" if steps == 1 else "use"
     return (
-        f"{which} not fed: {step_text} of {size_text} {verb} the first {used} of {rows} on axis 0"
+        f"{which} not fed: {step_text} of {size_text} {verb} the first {used} of {rows} on axis "
+        f"{axis}"
     )
 
 
@@ -276,19 +284,23 @@ def prepare(
     convention = request.convention
     may_group = compare_only and _one_plain_pass(request)
     if request.input_path is not None and request.stats_only:
-        planned = plan_mapped(request.input_path, request.dtype)
+        planned = plan_mapped(request.input_path, request.dtype, request.channel_axis)
     elif request.input_path is not None:
-        planned = plan_file(request.input_path, request.dtype, may_group)
+        planned = plan_file(request.input_path, request.dtype, may_group, request.channel_axis)
     unfed_notice = None
     if request.input_path is not None:
-        batch_size, steps = _batching(request, planned.shape[0])
-        unfed_notice = _unfed_notice(planned.shape[0], batch_size, steps)
+        samples_axis = batch_axis(planned.channel_axis)
+        batch_size, steps = _batching(request, planned.shape[0], samples_axis)
+        unfed_notice = _unfed_notice(planned.shape[0], batch_size, steps, samples_axis)
     else:
         shape, dtype = request.shape or DEFAULT_SHAPE, request.dtype or "float32"
-        batch_size, steps = shape[0], request.steps or 1
-        whole = (batch_size * steps, *shape[1:])
+        axis = resolve_axis(request.channel_axis, len(shape), f"--shape {shape_text(shape)}")
+        samples_axis = batch_axis(axis)
+        batch_size, steps = shape[samples_axis], request.steps or 1
+        whole = list(shape)
+        whole[samples_axis] *= steps
         planned = plan_generated(
-            whole, request.seed, dtype, request.offset, request.scale, may_group
+            tuple(whole), request.seed, dtype, request.offset, request.scale, may_group, axis
         )
         if steps > 1:
             given = ",".join(map(str, shape))
@@ -300,7 +312,9 @@ def prepare(
     if request.stats_only:
         no_peer = STATS_ONLY
     else:  # what only PyTorch refuses
-        no_peer = _check_trainable(batch_shape, request.mode, eps, convention)
+        no_peer = _check_trainable(
+            batch_shape, request.mode, eps, convention, planned.channel_axis
+        )
     if no_peer and request.save_output is not None:
         raise BnInspectError(
             f"--save-output writes PyTorch's output, but {no_peer}; drop --save-output"
@@ -338,10 +352,15 @@ def prepare(
         running_mean=request.vectors["--running-mean"].text,
         running_var=request.vectors["--running-var"].text,
         convention=convention.name,
-        steps=steps,
+        training_steps=steps,
         batch_size=batch_size,
         torch_momentum=_torch_momentum(convention, momentum),
-        notices=tuple(filter(None, (unfed_notice, eps_notice))),
+        notices=(
+            *filter(None, (unfed_notice, eps_notice)),
+            *request.notices,
+            *batch_notices(request, math.prod(batch_shape) // channels),
+        ),
+        num_batches_tracked=request.num_batches_tracked,
     )
     extra = also_check(planned, settings) if also_check is not None else None
     # Reading a large file takes about as long as importing torch (~2 s): do both at once.
@@ -367,17 +386,29 @@ def prepare(
 def _release_region(prepared: Prepared, x: np.ndarray):
     """A callback dropping the pages of each finished region of ``x``, a batch of a
     memory-mapped input, so streaming keeps resident memory to what is being read (None when
-    nothing is mapped)."""
+    nothing is mapped). A region spans the memory from its first value, (n0, c0, s0), to its
+    last, (n1 - 1, c1 - 1, s1 - 1), in whatever layout ``x`` views (channels last, say)."""
     if prepared.mapping is None:
         return None
-    N, C, itemsize = x.shape[0], x.shape[1], x.dtype.itemsize
-    S, base = x.size // (N * C), x.__array_interface__["data"][0]
+    itemsize, strides = x.dtype.itemsize, x.strides
+    spatial = x.shape[2:]
+    base = x.__array_interface__["data"][0]
     offset = base - np.frombuffer(prepared.mapping, np.uint8, 1).__array_interface__["data"][0]
+    page = mmap.PAGESIZE
+    # Another layout is read a slab at a time whose ends share pages with the next: released
+    # whole (a page another thread still reads is simply read again), or they would pile up.
+    outward = not x.flags.c_contiguous
+
+    def at(n: int, c: int, s: int) -> int:
+        position = np.unravel_index(s, spatial) if spatial else ()
+        inner = sum(int(i) * stride for i, stride in zip(position, strides[2:], strict=True))
+        return offset + n * strides[0] + c * strides[1] + inner
 
     def release(r: Region) -> None:
-        start = ((r.n0 * C) + r.c0) * S + r.s0
-        end = ((r.n1 - 1) * C + (r.c1 - 1)) * S + r.s1
-        release_pages(prepared.mapping, offset + start * itemsize, offset + end * itemsize)
+        start, end = at(r.n0, r.c0, r.s0), at(r.n1 - 1, r.c1 - 1, r.s1 - 1) + itemsize
+        if outward:
+            start, end = start // page * page, -(-end // page) * page
+        release_pages(prepared.mapping, start, end)
 
     return release
 
@@ -393,9 +424,11 @@ def _reference_steps(
     convention's rule: the last batch's statistics and pass, and every step's update."""
     settings, params, x = prepared.settings, prepared.params, prepared.tensor.array
     size, train = settings.batch_size, settings.mode == "train"
-    state = initial_state(params.running_mean, params.running_var)
+    state = initial_state(
+        params.running_mean, params.running_var, prepared.request.num_batches_tracked
+    )
     history: list[StepUpdate] = []
-    for step in range(settings.steps):
+    for step in range(settings.training_steps):
         batch = x[step * size : (step + 1) * size]
         stats = channel_statistics(batch, tell, after_block=_release_region(prepared, batch))
         forward = reference_forward(
@@ -459,6 +492,7 @@ def _run_compared(
         settings.affine,
         settings.mode == "train",
         compare,
+        num_batches_tracked=settings.num_batches_tracked,
     )
     return torch_run, kernels.joined_errors(parts, x.shape)
 
@@ -472,7 +506,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
     (``Inspection.output_errors``, and no output kept); else PyTorch's run overlaps the
     reference's."""
     settings, params, x = prepared.settings, prepared.params, prepared.tensor.array
-    size, steps = settings.batch_size, settings.steps
+    size, steps = settings.batch_size, settings.training_steps
     # The train/eval gap costs a whole extra pass (PyTorch's in eval mode, the reference's per
     # channel): only over training steps, asked for (--steps, --batch-size) or implied (many).
     request = prepared.request
@@ -510,6 +544,7 @@ def run_inspection(prepared: Prepared, progress: PhaseProgress | None = None) ->
                     settings.affine,
                     settings.mode == "train",
                     with_eval=train_eval,
+                    num_batches_tracked=settings.num_batches_tracked,
                 )
                 stats, forward, history = pending.result()
     tensor = dataclasses.replace(
@@ -543,16 +578,20 @@ def _savable(array: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def save_outputs(request: InspectRequest, inspection: Inspection) -> list[str]:
-    """Write the tensor and PyTorch's output (every step's, stacked along axis 0) where asked,
-    both or neither; return one message per file."""
+    """Write the tensor and PyTorch's output (every step's, stacked along the samples' axis)
+    where asked, both or neither, in the user's layout (channels on their axis); return one
+    message per file."""
     files, messages = [], []
+    axis = inspection.tensor.info.channel_axis
     if request.save_input is not None:
-        array, note = _savable(inspection.tensor.array)
+        array, note = _savable(inspection.tensor.user_array())
         files.append((request.save_input, array))
         messages.append(f"wrote the input tensor to {request.save_input}{note}")
     if request.save_output is not None and inspection.torch_run is not None:
         outputs = inspection.torch_run.step_outputs
-        array, note = _savable(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
+        moved = [np.moveaxis(output, 1, axis) for output in outputs]
+        stacked = moved[0] if len(moved) == 1 else np.concatenate(moved, batch_axis(axis))
+        array, note = _savable(stacked)
         files.append((request.save_output, array))
         messages.append(f"wrote PyTorch's output to {request.save_output}{note}")
     # The inspected file must still be what was read (a memory map shows a change half made).

@@ -179,7 +179,7 @@ def precision_report(
         cpu_capability=torch_run.cpu_capability,
         threads=torch_run.num_threads,
         fma=fma,
-        channel_scale=scale,
+        output_scale=scale,
         steps=tuple(steps),
         y_emulated=y_emulated,
         y_torch=y_torch,

@@ -5,10 +5,14 @@ step."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bninspect.check.buffers import buffer_bounds
+from bninspect.check.diagnosis import channel_list
+from bninspect.check.tolerance import channel_bound, in_ulps, output_conditioning
 from bninspect.numerics import kernels
 from bninspect.numerics.agreement import (
     channel_scale,
@@ -27,9 +31,9 @@ from bninspect.numerics.reference import (
 )
 from bninspect.numerics.running import StepUpdate, initial_state
 from bninspect.numerics.variance_methods import compare_variance_methods
-from bninspect.pytorch.inspection import Inspection, PhaseProgress
+from bninspect.pytorch.inspection import STATS_ONLY, Inspection, PhaseProgress
 from bninspect.pytorch.peer import describe_peer, no_torch_value
-from bninspect.results.common import NOT_ASKED, Number, Undefined
+from bninspect.results.common import NOT_ASKED, Number, Undefined, Verdict
 from bninspect.results.run import ChannelReport, RunResult, StepChannel, StepRecord
 
 if TYPE_CHECKING:
@@ -37,22 +41,24 @@ if TYPE_CHECKING:
 
 AGREEMENT_FIELDS = (
     "output_scale",
-    "max_scaled_error",
+    "max_ulp_error_at_scale",
+    "bound_ulps",
     "max_abs_error",
     "max_ulp_error",
     "worst_index",
     "running_mean_abs_error",
-    "running_mean_scaled_error",
+    "running_mean_ulp_error_at_scale",
+    "running_mean_bound_ulps",
     "running_mean_ulp_error",
     "running_var_abs_error",
-    "running_var_ulp_error",
+    "running_var_ulp_error_at_scale",
+    "running_var_bound_ulps",
 )
 
 
 def _largest(values: list[Number]) -> Number:
     defined = [v for v in values if not isinstance(v, Undefined)]
     return max(defined) if defined else Undefined("no channel had elements to compare")
-
 
 
 def _errors(
@@ -66,7 +72,6 @@ def _errors(
     return max_errors(actual, reference, inspection.tensor.info.dtype)
 
 
-
 def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number:
     """One buffer's |err| in ULPs at ``scale``, or why it is missing."""
     if isinstance(abs_error, Undefined):
@@ -74,8 +79,6 @@ def _at_scale(abs_error: Number, scale: float, inspection: Inspection) -> Number
     return float(
         errors_at_scale(np.float64(abs_error), np.float64(scale), inspection.tensor.info.dtype)
     )
-
-
 
 
 def _train_and_eval(inspection: Inspection) -> tuple[ReferenceForward, ReferenceForward]:
@@ -148,10 +151,12 @@ def _step_channel(
         torch_running_var=compared["running_var"][0],
         running_mean_scale=float(mean_scale[c]),
         running_mean_abs_error=compared["running_mean"][1],
-        running_mean_scaled_error=_at_scale(compared["running_mean"][1], mean_scale[c], inspection),
+        running_mean_ulp_error_at_scale=_at_scale(
+            compared["running_mean"][1], mean_scale[c], inspection
+        ),
         running_mean_ulp_error=compared["running_mean"][2],
         running_var_abs_error=compared["running_var"][1],
-        running_var_ulp_error=compared["running_var"][2],
+        running_var_ulp_error_at_scale=compared["running_var"][2],
     )
 
 
@@ -169,7 +174,7 @@ def step_records(inspection: Inspection) -> tuple[StepRecord, ...]:
         before = after
         records.append(
             StepRecord(
-                step=k + 1,
+                training_step=k + 1,
                 first_sample=k * size,
                 num_batches_tracked=update.after.num_batches_tracked,
                 batch_weight=update.batch_weight,
@@ -226,14 +231,19 @@ def build_run_result(
         var_abs, var_ulp = elementwise_errors(torch_run.running_var, forward.running_var, dtype)
         buffers = {
             "running_mean_abs_error": mean_abs,
-            "running_mean_scaled_error": errors_at_scale(mean_abs, mean_scale, dtype),
+            "running_mean_ulp_error_at_scale": errors_at_scale(mean_abs, mean_scale, dtype),
             "running_mean_ulp_error": mean_ulp,
             "running_var_abs_error": var_abs,
-            "running_var_ulp_error": var_ulp,
+            "running_var_ulp_error_at_scale": var_ulp,
         }
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             scales = channel_scale(errors.max_reference, params.weight)
             scaled = errors.max_abs / ulp(scales, dtype)
+        bounds = _bounds(inspection, errors.max_reference, scales, mean_scale)
+        buffers.update(
+            running_mean_bound_ulps=bounds["running_mean"],
+            running_var_bound_ulps=bounds["running_var"],
+        )
     train, evaluated = _train_and_eval(inspection) if inspection.train_eval else (None, None)
     reports = []
     for c in range(channels):
@@ -252,6 +262,7 @@ def build_run_result(
             agreement = dict.fromkeys(AGREEMENT_FIELDS, no_torch_value(inspection))
         else:
             agreement = _agreement(c, errors, scales[c], scaled[c], x.shape, buffers)
+            agreement["bound_ulps"] = float(bounds["output"][c])
         if stats.count > 1:
             var_unbiased: Number = float(stats.var_unbiased[c])
         else:
@@ -292,12 +303,13 @@ def build_run_result(
     raised = {flag for report in reports for flag in report.flags}
     missing = no_torch_value(inspection)
     return RunResult(
+        verdict=run_verdict(inspection, reports),
         input=inspection.tensor.info,
         settings=inspection.settings,
         torch_version=torch_run.version if torch_run else missing,
         num_batches_tracked=torch_run.num_batches_tracked if torch_run else missing,
         channels=tuple(reports),
-        max_scaled_error=_largest([r.max_scaled_error for r in reports]),
+        max_ulp_error_at_scale=_largest([r.max_ulp_error_at_scale for r in reports]),
         max_abs_error=_largest([r.max_abs_error for r in reports]),
         max_ulp_error=_largest([r.max_ulp_error for r in reports]),
         flag_legend=_flag_legend(inspection.settings.mode, dtype, raised, var_method),
@@ -306,9 +318,30 @@ def build_run_result(
             if var_method
             else Undefined(f"{NOT_ASKED}: add --var-method")
         ),
-        peer=describe_peer(inspection),
+        torch_module=describe_peer(inspection),
         running_history=step_records(inspection),
     )
+
+
+def _bounds(
+    inspection: Inspection, max_reference: np.ndarray, scales: np.ndarray, mean_scale: np.ndarray
+) -> dict[str, np.ndarray]:
+    """What a correct implementation in the dtype can leave, in ULPs at each one's scale, per
+    channel: on the output (check.tolerance's bound, the data's conditioning from the output's
+    own comparison) and on each running buffer (check.buffers' bound for the update)."""
+    dtype, forward = inspection.tensor.info.dtype, inspection.forward
+    cond = output_conditioning(inspection, max_reference)
+    output = in_ulps(channel_bound(cond, scales, dtype).total, scales, dtype)
+    mean_bound, var_bound = buffer_bounds(inspection, cond, dtype)
+    # The bounds are of the buffers as stored (Caffe: sums); eval mode divides by scale_factor.
+    factor = forward.update.after.scale_factor if forward.update else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_bound, var_bound = mean_bound / factor, var_bound / factor
+    return {
+        "output": np.where(np.isnan(output), 0.0, output),
+        "running_mean": in_ulps(mean_bound, mean_scale, dtype),
+        "running_var": in_ulps(var_bound, np.abs(forward.running_var), dtype),
+    }
 
 
 def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) -> dict:
@@ -321,7 +354,7 @@ def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) 
         worst = Undefined("no element differs from the reference")
     return {
         "output_scale": scale,
-        "max_scaled_error": float(scaled)
+        "max_ulp_error_at_scale": float(scaled)
         if scale > 0
         else Undefined("weight 0 and every reference output 0 (or not finite): no scale"),
         "max_abs_error": float(errors.max_abs[c]),
@@ -329,3 +362,99 @@ def _agreement(c, errors, scale, scaled, shape, buffers: dict[str, np.ndarray]) 
         "worst_index": worst,
         **{name: float(values[c]) for name, values in buffers.items()},
     }
+
+
+def health_line(reports: list[ChannelReport]) -> str | None:
+    """The health flags raised, each with the channels that raise it, in one line."""
+    flagged: dict[str, list[int]] = {}
+    for report in reports:
+        for flag in report.flags:
+            flagged.setdefault(flag, []).append(report.channel)
+    if not flagged:
+        return None
+    parts = [f"{flag} on {channel_list(c, len(reports))}" for flag, c in flagged.items()]
+    return "Flags: " + "; ".join(parts) + "."
+
+
+def _beyond(reports: list[ChannelReport], error: str, bound: str) -> list[ChannelReport]:
+    """The channels where ``error`` exceeds ``bound`` (a NaN error counts as beyond; an
+    undefined one does not)."""
+    out = []
+    for r in reports:
+        value, limit = getattr(r, error), getattr(r, bound)
+        if isinstance(value, Undefined) or isinstance(limit, Undefined):
+            continue
+        if math.isnan(value) or value > limit:
+            out.append(r)
+    return out
+
+
+def _largest_measured(reports: list[ChannelReport], measures) -> tuple[float, Number] | None:
+    """The largest error among ``measures`` ((error, bound) field names) over the channels, and
+    the bound where it is."""
+    found = [
+        (value, getattr(r, bound))
+        for error, bound in measures
+        for r in reports
+        if not isinstance(value := getattr(r, error), Undefined) and not math.isnan(value)
+    ]
+    return max(found, key=lambda pair: pair[0]) if found else None
+
+
+def _largest_text(reports: list[ChannelReport], measures, unit: str = "") -> str:
+    """'1.02 ULP of float32 (bound 8.53)': the largest error, beside the bound there."""
+    largest = _largest_measured(reports, measures)
+    if largest is None:
+        return "n/a"
+    value, limit = largest
+    limit_text = "n/a" if isinstance(limit, Undefined) else f"{limit:.3g}"
+    return f"{value:.3g}{unit} (bound {limit_text})"
+
+
+BUFFER_MEASURES = (
+    ("running_mean", "running_mean_ulp_error_at_scale", "running_mean_bound_ulps"),
+    ("running_var", "running_var_ulp_error_at_scale", "running_var_bound_ulps"),
+)
+
+
+def run_verdict(inspection: Inspection, reports: list[ChannelReport]) -> Verdict:
+    """run's answer: whether PyTorch's output and running buffers are within what a correct
+    implementation in the dtype can leave (each channel's bound, check.tolerance), and which
+    health flags the data raises."""
+    dtype, settings = inspection.tensor.info.dtype, inspection.settings
+    health = health_line(reports)
+    extra = (health,) if health else ()
+    values = f"{reports[0].count} values each" if reports else "no values"
+    if inspection.torch_run is None:
+        if inspection.no_peer == STATS_ONLY:
+            first = (
+                f"Float64 statistics of {len(reports)} channels, {values}, streamed; PyTorch "
+                "not run (--stats-only)."
+            )
+            return Verdict("statistics", (first, *extra))
+        first = f"PyTorch did not run ({inspection.no_peer}); the float64 reference is below."
+        return Verdict("not-compared", (first, *extra))
+    output = ("max_ulp_error_at_scale", "bound_ulps")
+    buffers = [m[1:] for m in BUFFER_MEASURES] if settings.mode == "train" else []
+    unit = f" ULP of {dtype} at scale"
+    beyond = {
+        name: _beyond(reports, error, bound)
+        for name, error, bound in (("output", *output), *BUFFER_MEASURES[: len(buffers)])
+    }
+    if not any(beyond.values()):
+        text = f"output {_largest_text(reports, [output], unit)}"
+        if buffers:
+            text += f", running buffers {_largest_text(reports, buffers)}"
+        who = "PyTorch" if settings.convention == "pytorch" else "PyTorch, on this rule,"
+        first = f"{who} matches the float64 reference to rounding: {text}."
+        return Verdict("agrees", (first, *extra))
+    fields = {"output": output, **{name: (e, b) for name, e, b in BUFFER_MEASURES}}
+    parts = [
+        f"{name} on {channel_list([r.channel for r in found], len(reports))}, "
+        f"{_largest_text(found, [fields[name]], unit if k == 0 else ' ULP')}"
+        for k, (name, found) in enumerate((n, f) for n, f in beyond.items() if f)
+    ]
+    first = f"PyTorch differs from the float64 reference beyond rounding: {'; '.join(parts)}"
+    if settings.convention != "pytorch":
+        first += f"; {settings.convention}'s rules and PyTorch's part here"
+    return Verdict("differs", (first + ".", *extra))

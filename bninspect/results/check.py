@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from bninspect.results.common import InputInfo, Number, Settings, Undefined, column
+from bninspect.results.common import InputInfo, Number, Settings, Undefined, Verdict, column
 
 CHANNELS = "Your output vs the reference, per channel"
 # Appended to a channel's pattern when some of its elements are NaN or infinite where the
@@ -29,9 +29,14 @@ class OutputInfo:
 class Tolerance:
     """What counts as a match: |theirs - reference| <= atol + rtol * |reference|."""
 
-    atol: float
+    atol: float  # derived: the largest channel's bound (per_channel_atol holds each)
     rtol: float
-    source: str  # "torch.testing defaults for float32", or "given"
+    source: str  # "derived from float32 and the data's conditioning ...", or "given"
+    # Derived (no --atol/--rtol): per channel, the error a correct implementation in the dtype
+    # can leave on this data (check/tolerance.py, docs/check.md "Tolerance"); else None
+    per_channel_atol: tuple[Number, ...] | None = None
+    # --allow-nonfinite-mismatch: an element NaN or infinite on one side only is not counted
+    allow_nonfinite_mismatch: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,22 +56,26 @@ class ElementError:
 class ChannelCheck:
     """One channel: how far their output is, and the shape of the error.
 
-    ``pattern``: "exact" (within ROUNDING_ULPS at the channel's scale), "scale" (theirs ~ factor
-    * reference), "shift" (theirs ~ reference + offset), "scale and shift", or "noise" (no affine
-    relation explains the error), each with WHERE_FINITE appended when NaN/Inf elements disagree
-    with the reference; "not finite" when no pair is finite. ``factor`` and ``offset`` are the
-    least-squares fit theirs ~ factor * reference + offset over the finite pairs.
+    ``pattern``: "exact" (within what a correct implementation can leave: bound_ulps), "scale"
+    (theirs ~ factor * reference), "shift" (theirs ~ reference + offset), "scale and shift", or
+    "noise" (no affine relation explains the error), each with WHERE_FINITE appended when NaN/Inf
+    elements disagree with the reference; "not finite" when no pair is finite. ``factor`` and
+    ``offset`` are the least-squares fit theirs ~ factor * reference + offset over the finite
+    pairs.
     """
 
     channel: int
     max_abs_error: Number = field(metadata=column("max |err|", CHANNELS))
-    max_ulp_error: Number = field(metadata=column("max ULP\nat scale", CHANNELS))
+    max_ulp_error_at_scale: Number = field(metadata=column("max ULP\nat scale", CHANNELS))
     mismatches: int = field(metadata=column("mismatches", CHANNELS))
     non_finite: int = field(metadata=column("NaN/Inf\nof yours", CHANNELS))  # where ref finite
     pattern: str = field(metadata=column("error\nlooks like", CHANNELS))
     factor: Number  # shown within the pattern's cell in the table
     offset: Number
     best_variant: str | Undefined = field(metadata=column("best known\nvariant", CHANNELS))
+    # What a correct implementation in the dtype can leave on this channel, in ULPs at its
+    # scale (check/tolerance.py): the diagnosis' "within rounding"
+    bound_ulps: Number = Undefined("not computed")
 
 
 @dataclass(frozen=True)
@@ -100,19 +109,78 @@ class Hypothesis:
     name: str
     description: str
     precision: str  # the dtype whose ULPs measure it
-    max_ulp_error: Number
+    max_ulp_error_at_scale: Number  # in ULPs of ``precision`` at each channel's scale
     explains: bool
     detail: str | None = None
     fitted: bool = False  # estimated from their output (ranks after the mistakes that are not)
     eps_per_channel: tuple[Number, ...] | None = None  # other-eps: each channel's estimate
+    # The error left over what a correct implementation can leave, the worst channel's ratio:
+    # at most 1 where the mistake explains every channel
+    max_over_bound: Number = Undefined("not computed")
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels one explanation fits: a mistake's name, "stated settings", or undefined for
+    the channels no known mistake explains."""
+
+    name: str | Undefined
+    description: str
+    channels: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """The catalogue of known mistakes, best first; ``summary`` in one sentence."""
+    """The catalogue of known mistakes, best first. ``summary``: one line fit to be check's
+    verdict ("FAIL: normalizes with the unbiased variance ... on all 16 channels; fix that, not
+    the tolerance"); ``detail``: the evidence in a sentence; ``groups``: which explanation fits
+    which channels (one group when one explanation fits all)."""
 
     explained: bool
     summary: str
+    hypotheses: tuple[Hypothesis, ...]
+    detail: str = ""
+    groups: tuple[ChannelGroup, ...] = ()
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Elements NaN or infinite on one side only: where the reference is and theirs is not
+    (or is another one), and where theirs is and the reference is finite; a few of their
+    indices, and why they count (or do not) as mismatches."""
+
+    reference_only: int
+    theirs_only: int
+    indices: tuple[tuple[int, ...], ...]
+    counted: bool  # counted as mismatches (not --allow-nonfinite-mismatch)
+    reason: str
+
+
+@dataclass(frozen=True)
+class BufferComparison:
+    """One running buffer after the pass, theirs against the reference's update: the largest
+    error in ULPs of the dtype at each channel's scale (running_mean: its update's terms;
+    running_var: itself), what a correct update can leave there, and the known buffer mistake
+    that explains it (or why none does)."""
+
+    name: str  # "running_mean", "running_var" or "num_batches_tracked"
+    path: str | None  # the .npy file (None for num_batches_tracked)
+    reference: tuple[Number, ...]
+    theirs: tuple[Number, ...]
+    max_ulp_error_at_scale: Number
+    bound_ulps: Number  # the largest error a correct update can leave, in the same ULPs
+    passed: bool
+    mistake: str | Undefined  # the catalogue name of the buffer mistake that explains it
+    detail: str
+
+
+@dataclass(frozen=True)
+class BufferCheck:
+    """Their running buffers after the pass against the reference's update."""
+
+    passed: bool
+    summary: str
+    buffers: tuple[BufferComparison, ...]
     hypotheses: tuple[Hypothesis, ...]
 
 
@@ -121,23 +189,37 @@ class CheckResult:
     """Everything ``bninspect check`` reports."""
 
     command: ClassVar[str] = "check"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("pass", "fail")
 
+    verdict: Verdict  # pass: every element within the tolerance (exit 0); fail: exit 3
     input: InputInfo
     output: OutputInfo
     settings: Settings
     torch_version: str | Undefined
-    peer: str  # what PyTorch's module ran as beside the reference, or why it did not run
+    torch_module: str  # what PyTorch's module ran as beside the reference, or why it did not run
     tolerance: Tolerance
     passed: bool
     elements: int
     mismatches: int
-    max_abs_error: ElementError | Undefined
-    max_rel_error: ElementError | Undefined
-    max_ulp_error: ElementError | Undefined  # at each element's own magnitude
-    max_scaled_error: Number  # in ULPs at the channel's scale: the headline
+    max_ulp_error_at_scale: Number  # in ULPs at the channel's scale: the headline
+    max_abs_error: Number
+    # the elements where |err|, the relative error and the ULP error at the element's own
+    # magnitude are largest
+    worst_by_abs_error: ElementError | Undefined
+    worst_by_rel_error: ElementError | Undefined
+    worst_by_ulp_error: ElementError | Undefined
     worst: tuple[ElementError, ...]  # the --top largest absolute errors
     channels: tuple[ChannelCheck, ...]
     suggested: SuggestedTolerance | Undefined
     histogram: tuple[HistogramBin, ...]
-    torch_max_scaled_error: Number  # PyTorch's own output against the reference, for scale
+    # PyTorch's own output against the reference, in the same ULPs: what a correct output leaves
+    torch_max_ulp_error_at_scale: Number
     diagnosis: Diagnosis
+    # What a correct implementation can leave, in ULPs at the channel's scale: the largest over
+    # the channels (each channel's in channels[].bound_ulps)
+    max_bound_ulps: Number = Undefined("not computed")
+    non_finite: NonFinite | Undefined = Undefined("no element is NaN or infinite on one side only")
+    buffers: BufferCheck | Undefined = Undefined(
+        "not asked for: give --their-running-mean, --their-running-var or "
+        "--their-num-batches-tracked"
+    )

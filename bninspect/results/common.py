@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Bump when a field is renamed or removed or its meaning changes; adding a field keeps the version.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one name per quantity across commands (docs/json.md lists the renames)
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,24 @@ NOT_ASKED = "not asked for"
 Number = float | Undefined
 
 
-def column(label: str, group: str) -> dict[str, Any]:
-    """Field metadata: show this field in table ``group`` under the header ``label``."""
-    return {"label": label, "group": group}
+def column(label: str, group: str, verbose: bool = False) -> dict[str, Any]:
+    """Field metadata: show this field in table ``group`` under the header ``label``; with
+    ``verbose``, only under --verbose (a measure that supports no verdict, or alarms on correct
+    results, such as ULPs at an output's own magnitude near 0)."""
+    return {"label": label, "group": group, "verbose": verbose}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer, first: what every command prints before anything else, and alone with -q.
+
+    ``status`` is a short lowercase word a script can branch on (each command's schema lists its
+    values, e.g. check's "pass"/"fail"); ``summary`` is one or two lines for people, complete on
+    their own: what was found, where, and what to do about it.
+    """
+
+    status: str
+    summary: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class InputInfo:
     notices: tuple[str, ...] = ()  # conversions applied on loading, e.g. int64 -> float32
     offset: float | None = None  # generated input: offset + scale * standard normal
     scale: float | None = None
+    channel_axis: int = 1  # the axis of shape that holds the channels (indices are in this layout)
 
 
 @dataclass(frozen=True)
@@ -64,14 +80,18 @@ class Settings:
     running_mean: str  # the buffer's value before the first step
     running_var: str
     convention: str  # whose rules the reference follows: "pytorch", "keras", ...
-    steps: int  # training steps (batches fed); 1 in eval mode
+    training_steps: int  # batches fed one after another; 1 in eval mode
     batch_size: int  # samples per batch (axis 0)
     torch_momentum: Number  # PyTorch's momentum for the same rule
     notices: tuple[str, ...] = ()  # e.g. eps raised to the convention's floor
+    num_batches_tracked: int = 0  # PyTorch's counter before the first step
 
 
 # Why --momentum none has no number.
-CUMULATIVE = "--momentum none: PyTorch's cumulative average, step k weighs the batch 1/k"
+CUMULATIVE = (
+    "--momentum none: PyTorch's cumulative average, step k after --num-batches-tracked N weighs "
+    "the batch 1/(N + k)"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,23 @@ class Comparison:
     torch_hex: str | Undefined  # float.hex of PyTorch's value: its exact bits
     abs_error: Number
     scale: Number  # y: the channel's scale; running_mean: its update's; running_var: itself
-    scaled_error: Number  # in ULPs of the dtype at ``scale``: the headline
+    ulp_error_at_scale: Number  # in ULPs of the dtype at ``scale``: the headline
     ulp_error: Number  # in ULPs of the dtype at the reference value
     correctly_rounded: bool | Undefined  # torch == reference_rounded: equal to the last bit
+    # what a correct implementation in the dtype can leave here, in the same ULPs at ``scale``:
+    # above it the value differs beyond rounding
+    bound_ulps: Number = Undefined("no bound judged for this value")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a derivation (explain's, forward or backward): ``name = formula`` with the
+    numbers put in, and its value."""
+
+    name: str
+    formula: str
+    substitution: str  # the formula with the actual numbers, rounded for people
+    value: Number  # full precision
+    note: str | None = None
+    rule: str | None = None  # the convention's rule applied here, where frameworks differ
+    differs_from_pytorch: str | None = None  # what PyTorch does instead, where it differs

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bninspect.results.common import Number
+from bninspect.results.common import Number, Verdict
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class ConventionsResult:
     asked for one."""
 
     command: ClassVar[str] = "conventions"
+    verdict_statuses: ClassVar[tuple[str, ...]] = ("ok",)
 
+    verdict: Verdict  # always "ok": the card itself
     conventions: tuple[ConventionCard, ...]
     translation: MomentumTranslation | None

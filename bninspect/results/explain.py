@@ -6,20 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bninspect.results.common import Comparison, InputInfo, Number, Settings, Undefined
-
-
-@dataclass(frozen=True)
-class Step:
-    """One line of a derivation: ``name = formula`` with the numbers put in, and its value."""
-
-    name: str
-    formula: str
-    substitution: str  # the formula with the actual numbers, rounded for people
-    value: Number  # full precision
-    note: str | None = None
-    rule: str | None = None  # the convention's rule applied here, where frameworks differ
-    differs_from_pytorch: str | None = None  # what PyTorch does instead, where it differs
+from bninspect.results.common import (
+    NOT_ASKED,
+    Comparison,
+    InputInfo,
+    Number,
+    Settings,
+    Step,
+    Undefined,
+    Verdict,
+)
+from bninspect.results.grad import GradExplain
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class PrecisionReport:
     cpu_capability: str  # the vector kernel torch used ("AVX512", "AVX2", "DEFAULT")
     threads: int  # torch's intra-op threads
     fma: bool  # whether the kernel rounds a * b + c once
-    channel_scale: float  # max |reference y| of the channel: the unit of effect_on_y
+    output_scale: float  # the channel's scale, as everywhere: the unit of effect_on_y
     steps: tuple[PrecisionStep, ...]
     y_emulated: float
     y_torch: float
@@ -69,43 +66,49 @@ class ImpliedStep:
 
 @dataclass(frozen=True)
 class AgainstReport:
-    """``explain --against``: their value for the element, and where the steps would have to
-    differ to produce it."""
+    """``explain --against`` or ``--against-value``: their value for the element, and where the
+    steps would have to differ to produce it."""
 
-    path: str
+    path: str | Undefined  # their output file; undefined for a value typed with --against-value
     theirs: Number
     abs_error: Number
-    ulp_error: Number  # in ULPs of the input dtype at the channel's scale
+    ulp_error_at_scale: Number  # in ULPs of the input dtype at the channel's scale
     implied: tuple[ImpliedStep, ...]
     verdict: str
+    # a typed value: the unit of its last digit (1e-4 for 0.0142), and abs_error in those units
+    digit_unit: Number = Undefined("a value from a file is exact")
+    digit_error: Number = Undefined("a value from a file is exact")
 
 
 @dataclass(frozen=True)
 class ExplainResult:
     """Everything ``bninspect explain`` reports for one output element: the derivation, then
-    PyTorch's y beside the reference y. ``running`` compares the element's channel's running
-    buffers in train mode (empty in eval mode)."""
+    PyTorch's y beside the reference y. ``running_buffers`` compares the element's channel's
+    running buffers in train mode (empty in eval mode)."""
 
     command: ClassVar[str] = "explain"
+    verdict_statuses: ClassVar[tuple[str, ...]] = (
+        "exact",
+        "within-rounding",
+        "differs",
+        "not-compared",
+    )
 
+    # exact: PyTorch's y is the reference correctly rounded; within-rounding/differs: within
+    # rounding of it at the channel's scale, or not; not-compared: PyTorch could not run
+    verdict: Verdict
     input: InputInfo
     settings: Settings
     torch_version: str | Undefined
     index: tuple[int, ...]
     channel: int
     x: float
-    steps: tuple[Step, ...]
-    y_reference: Number
-    y_reference_rounded: Number  # y_reference rounded to the dtype: the best PyTorch could return
-    y_torch: Number
-    y_torch_hex: str | Undefined  # float.hex of PyTorch's y: its exact bits
-    abs_error: Number
-    output_scale: Number  # the channel's scale, as run's: agreement.channel_scale
-    scaled_error: Number  # in ULPs of the dtype at output_scale: the headline
-    ulp_error: Number  # in ULPs of the dtype at y_reference
-    correctly_rounded: bool | Undefined  # y_torch == y_reference_rounded: to the last bit
-    running: tuple[Comparison, ...]
+    derivation: tuple[Step, ...]
+    # y: PyTorch's output element beside the reference; its scale is the channel's output scale
+    y: Comparison
+    running_buffers: tuple[Comparison, ...]  # the channel's, after the pass (train mode only)
     precision: PrecisionReport | Undefined  # with --precision
     against: AgainstReport | Undefined  # with --against
-    peer: str  # what PyTorch ran as, or why it could not
-    step: int  # the training step whose batch holds the element (1 in eval mode)
+    torch_module: str  # what PyTorch's module ran as, or why it could not
+    training_step: int  # the training step whose batch holds the element (1 in eval mode)
+    grad: GradExplain | Undefined = Undefined(f"{NOT_ASKED}: --grad")  # the backward pass

@@ -6,10 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from bninspect.results.common import InputInfo, Number, Settings, Undefined, column
+from bninspect.results.common import (
+    NOT_ASKED,
+    InputInfo,
+    Number,
+    Settings,
+    Undefined,
+    Verdict,
+    column,
+)
+from bninspect.results.grad import GradRun
 
 STATS = "Batch statistics (float64 reference)"
 LAYER = "What normalizes; running buffers after the pass"
+# PyTorch's output and running buffers beside the reference, in ULPs of the dtype at each one's
+# scale (the headline), with the own-value measures (alarming near 0) under --verbose.
 AGREEMENT = "PyTorch's output vs reference, max per channel"
 BUFFERS = "PyTorch's running buffers vs reference"
 GAP = "Train/eval gap on this batch"
@@ -24,17 +35,18 @@ class ChannelReport:
     sqrt(running_var + eps) in eval mode. ``running_mean``/``running_var`` are the buffers after
     the forward pass (updated in train mode, unchanged in eval mode). Errors compare PyTorch with
     the float64 reference: absolute; in ULPs of the dtype at the channel's scale (the headline:
-    ``max_scaled_error`` = max |err| / ULP(output_scale)); and in ULPs at each element's own
-    reference value (``max_ulp_error``, inflated wherever |y| is far below the scale). The
-    running mean's error likewise in ULPs at its update's scale (``running_mean_scaled_error``,
-    the headline) and at its own value; the running variance's own value is its scale.
+    ``max_ulp_error_at_scale`` = max |err| / ULP(output_scale)); and in ULPs at each element's
+    own reference value (``max_ulp_error``, inflated wherever |y| is far below the scale). The
+    running mean's error likewise in ULPs at its update's scale
+    (``running_mean_ulp_error_at_scale``, the headline) and at its own value; the running
+    variance is its own scale (its terms are never negative), so it has one ULP measure.
     """
 
     channel: int
     count: int = field(metadata=column("count", STATS))
     mean: Number = field(metadata=column("mean", STATS))
     var_biased: Number = field(metadata=column("var_biased\n(/N)", STATS))
-    var_unbiased: Number = field(metadata=column("var_unbiased\n(/N-1)", STATS))
+    var_unbiased: Number = field(metadata=column("var_unbiased\n(/(N-1))", STATS))
     nan_count: int = field(metadata=column("NaN", STATS))
     posinf_count: int = field(metadata=column("+Inf", STATS))
     neginf_count: int = field(metadata=column("-Inf", STATS))
@@ -48,19 +60,26 @@ class ChannelReport:
     bias: float = field(metadata=column("bias", LAYER))
     std: Number = field(metadata=column("std", LAYER))  # sqrt(var + eps), var as normalizes
     inv_std: Number = field(metadata=column("inv_std", LAYER))
-    running_mean: Number = field(metadata=column("running\nmean", LAYER))
-    running_var: Number = field(metadata=column("running\nvar", LAYER))
+    running_mean: Number = field(metadata=column("running_mean", LAYER))
+    running_var: Number = field(metadata=column("running_var", LAYER))
     output_scale: Number  # max(largest |reference output|, |weight|): see agreement.channel_scale
-    max_scaled_error: Number = field(metadata=column("ULP at\nscale", AGREEMENT))
+    max_ulp_error_at_scale: Number = field(metadata=column("ULP at\nscale", AGREEMENT))
+    # what a correct implementation in the dtype can leave on this channel, in the same ULPs
+    # (check.tolerance: from the dtype and the data's conditioning); above it PyTorch differs
+    bound_ulps: Number = field(metadata=column("bound", AGREEMENT))
     max_abs_error: Number = field(metadata=column("|err|", AGREEMENT))
-    max_ulp_error: Number = field(metadata=column("ULP\nelementwise", AGREEMENT))
+    max_ulp_error: Number = field(metadata=column("ULP\nelementwise", AGREEMENT, verbose=True))
     worst_index: tuple[int, ...] | Undefined  # where the elementwise ULP error is largest
     running_mean_scale: Number  # agreement.running_mean_scale: the update's largest term
-    running_mean_abs_error: Number = field(metadata=column("mean\n|err|", BUFFERS))
-    running_mean_scaled_error: Number = field(metadata=column("mean ULP\nat scale", BUFFERS))
-    running_mean_ulp_error: Number = field(metadata=column("mean ULP\nown value", BUFFERS))
-    running_var_abs_error: Number = field(metadata=column("var\n|err|", BUFFERS))
-    running_var_ulp_error: Number = field(metadata=column("var ULP\nown value", BUFFERS))
+    running_mean_abs_error: Number = field(metadata=column("mean\n|err|", BUFFERS, verbose=True))
+    running_mean_ulp_error_at_scale: Number = field(metadata=column("mean ULP\nat scale", BUFFERS))
+    running_mean_bound_ulps: Number = field(metadata=column("mean\nbound", BUFFERS))
+    running_mean_ulp_error: Number = field(
+        metadata=column("mean ULP\nown value", BUFFERS, verbose=True)
+    )
+    running_var_abs_error: Number = field(metadata=column("var\n|err|", BUFFERS, verbose=True))
+    running_var_ulp_error_at_scale: Number = field(metadata=column("var ULP\nat scale", BUFFERS))
+    running_var_bound_ulps: Number = field(metadata=column("var\nbound", BUFFERS))
     train_eval_max_gap: Number = field(metadata=column("max\n|y_train - y_eval|", GAP))
     train_eval_mean_gap: Number = field(metadata=column("mean\n|y_train - y_eval|", GAP))
     eval_max_abs_error: Number = field(metadata=column("PyTorch eval\noutput |err|", GAP))
@@ -88,12 +107,14 @@ class StepChannel:
     torch_running_var: Number
     running_mean_scale: Number  # agreement.running_mean_scale: the update's largest term
     running_mean_abs_error: Number = field(metadata=column("mean\n|err|", HISTORY_VS_TORCH))
-    running_mean_scaled_error: Number = field(
+    running_mean_ulp_error_at_scale: Number = field(
         metadata=column("mean ULP\nat scale", HISTORY_VS_TORCH)
     )
     running_mean_ulp_error: Number = field(metadata=column("mean ULP\nown value", HISTORY_VS_TORCH))
     running_var_abs_error: Number = field(metadata=column("var\n|err|", HISTORY_VS_TORCH))
-    running_var_ulp_error: Number = field(metadata=column("var ULP\nown value", HISTORY_VS_TORCH))
+    running_var_ulp_error_at_scale: Number = field(
+        metadata=column("var ULP\nat scale", HISTORY_VS_TORCH)
+    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +123,7 @@ class StepRecord:
     statistics (PyTorch's momentum for that step), Caffe's scale factor (1 elsewhere), and every
     channel's statistics after it."""
 
-    step: int  # 1-based
+    training_step: int  # 1-based
     first_sample: int  # index on axis 0 of the input where the batch starts
     num_batches_tracked: int
     batch_weight: float
@@ -134,16 +155,26 @@ class RunResult:
     """Everything ``bninspect run`` reports."""
 
     command: ClassVar[str] = "run"
+    verdict_statuses: ClassVar[tuple[str, ...]] = (
+        "agrees",
+        "differs",
+        "statistics",
+        "not-compared",
+    )
 
+    # agrees/differs: PyTorch's output and buffers within rounding of the reference, or not;
+    # statistics: --stats-only; not-compared: PyTorch could not run (the reason is in the summary)
+    verdict: Verdict
     input: InputInfo
     settings: Settings
     torch_version: str | Undefined
     num_batches_tracked: int | Undefined  # PyTorch's counter after the last step
     channels: tuple[ChannelReport, ...]
-    max_scaled_error: Number  # over all channels, output only: the headline
+    max_ulp_error_at_scale: Number  # over all channels, output only: the headline
     max_abs_error: Number
     max_ulp_error: Number
     flag_legend: dict[str, str]  # the meaning of each health flag raised
     variance_methods: tuple[VarianceMethods, ...] | Undefined  # with --var-method
-    peer: str  # what PyTorch ran as, or why it could not
+    torch_module: str  # what PyTorch's module ran as, or why it could not
     running_history: tuple[StepRecord, ...]  # every training step; empty in eval mode
+    grad: GradRun | Undefined = Undefined(f"{NOT_ASKED}: --grad")  # the backward pass

@@ -1,0 +1,661 @@
+"""The results of ``run --ranks`` and ``explain --ranks`` from what the ranks reported and the
+full batch's inspection in this process. Pure numpy on per-channel vectors: every figure of
+a whole output was measured in the rank holding it (regimes.py); here they are joined.
+
+Where an output is linear in x (y = a x + b per channel, in every regime and in eval mode), its
+largest shift over the batch is at the channel's smallest or largest value, so a few vectors
+give the exact maximum over the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bninspect.check.compare import ROUNDING_ULPS
+from bninspect.check.tolerance import channel_bound, conditioning, in_ulps, statistics_errors
+from bninspect.distributed.batch import RankRun
+from bninspect.distributed.exchange import array_to_moments
+from bninspect.numerics import kernels
+from bninspect.numerics.agreement import channel_scale, running_mean_scale, ulp
+from bninspect.numerics.pooling import averaged_variance, shard_bounds, statistics_of
+from bninspect.numerics.reference import ChannelStatistics, std_of
+from bninspect.results.common import Number, Undefined, Verdict
+from bninspect.results.distributed import (
+    BufferChannel,
+    DistributedRunResult,
+    RankChannel,
+    RankReport,
+    RegimeChannel,
+    RegimeCheck,
+)
+
+# Pooled and full-batch statistics are each within about a ULP of float64 of the exact ones
+# (kernels.merge_moments carries the means and m2 in two parts): allow four.
+POOLED_ULPS = 4.0
+VERIFIED = (
+    "{module} ran on each rank's block in that rank's process, and the ranks exchanged their "
+    "statistics with torch.distributed.all_gather over gloo. torch.nn.SyncBatchNorm itself, "
+    "tried in the same group, {syncbn}, so its forward is emulated from its CUDA kernels, not "
+    "checked on a GPU here"
+)
+
+
+def verified(run: RankRun) -> str:
+    """What ran for real in the ranks and what was emulated, with SyncBatchNorm's own answer."""
+    said = str(run.reports[0].get("syncbn_on_cpu", "was not tried"))
+    syncbn = "ran on CPU (not compared)" if said == "ran" else f"refused the CPU tensors ({said})"
+    return VERIFIED.format(module=f"torch.nn.{run.inspection.settings.module}", syncbn=syncbn)
+
+
+def _number(value) -> Number:
+    return float(value)
+
+
+def _defined(values: list[Number]) -> list[float]:
+    return [v for v in values if not isinstance(v, Undefined)]
+
+
+def _ulps(value: np.ndarray, reference: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
+    """|value - reference| in ULPs of ``dtype`` at ``scale``; NaN against NaN agrees."""
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(value - reference)
+        same = (np.isnan(value) & np.isnan(reference)) | (np.isinf(value) & (value == reference))
+        error = np.where(same, 0.0, np.where(np.isnan(error), np.inf, error))
+        return np.where(error == 0, 0.0, error / ulp(scale, dtype))
+
+
+def _full_errors(run: RankRun) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's full-batch output against the reference: per channel, max |err| and the
+    reference's largest |y| (the channel's scale before the weight)."""
+    inspection = run.inspection
+    if inspection.output_errors is not None:
+        found = inspection.output_errors
+    else:
+        forward, params = inspection.forward, inspection.params
+        found = kernels.output_errors(
+            inspection.batch,
+            inspection.torch_run.output,
+            inspection.tensor.info.dtype,
+            forward.mean,
+            forward.std,
+            params.weight,
+            params.bias,
+        )
+    return found.max_abs, found.max_reference
+
+
+class Regimes:
+    """Every per-channel vector the two results are built from, computed once."""
+
+    def __init__(self, run: RankRun) -> None:
+        inspection = self.inspection = run.inspection
+        self.run, self.sizes = run, run.sizes
+        self.dtype = inspection.tensor.info.dtype
+        self.params, self.eps = inspection.params, inspection.settings.eps
+        self.stats: ChannelStatistics = inspection.stats
+        self.forward = inspection.forward
+        self.count = self.stats.count
+        self.channels = len(self.stats.mean)
+        torch_abs, reference_max = _full_errors(run)
+        self.output_scale = channel_scale(reference_max, self.params.weight)
+        self.torch_ulps = _ulps(torch_abs, 0.0, self.output_scale, self.dtype)
+        reports = run.reports
+        self.moments = [array_to_moments(r["moments"]) for r in reports]
+        self.rank_counts = [int(r["count"]) for r in reports]
+        self.rank_stats = [
+            statistics_of(m, n) for m, n in zip(self.moments, self.rank_counts, strict=True)
+        ]
+        self.pooled_mean = reports[0]["pooled_mean"]
+        self.pooled_var = reports[0]["pooled_m2"] / self.count
+        self.averaged_var = averaged_variance(self.rank_stats)
+        # what each regime leaves the buffers at
+        w = run.batch_weight
+        rm0, rv0 = self.params.running_mean, self.params.running_var
+        self.before = (rm0, rv0)
+        self.running = (self.forward.running_mean, self.forward.running_var)
+        self.rank_running: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for stats, report in zip(self.rank_stats, reports, strict=True):
+            if "torch_refused" in report:
+                self.rank_running.append(None)  # the rank's module raised: no buffers
+            elif stats is None:
+                self.rank_running.append((rm0.copy(), rv0.copy()))  # nothing folded in
+            else:
+                self.rank_running.append(
+                    ((1 - w) * rm0 + w * stats.mean, (1 - w) * rv0 + w * stats.var_unbiased)
+                )
+
+    def rank_shift(self, rank: int) -> np.ndarray | None:
+        """Per channel: how far PyTorch's output on this rank alone is from the full batch's
+        (max |y_rank - y_full| over the rank's block, over the channel's scale)."""
+        report = self.run.reports[rank]
+        if "full_errors" not in report:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return report["full_errors"][0] / self.output_scale
+
+    def linear_shift(self, mean, std, reference_mean, reference_std, scale) -> np.ndarray:
+        """max over the batch's values of |w (x - mean) / std - w (x - ref_mean) / ref_std|
+        (both outputs linear in x: the largest gap is at the channel's smallest or largest
+        value), over ``scale``."""
+        w = np.abs(self.params.weight)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            gaps = [
+                np.abs((x - mean) / std - (x - reference_mean) / reference_std)
+                for x in (self.run.minimum, self.run.maximum)
+            ]
+            return w * np.maximum(*gaps) / scale
+
+    def eval_scale(self) -> np.ndarray:
+        """The eval-mode output's scale over this batch with the full batch's buffers."""
+        rm, rv = self.running
+        std = std_of(rv, self.eps)
+        w, b = self.params.weight, self.params.bias
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            ends = [np.abs(w * (x - rm) / std + b) for x in (self.run.minimum, self.run.maximum)]
+        return channel_scale(np.maximum(*ends), w)
+
+    def eval_shift(self, buffers: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+        """How far eval mode's output over this batch moves with ``buffers`` in place of the
+        full batch's, over the eval output's scale; None without buffers."""
+        if buffers is None:
+            return None
+        rm, rv = self.running
+        return self.linear_shift(
+            buffers[0],
+            std_of(buffers[1], self.eps),
+            rm,
+            std_of(rv, self.eps),
+            self.eval_scale(),
+        )
+
+
+def _worst(shifts: list[np.ndarray | None], channel: int) -> tuple[Number, int | Undefined]:
+    """The largest shift of one channel over the ranks that have one, and which rank."""
+    held = [(float(s[channel]), r) for r, s in enumerate(shifts) if s is not None]
+    held = [(v, r) for v, r in held if not math.isnan(v)] or held
+    if not held:
+        missing = Undefined("PyTorch's module refused every rank's block")
+        return missing, missing
+    value, rank = max(held)
+    return value, rank
+
+
+def _regime_channels(g: Regimes) -> tuple[RegimeChannel, ...]:
+    stats, dtype = g.stats, g.dtype
+    rms = np.sqrt(stats.mean**2 + stats.var_biased)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean_ulps = _ulps(g.pooled_mean, stats.mean, rms, "float64")
+        var_ulps = _ulps(g.pooled_var, stats.var_biased, stats.var_biased, "float64")
+    sync_abs = np.max([r["sync_errors"][0] for r in g.run.reports], axis=0)
+    sync_ulps = _ulps(sync_abs, 0.0, g.output_scale, dtype)
+    rank_shifts = [g.rank_shift(r) for r in range(len(g.sizes))]
+    full_std = g.forward.std
+    averaged = g.linear_shift(
+        stats.mean, std_of(g.averaged_var, g.eps), stats.mean, full_std, g.output_scale
+    )
+    rows = []
+    for c in range(g.channels):
+        shift, rank = _worst(rank_shifts, c)
+        rows.append(
+            RegimeChannel(
+                channel=c,
+                count=stats.count,
+                mean=_number(stats.mean[c]),
+                var_biased=_number(stats.var_biased[c]),
+                pooled_mean_ulp_error=_number(mean_ulps[c]),
+                pooled_var_ulp_error=_number(var_ulps[c]),
+                output_scale=_number(g.output_scale[c]),
+                torch_max_ulp_error_at_scale=_number(g.torch_ulps[c]),
+                sync_max_ulp_error_at_scale=_number(sync_ulps[c]),
+                no_sync_max_shift=shift,
+                no_sync_worst_rank=rank,
+                averaged_max_shift=_number(averaged[c]),
+            )
+        )
+    return tuple(rows)
+
+
+def _buffer_channels(g: Regimes) -> tuple[BufferChannel, ...]:
+    dtype, report0 = g.dtype, g.run.reports[0]
+    rm, rv = g.running
+    rm0 = g.before[0]
+    w = g.run.batch_weight
+    rms = np.sqrt(g.stats.mean**2 + g.stats.var_biased)
+    mean_scale = running_mean_scale(rm0, rm, (w, g.stats.mean, rms), dtype)
+    sync_mean_ulps = _ulps(report0["sync_running_mean"], rm, mean_scale, dtype)
+    sync_var_ulps = _ulps(report0["sync_running_var"], rv, rv, dtype)
+    broadcast = g.rank_running[0]
+    own_shifts = [g.eval_shift(b) for b in g.rank_running]
+    if any(b is None for b in g.rank_running):
+        averaged = None
+    else:
+        averaged = (
+            np.mean([b[0] for b in g.rank_running], axis=0),
+            np.mean([b[1] for b in g.rank_running], axis=0),
+        )
+    broadcast_shift, averaged_shift = g.eval_shift(broadcast), g.eval_shift(averaged)
+    refused = Undefined("PyTorch's module refused rank 0's block: it has no buffers")
+    some_refused = Undefined("PyTorch's module refused a rank's block: not every rank has buffers")
+
+    def pick(vector, c, missing):
+        return missing if vector is None else _number(vector[c])
+
+    rows = []
+    for c in range(g.channels):
+        own, rank = _worst(own_shifts, c)
+        rows.append(
+            BufferChannel(
+                channel=c,
+                running_mean=_number(rm[c]),
+                running_var=_number(rv[c]),
+                sync_running_mean_ulp_error=_number(sync_mean_ulps[c]),
+                sync_running_var_ulp_error=_number(sync_var_ulps[c]),
+                broadcast_running_mean=pick(
+                    None if broadcast is None else broadcast[0], c, refused
+                ),
+                broadcast_running_var=pick(None if broadcast is None else broadcast[1], c, refused),
+                broadcast_eval_shift=pick(broadcast_shift, c, refused),
+                own_eval_shift=own,
+                own_worst_rank=rank,
+                averaged_running_mean=pick(
+                    None if averaged is None else averaged[0], c, some_refused
+                ),
+                averaged_running_var=pick(
+                    None if averaged is None else averaged[1], c, some_refused
+                ),
+                averaged_eval_shift=pick(averaged_shift, c, some_refused),
+            )
+        )
+    return tuple(rows)
+
+
+def _rank_reports(g: Regimes) -> tuple[RankReport, ...]:
+    dtype, w = g.dtype, g.run.batch_weight
+    full_std = np.sqrt(g.stats.var_biased)
+    rm0 = g.before[0]
+    reports = []
+    for rank, ((first, end), report) in enumerate(
+        zip(shard_bounds(g.sizes), g.run.reports, strict=True)
+    ):
+        stats = g.rank_stats[rank]
+        refused = str(report["torch_refused"]) if "torch_refused" in report else None
+        shift = g.rank_shift(rank)
+        hand = g.rank_running[rank]
+        no_values = Undefined(f"rank {rank} holds no samples")
+        why_not = Undefined(f"PyTorch's module refused rank {rank}'s block: {refused}")
+        channels = []
+        for c in range(g.channels):
+            if stats is None:
+                own: dict[str, Number] = dict.fromkeys(
+                    ("mean", "var_biased", "var_unbiased", "mean_shift", "var_ratio"), no_values
+                )
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    own = {
+                        "mean": _number(stats.mean[c]),
+                        "var_biased": _number(stats.var_biased[c]),
+                        "var_unbiased": _number(stats.var_unbiased[c])
+                        if stats.count > 1
+                        else Undefined("one value per channel: dividing by N - 1 = 0"),
+                        "mean_shift": _number((stats.mean[c] - g.stats.mean[c]) / full_std[c])
+                        if full_std[c] > 0
+                        else Undefined("the full batch's variance is 0"),
+                        "var_ratio": _number(stats.var_biased[c] / g.stats.var_biased[c])
+                        if g.stats.var_biased[c] > 0
+                        else Undefined("the full batch's variance is 0"),
+                    }
+            if "own_errors" in report:
+                errors = report["own_errors"]
+                scale = channel_scale(errors[2][c], g.params.weight[c])
+                max_abs: Number = _number(errors[0][c])
+                at_scale: Number = _number(_ulps(errors[0][c], 0.0, scale, dtype))
+            else:
+                max_abs = at_scale = why_not if refused else no_values
+            if hand is None or refused:
+                buffers: dict[str, Number] = dict.fromkeys(
+                    (
+                        "running_mean",
+                        "running_var",
+                        "torch_running_mean",
+                        "torch_running_var",
+                        "running_mean_ulp_error_at_scale",
+                        "running_var_ulp_error",
+                    ),
+                    why_not,
+                )
+            else:
+                torch_mean = report["torch_running_mean"][c]
+                torch_var = report["torch_running_var"][c]
+                batch_mean = stats.mean[c] if stats is not None else 0.0
+                batch_rms = (
+                    math.sqrt(stats.mean[c] ** 2 + stats.var_biased[c])
+                    if stats is not None
+                    else 0.0
+                )
+                weight = w if stats is not None else 0.0
+                scale = running_mean_scale(
+                    np.array([rm0[c]]), np.array([hand[0][c]]),
+                    (weight, np.array([batch_mean]), np.array([batch_rms])), dtype,
+                )  # fmt: skip
+                buffers = {
+                    "running_mean": _number(hand[0][c]),
+                    "running_var": _number(hand[1][c]),
+                    "torch_running_mean": _number(torch_mean),
+                    "torch_running_var": _number(torch_var),
+                    "running_mean_ulp_error_at_scale": _number(
+                        _ulps(np.array([torch_mean]), np.array([hand[0][c]]), scale, dtype)[0]
+                    ),
+                    "running_var_ulp_error": _number(
+                        _ulps(np.array([torch_var]), np.array([hand[1][c]]), hand[1][c], dtype)[0]
+                    ),
+                }
+            channels.append(
+                RankChannel(
+                    channel=c,
+                    **own,
+                    max_abs_error=max_abs,
+                    max_ulp_error_at_scale=at_scale,
+                    output_shift=(why_not if refused else no_values)
+                    if shift is None or stats is None
+                    else _number(shift[c]),
+                    **buffers,
+                )
+            )
+        reports.append(
+            RankReport(
+                rank=rank,
+                first_sample=first,
+                samples=end - first,
+                count=g.rank_counts[rank],
+                torch_refused=refused,
+                torch_threads=int(report["torch_threads"])
+                if "torch_threads" in report
+                else Undefined(f"PyTorch's module refused rank {rank}'s block"),
+                seconds=float(report["seconds"]),
+                channels=tuple(channels),
+            )
+        )
+    return tuple(reports)
+
+
+def _bound(g: Regimes, count: int, mean, var, scale) -> np.ndarray:
+    """Per channel, what a correct batch norm in the dtype can leave on a batch of ``count``
+    values per channel with these statistics, in ULPs at ``scale`` (check's tolerance, derived
+    in check/tolerance.py from the dtype and the data's conditioning; the full batch's extremes
+    stand for a rank's, which can only widen it). Only an exact agreement where it is NaN."""
+    cond = conditioning(
+        count=count, mean=mean, var=var, eps=g.eps, data_mean=mean, data_var=var,
+        low=g.run.minimum, high=g.run.maximum, weight=g.params.weight, bias=g.params.bias,
+        from_batch=True,
+    )  # fmt: skip
+    ulps = in_ulps(channel_bound(cond, scale, g.dtype).total, scale, g.dtype)
+    return np.nan_to_num(ulps, nan=0.0)
+
+
+def tolerance(g: Regimes) -> np.ndarray:
+    """Per channel, the error a correct batch norm in the dtype can leave on the full batch, in
+    ULPs at the channel's scale (check's derived tolerance)."""
+    return _bound(g, g.count, g.stats.mean, g.stats.var_biased, g.output_scale)
+
+
+def rank_tolerance(g: Regimes, rank: int) -> np.ndarray | None:
+    """The same for one rank's block alone, at that block's output scale (None for a rank
+    whose module did not run or that holds nothing)."""
+    stats, report = g.rank_stats[rank], g.run.reports[rank]
+    if stats is None or "own_errors" not in report:
+        return None
+    scale = channel_scale(report["own_errors"][2], g.params.weight)
+    return _bound(g, stats.count, stats.mean, stats.var_biased, scale)
+
+
+def _ratio(error: float, allowed: float) -> float:
+    """error / allowed; 0 for no error, inf for an error where nothing is allowed."""
+    if error == 0:
+        return 0.0
+    return error / allowed if allowed else math.inf
+
+
+def _largest(found: list[tuple[float, Number, str]]) -> tuple[float, Number, str]:
+    """The entry whose error is largest against what it may be (its first item: error over
+    allowance), NaN counting as largest (a NaN where a number belongs is the worst error)."""
+    if not found:
+        return (0.0, 0.0, "nowhere")
+    return max(found, key=lambda f: math.inf if math.isnan(f[0]) else f[0])
+
+
+def _sync_buffer_room(g: Regimes) -> tuple[np.ndarray, np.ndarray]:
+    """What SyncBatchNorm's buffers may be off the full batch's update, in ULPs of the dtype
+    (running_var at its value, running_mean at its update's scale): ROUNDING_ULPS, or the
+    momentum's share of the error a correct implementation's statistics can have (check's
+    derivation) where that is larger. The variance also gets SyncBatchNorm's own round trip:
+    it rebuilds each rank's variance as (1 / invstd)^2 - eps, a few units of var + eps, which
+    relative to var is (var + eps) / var times more."""
+    cond = conditioning(
+        count=g.count, mean=g.stats.mean, var=g.stats.var_biased, eps=g.eps,
+        data_mean=g.stats.mean, data_var=g.stats.var_biased, low=g.run.minimum,
+        high=g.run.maximum, weight=g.params.weight, bias=g.params.bias, from_batch=True,
+    )  # fmt: skip
+    dm, dvar = statistics_errors(cond, g.dtype)
+    w, (rm, rv) = g.run.batch_weight, g.running
+    rms = np.sqrt(g.stats.mean**2 + g.stats.var_biased)
+    mean_scale = running_mean_scale(g.before[0], rm, (w, g.stats.mean, rms), g.dtype)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        var = np.abs(g.stats.var_biased)
+        round_trip = ROUNDING_ULPS * (1 + g.eps / var)
+        var_room = np.maximum(round_trip, w * dvar / ulp(rv, g.dtype))
+        mean_room = np.maximum(ROUNDING_ULPS, w * dm / ulp(mean_scale, g.dtype))
+    return np.nan_to_num(var_room, nan=0.0), np.nan_to_num(mean_room, nan=0.0)
+
+
+def _checks(
+    g: Regimes,
+    regimes: tuple[RegimeChannel, ...],
+    buffers: tuple[BufferChannel, ...],
+    ranks: tuple[RankReport, ...],
+) -> tuple[RegimeCheck, ...]:
+    dtype, allowed = g.dtype, tolerance(g)
+    at_scale = f"ULP of {dtype} at scale"
+
+    def check(name, found, limit_of, unit, detail) -> RegimeCheck:
+        ratio, value, where = _largest(found)
+        limit = limit_of(where)
+        return RegimeCheck(
+            name, bool(ratio <= 1), _number(value), _number(limit), unit, where, detail
+        )
+
+    pooled = [
+        (
+            r.pooled_mean_ulp_error / POOLED_ULPS,
+            r.pooled_mean_ulp_error,
+            f"channel {r.channel}, mean",
+        )
+        for r in regimes
+    ]
+    pooled += [(r.pooled_var_ulp_error / POOLED_ULPS, r.pooled_var_ulp_error,
+                f"channel {r.channel}, variance") for r in regimes]  # fmt: skip
+    limits: dict[str, float] = {}
+
+    def noted(where: str, limit: float) -> str:
+        limits[where] = float(limit)
+        return where
+
+    per_rank = []
+    for r in ranks:
+        own = rank_tolerance(g, r.rank)
+        for rc in r.channels:
+            if own is None or isinstance(rc.max_ulp_error_at_scale, Undefined):
+                continue
+            limit = own[rc.channel]
+            where = noted(f"rank {r.rank}, channel {rc.channel}", limit)
+            ratio = _ratio(rc.max_ulp_error_at_scale, limit)
+            per_rank.append((ratio, rc.max_ulp_error_at_scale, where))
+    ran = sum(r.torch_refused is None for r in ranks)
+    refusal = next((r.torch_refused for r in ranks if r.torch_refused), None)
+    sync = [
+        (
+            _ratio(r.sync_max_ulp_error_at_scale, allowed[r.channel]),
+            r.sync_max_ulp_error_at_scale,
+            noted(f"channel {r.channel}", allowed[r.channel]),
+        )
+        for r in regimes
+    ]
+    sync_detail = (
+        "SyncBatchNorm's forward (its CUDA formulas, emulated) over the gathered statistics, "
+        "against the full batch's float64 reference"
+    )
+    if dtype == "float16" and any(not math.isfinite(v) for _, v, _ in sync):
+        sync_detail += (
+            "; its output is not finite: SyncBatchNorm casts the counts to the layer's "
+            "float16, which overflows above 65504 values per channel on a rank (pytorch#70901)"
+        )
+    hand = [
+        (rc.running_mean_ulp_error_at_scale / ROUNDING_ULPS, rc.running_mean_ulp_error_at_scale,
+         f"rank {r.rank}, channel {rc.channel}, running_mean")
+        for r in ranks
+        for rc in r.channels
+        if not isinstance(rc.running_mean_ulp_error_at_scale, Undefined)
+    ] + [
+        (rc.running_var_ulp_error / ROUNDING_ULPS, rc.running_var_ulp_error,
+         f"rank {r.rank}, channel {rc.channel}, running_var")
+        for r in ranks
+        for rc in r.channels
+        if not isinstance(rc.running_var_ulp_error, Undefined)
+    ]  # fmt: skip
+    var_room, mean_room = _sync_buffer_room(g)
+    sync_buffers = [
+        (_ratio(b.sync_running_var_ulp_error, var_room[b.channel]), b.sync_running_var_ulp_error,
+         noted(f"channel {b.channel}, running_var", var_room[b.channel]))
+        for b in buffers
+    ] + [
+        (_ratio(b.sync_running_mean_ulp_error, mean_room[b.channel]),
+         b.sync_running_mean_ulp_error,
+         noted(f"channel {b.channel}, running_mean", mean_room[b.channel]))
+        for b in buffers
+    ]  # fmt: skip
+    return (
+        check(
+            "pooled statistics = full batch's",
+            pooled,
+            lambda _: POOLED_ULPS,
+            "ULP of float64",
+            "every rank's float64 count, mean and m2, gathered with all_gather and pooled by "
+            "counts, against the full batch's statistics computed in one process",
+        ),
+        check(
+            "PyTorch per rank = its block's batch norm",
+            per_rank,
+            lambda where: limits.get(where, ROUNDING_ULPS),
+            at_scale,
+            f"PyTorch's module in each rank's process against the float64 reference of that "
+            f"rank's block alone; {ran} of {len(ranks)} ranks ran it"
+            + ("" if refusal is None else f", the others refused ({refusal})"),
+        ),
+        check(
+            "SyncBatchNorm output = full batch's",
+            sync,
+            lambda where: limits.get(where, ROUNDING_ULPS),
+            at_scale,
+            sync_detail,
+        ),
+        check(
+            "rank buffers = own update by hand",
+            hand,
+            lambda _: ROUNDING_ULPS,
+            f"ULP of {dtype}",
+            "PyTorch's buffers after the step in each rank against (1 - momentum) * before + "
+            "momentum * the rank's mean and unbiased variance (its own count's Bessel factor), "
+            "by hand in float64",
+        ),
+        check(
+            "SyncBatchNorm buffers = full batch's",
+            sync_buffers,
+            lambda where: limits.get(where, ROUNDING_ULPS),
+            f"ULP of {dtype}",
+            f"SyncBatchNorm's buffers (emulated) against the full batch's update, whose "
+            f"variance takes the global count's Bessel factor, N - 1 = {g.count - 1}; the "
+            "variance's allowance grows with eps / var, as SyncBatchNorm rebuilds each rank's "
+            "variance from 1 / invstd^2 - eps",
+        ),
+    )
+
+
+def problem_line(check: RegimeCheck) -> str:
+    """A failed check as the verdict's first line."""
+    return (
+        f"problem: {check.name} fails: {check.max_error:.3g} {check.unit} at {check.where} "
+        f"(allowed {check.allowed:.3g}); {check.detail}"
+    )
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.2g}%"
+
+
+def _verdict(
+    g: Regimes, checks: tuple[RegimeCheck, ...], regimes, buffers, sizes: tuple[int, ...]
+) -> Verdict:
+    split = ",".join(map(str, sizes))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        first = [problem_line(failed[0])]
+        if len(failed) > 1:
+            first.append(f"and {len(failed) - 1} more check(s) failed; see the checks")
+        return Verdict("differs", tuple(first))
+    pooled = max(
+        max(r.pooled_mean_ulp_error, r.pooled_var_ulp_error) for r in regimes
+    )  # all defined when the check passed
+    sync = max(_defined([r.sync_max_ulp_error_at_scale for r in regimes]), default=0.0)
+    statistics = (
+        f"statistics within {pooled:.2g} ULP of float64" if pooled else "the same statistics"
+    )
+    line1 = (
+        f"SyncBatchNorm over {len(sizes)} ranks (samples {split}) reproduces the full batch: "
+        f"{statistics}, output within {sync:.2g} ULP of {g.dtype} at the channel's scale"
+    )
+    shifts = [(r.no_sync_max_shift, r.no_sync_worst_rank, r.channel) for r in regimes]
+    held = [s for s in shifts if not isinstance(s[0], Undefined) and not math.isnan(s[0])]
+    eval_shifts = _defined([b.broadcast_eval_shift for b in buffers])
+    if held:
+        shift, rank, channel = max(held)
+        line2 = (
+            f"without sync (DDP with plain BatchNorm), rank {rank}'s own statistics move "
+            f"channel {channel}'s output by up to {_percent(shift)} of its scale"
+        )
+    else:
+        refusal = next((str(r["torch_refused"]) for r in g.run.reports if "torch_refused" in r), "")
+        line2 = f"without sync, PyTorch's module refuses every rank's block ({refusal})"
+    if eval_shifts:
+        line2 += (
+            f"; DDP's broadcast of rank 0's running buffers moves eval outputs by up to "
+            f"{_percent(max(eval_shifts))}"
+        )
+    return Verdict("agrees", (line1, line2))
+
+
+def build_run_result(run: RankRun) -> DistributedRunResult:
+    g = Regimes(run)
+    regimes = _regime_channels(g)
+    buffers = _buffer_channels(g)
+    ranks = _rank_reports(g)
+    checks = _checks(g, regimes, buffers, ranks)
+    inspection = g.inspection
+    torch_run = inspection.torch_run
+    return DistributedRunResult(
+        verdict=_verdict(g, checks, regimes, buffers, run.sizes),
+        input=inspection.tensor.info,
+        settings=inspection.settings,
+        torch_version=torch_run.version
+        if torch_run is not None
+        else Undefined(f"PyTorch was not run: {inspection.no_peer}"),
+        ranks=len(run.sizes),
+        rank_sizes=run.sizes,
+        launcher=run.launcher,
+        checks=checks,
+        channels=regimes,
+        buffers=buffers,
+        rank_reports=ranks,
+        verified=verified(run),
+    )

@@ -1,0 +1,146 @@
+"""The float64 reference backward of batch normalization, from the textbook formulas. Pure numpy;
+nothing here knows about PyTorch.
+
+With M values per channel, x_hat = (x - mean) * inv_std and dy the gradient of the loss with
+respect to the output:
+
+    dbias   = sum dy
+    dweight = sum dy * x_hat
+    dx      = weight * inv_std / M * (M * dy - sum dy - x_hat * sum(dy * x_hat))   train mode
+    dx      = weight * inv_std * dy                                               eval mode
+
+(in eval mode the running statistics are constants, so the paths through the mean and the
+variance vanish). Sums over every axis but the channel are correctly rounded (math.fsum).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def per_channel(values: np.ndarray, ndim: int) -> np.ndarray:
+    """Per-channel values (C,) shaped to broadcast over (N, C, ...)."""
+    return np.asarray(values, dtype=np.float64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def channel_sums(values: np.ndarray) -> np.ndarray:
+    """Per channel, the correctly rounded sum over every axis but 1 (math.fsum), shape (C,);
+    NaN where a value is NaN or both infinities meet, an infinity where one does."""
+    sums = np.empty(values.shape[1])
+    for c in range(values.shape[1]):
+        channel = np.asarray(values[:, c], dtype=np.float64).reshape(-1)
+        finite = np.isfinite(channel)
+        if finite.all():
+            sums[c] = math.fsum(channel)
+        else:
+            with np.errstate(invalid="ignore"):
+                sums[c] = float(np.sum(channel[~finite]))  # NaN, or the infinity
+    return sums
+
+
+@dataclass(frozen=True)
+class ReferenceBackward:
+    """The reference gradients of one pass, float64. Per-channel arrays have shape (C,),
+    elementwise ones the batch's (N, C, ...).
+
+    ``input_scale``, ``weight_scale`` and ``bias_scale`` are the magnitudes each gradient's
+    error is judged at (in ULPs of the dtype, as the forward's output at the channel's
+    scale): the size of the terms that make it, with x_hat's magnitude taken as
+    xi = (|x| + |mean|) * inv_std, since a rounding of x or of the mean moves x_hat by that
+    much times the unit roundoff (the mean's rounding dominates where |mean| >> std).
+
+    - dx: max over the channel of |weight| * inv_std * (|dy| + sum|dy| / M + xi * sum|dy xi| / M)
+      (train), of |weight * inv_std * dy| (eval);
+    - dweight: sum |dy| * xi;  dbias: sum |dy|.
+    """
+
+    train: bool
+    count: int  # M: values per channel
+    mean: np.ndarray  # what normalizes: the batch mean (train) or running mean (eval)
+    inv_std: np.ndarray  # 1 / sqrt(var + eps), var as normalizes
+    weight: np.ndarray  # ones without affine
+    x_hat: np.ndarray
+    sum_grad_output: np.ndarray  # sum dy
+    sum_grad_output_x_hat: np.ndarray  # sum dy * x_hat
+    grad_input: np.ndarray
+    grad_weight: np.ndarray
+    grad_bias: np.ndarray
+    input_scale: np.ndarray
+    weight_scale: np.ndarray
+    bias_scale: np.ndarray
+    passes_through: bool = False  # the layer copies x to y (Paddle, one value per channel)
+
+
+def normalized_input(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """x_hat = (x - mean) / std in float64, as the forward reference computes it (0 where a
+    constant channel with eps 0 divides 0 by 0)."""
+    ndim = x.ndim
+    std_b = per_channel(std, ndim)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        deviation = np.subtract(x, per_channel(mean, ndim), dtype=np.float64)
+        x_hat = deviation / std_b
+        return np.where((std_b == 0) & (deviation == 0), 0.0, x_hat)
+
+
+def reference_backward(
+    x: np.ndarray,
+    dy: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    weight: np.ndarray,
+    train: bool,
+    passes_through: bool = False,
+) -> ReferenceBackward:
+    """The gradients of y = (x - mean) / std * weight + bias for the loss whose gradient with
+    respect to y is ``dy`` (the batch's shape), with ``mean`` and ``std`` (C,) what the layer
+    normalized with: batch statistics in train mode, running ones in eval mode."""
+    ndim, count = x.ndim, x.size // max(x.shape[1], 1)
+    dy = np.asarray(dy, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        inv_std = 1.0 / std
+    x_hat = normalized_input(x, mean, std)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sum_dy = channel_sums(dy)
+        sum_dy_x_hat = channel_sums(dy * x_hat)
+        w, k = per_channel(weight, ndim), per_channel(inv_std, ndim)
+        xi = (np.abs(np.asarray(x, dtype=np.float64)) + np.abs(per_channel(mean, ndim))) * k
+        abs_dy = np.abs(dy)
+        if passes_through:  # y = x: dx = dy, and weight and bias play no part
+            grad_input = dy.copy()
+            input_terms = abs_dy
+        elif train:
+            grad_input = (w * k / count) * (
+                count * dy - per_channel(sum_dy, ndim) - x_hat * per_channel(sum_dy_x_hat, ndim)
+            )
+            abs_sum = per_channel(channel_sums(abs_dy), ndim)
+            xi_sum = per_channel(channel_sums(abs_dy * xi), ndim)
+            input_terms = np.abs(w) * k * (abs_dy + abs_sum / count + xi * xi_sum / count)
+        else:
+            grad_input = w * k * dy
+            input_terms = np.abs(grad_input)
+        axes = (0, *range(2, ndim))
+        input_scale = np.max(np.nan_to_num(input_terms, nan=0.0), axis=axes, initial=0.0)
+        weight_scale = channel_sums(abs_dy * xi)
+        bias_scale = channel_sums(abs_dy)
+    zeros = np.zeros_like(sum_dy)
+    return ReferenceBackward(
+        train=train,
+        count=count,
+        mean=np.asarray(mean, dtype=np.float64),
+        inv_std=inv_std,
+        weight=np.asarray(weight, dtype=np.float64),
+        x_hat=x_hat,
+        sum_grad_output=sum_dy,
+        sum_grad_output_x_hat=sum_dy_x_hat,
+        grad_input=grad_input,
+        grad_weight=zeros if passes_through else sum_dy_x_hat,
+        grad_bias=zeros if passes_through else sum_dy,
+        input_scale=input_scale,
+        weight_scale=weight_scale,
+        bias_scale=bias_scale,
+        passes_through=passes_through,
+    )

@@ -1,0 +1,225 @@
+"""``check``'s result as tables: the largest errors, the error per channel, the mistakes that
+explain it; every element's decade, the rejected mistakes and, for a pass, the worst elements
+under --verbose. Formats; never computes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from bninspect.render.cells import fmt, grid, reasons_note
+from bninspect.results.check import WHERE_FINITE, ChannelCheck, CheckResult, ElementError
+from bninspect.results.common import Undefined
+from bninspect.text import number_apart
+
+BAR_WIDTH = 40
+
+
+def _where(e: ElementError | Undefined) -> str:
+    if isinstance(e, Undefined):
+        return fmt(e)
+    index = ", ".join(map(str, e.index))
+    return f"at [{index}]: yours {fmt(e.theirs)}, reference {fmt(e.reference)}"
+
+
+def _pattern(c: ChannelCheck) -> str:
+    """The error's shape with its fitted numbers: 'scale x0.995', 'shift +0.02'."""
+    if isinstance(c.factor, Undefined) or isinstance(c.offset, Undefined):
+        return c.pattern  # "not finite": nothing was fitted
+    shape = c.pattern.removesuffix(WHERE_FINITE)
+    where = c.pattern[len(shape) :]
+    offset = f"{'+' if shape != 'noise' and c.offset >= 0 else ''}{fmt(c.offset)}"
+    factor = number_apart(c.factor, 1.0)
+    if shape == "scale":
+        return f"scale x{factor}{where}"
+    if shape == "shift":
+        return f"shift {offset}{where}"
+    if shape == "scale and shift":
+        return f"scale x{factor}, shift {offset}{where}"
+    return c.pattern
+
+
+def _histogram(result: CheckResult) -> Text:
+    bins = [b for b in result.histogram if b.count]
+    most = max((b.count for b in bins), default=1)
+    lines = ["|error| of your output, elements per decade:"]
+    for b in bins:
+        if b.upper == 0:
+            label = "exact"
+        elif b.lower == 0:
+            label = f"< {b.upper:.0e}"
+        elif b.upper == float("inf"):
+            label = f">= {b.lower:.0e} or NaN"
+        else:
+            label = f"{b.lower:.0e}"
+        bar = "#" * max(1, round(BAR_WIDTH * b.count / most))
+        lines.append(f"  {label:>14} {bar} {b.count}")
+    return Text("\n".join(lines))
+
+
+def yours_line(result: CheckResult) -> str:
+    out = result.output
+    return f"{out.path} ({out.dtype}, sha256 {out.sha256[:16]}...)"
+
+
+def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableType]:
+    """The largest errors, the worst elements, the per-channel table, the tolerance that would
+    pass (only where that is the right fix), the diagnosis; the histogram under --verbose."""
+    out = result.output
+    tol = result.tolerance
+    parts: list[RenderableType] = []
+    largest_abs = getattr(result.worst_by_abs_error, "abs_error", result.worst_by_abs_error)
+    largest_rel = getattr(result.worst_by_rel_error, "rel_error", result.worst_by_rel_error)
+    lines = [
+        f"largest |err| {fmt(largest_abs)} {_where(result.worst_by_abs_error)}",
+        f"at the channel's scale: {fmt(result.max_ulp_error_at_scale)} ULP of {result.input.dtype} "
+        f"(PyTorch's own output: {fmt(result.torch_max_ulp_error_at_scale)})",
+    ]
+    if verbose:
+        where = _where(result.worst_by_rel_error)
+        lines.insert(1, f"largest relative error {fmt(largest_rel)} {where}")
+    parts.append(Text("\n".join(lines)))
+    rows = [
+        [
+            ", ".join(map(str, e.index)),
+            fmt(e.theirs),
+            fmt(e.reference),
+            fmt(e.torch),
+            fmt(e.abs_error),
+            fmt(e.rel_error),
+            fmt(e.ulp_error),
+        ]
+        for e in result.worst
+    ]
+    if rows and (verbose or not result.passed):
+        parts.append(
+            grid(
+                f"The {len(result.worst)} largest errors",
+                ["index", "yours", "reference", "PyTorch", "|err|", "rel err", "ULP"],
+                rows,
+            )
+        )
+    fields = [
+        f
+        for f in dataclasses.fields(ChannelCheck)
+        if f.metadata.get("label")
+        and (f.name != "non_finite" or any(c.non_finite for c in result.channels))
+    ]
+    rows = [
+        [
+            str(c.channel),
+            *(_pattern(c) if f.name == "pattern" else fmt(getattr(c, f.name)) for f in fields),
+        ]
+        for c in result.channels
+    ]
+    parts.append(
+        grid(
+            "Your output vs the reference, per channel",
+            ["ch", *(f.metadata["label"] for f in fields)],
+            rows,
+        )
+    )
+    note = reasons_note(
+        [(f.metadata["label"], getattr(c, f.name)) for f in fields for c in result.channels]
+    )
+    if note:
+        parts.append(note)
+    if verbose:
+        parts.append(_histogram(result))
+    if not isinstance(result.non_finite, Undefined):
+        nf = result.non_finite
+        shown = "; ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
+        parts.append(
+            Text(
+                f"NaN/Inf on one side only: {nf.reference_only} where the reference is, "
+                f"{nf.theirs_only} where yours is (first at {shown}): {nf.reason}"
+            )
+        )
+    if isinstance(result.suggested, Undefined):
+        # The verdict already says to fix the mistake, not the tolerance; the reason in full:
+        if not result.passed and verbose:
+            parts.append(Text(f"no assert_close line: {result.suggested.reason}"))
+    elif not result.passed:
+        suggested = result.suggested
+        other = (
+            f"or keep atol={tol.atol!r} and use rtol={suggested.rtol!r}"
+            if not isinstance(suggested.rtol, Undefined)
+            else f"no rtol alone passes it: {suggested.rtol.reason}"
+        )
+        parts.append(
+            Text(
+                f"to pass as it is, with mine = numpy.load({out.path!r}) and expected = "
+                f"{suggested.expected}:\n{suggested.assert_close}\n({other})"
+            )
+        )
+    diagnosis = result.diagnosis
+    tried = diagnosis.hypotheses if verbose else [h for h in diagnosis.hypotheses if h.explains]
+    if tried:
+        dtype = result.input.dtype
+        rows = [
+            [
+                h.name,
+                h.description + (f" ({h.detail})" if h.detail else ""),
+                fmt(h.max_ulp_error_at_scale) + (f" {h.precision}" if h.precision != dtype else ""),
+                fmt(h.explains),
+            ]
+            for h in tried
+        ]
+        title = (
+            "Known mistakes tried, best first, fitted ones last"
+            if verbose
+            else "Known mistakes that explain it"
+        )
+        parts.append(
+            grid(
+                f"{title} (ULPs of {dtype} left at scale)",
+                ["variant", "what it does", "error left", "explains"],
+                rows,
+                left=(0, 1),
+            )
+        )
+    if not isinstance(result.buffers, Undefined):
+        parts.append(_buffers(result, verbose))
+    if not verbose and len(tried) < len(diagnosis.hypotheses):
+        rejected = len(diagnosis.hypotheses) - len(tried)
+        parts.append(
+            Text(f"--verbose lists the {rejected} other known mistakes tried", style="dim")
+        )
+    return parts
+
+
+def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
+    """Their running buffers against the reference's update; the buffer mistakes that explain
+    them (every one tried under --verbose)."""
+    check = result.buffers
+    rows = [
+        [
+            b.name,
+            fmt(b.max_ulp_error_at_scale),
+            fmt(b.bound_ulps),
+            fmt(b.passed),
+            b.mistake if not isinstance(b.mistake, Undefined) else b.mistake.reason,
+        ]
+        for b in check.buffers
+    ]
+    table = grid(
+        f"Your buffers after the pass: {check.summary}",
+        ["buffer", "ULP at scale", "correct can leave", "passed", "explained by"],
+        rows,
+        left=(0, 4),
+    )
+    tried = [h for h in check.hypotheses if verbose or h.explains]
+    if not tried:
+        return table
+    rows = [[h.name, h.description, fmt(h.max_ulp_error_at_scale), fmt(h.explains)] for h in tried]
+    return Group(
+        table,
+        grid(
+            "Known buffer mistakes " + ("tried" if verbose else "that explain them"),
+            ["variant", "what it does", "ULP left", "explains"],
+            rows,
+            left=(0, 1),
+        ),
+    )

@@ -1,0 +1,155 @@
+"""check --their-running-mean/--their-running-var/--their-num-batches-tracked: their buffers after
+the pass against the reference's update, each known buffer mistake made by an implementation
+written here (or by a real one: PyTorch's module, onnxruntime) and named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_check import LAYER, RUNNING_MEAN, RUNNING_VAR, make_input, torch_batchnorm
+from test_onnx_peer import onnx_batchnorm, run_session
+
+MOMENTUM = 0.1
+
+
+def batch_statistics(x):
+    wide = x.astype(np.float64)
+    axes = (0, 2, 3)
+    return wide.mean(axis=axes), wide.var(axis=axes), wide.var(axis=axes, ddof=1)
+
+
+def pytorch_buffers(x, momentum=MOMENTUM):
+    """PyTorch's own module after one training pass: its running_mean, running_var and
+    num_batches_tracked."""
+    module = torch.nn.BatchNorm2d(3, momentum=momentum)
+    with torch.no_grad():
+        module.running_mean.copy_(torch.tensor(RUNNING_MEAN))
+        module.running_var.copy_(torch.tensor(RUNNING_VAR))
+        module(torch.from_numpy(x))
+    return (
+        module.running_mean.numpy().copy(),
+        module.running_var.numpy().copy(),
+        int(module.num_batches_tracked),
+    )
+
+
+def onnxruntime_buffers(x):
+    """onnxruntime's BatchNormalization in training mode with the same number as momentum, in
+    ONNX's meaning (the old value's weight) and its biased variance: Keras'/ONNX's convention."""
+    session = onnx_batchnorm(4, 3, 1e-5, MOMENTUM, training=True)
+    _, mean, var = run_session(session, x, np.ones(3), np.zeros(3), RUNNING_MEAN, RUNNING_VAR)
+    return mean, var
+
+
+def mistaken_buffers(name, x):
+    """(running_mean, running_var) as an implementation with the buffer mistake ``name``
+    leaves them, in float32."""
+    mean, biased, unbiased = batch_statistics(x)
+    m, old_mean, old_var = MOMENTUM, RUNNING_MEAN, RUNNING_VAR
+    if name == "biased-variance-stored":
+        pair = ((1 - m) * old_mean + m * mean, (1 - m) * old_var + m * biased)
+    elif name == "momentum-flipped":
+        pair = (m * old_mean + (1 - m) * mean, m * old_var + (1 - m) * unbiased)
+    elif name == "keras-onnx-convention":
+        pair = onnxruntime_buffers(x)
+    elif name == "caffe-sums":
+        pair = ((1 - m) * old_mean + mean, (1 - m) * old_var + unbiased)
+    elif name == "cumulative-average":
+        pair = pytorch_buffers(x, momentum=None)[:2]
+    elif name == "not-updated":
+        pair = (old_mean, old_var)
+    else:
+        raise AssertionError(name)
+    return tuple(np.asarray(v, dtype=np.float32) for v in pair)
+
+
+def run_check(cli, tmp_path, x, mean, var, *args, code):
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", torch_batchnorm(x).detach().numpy())
+    np.save(tmp_path / "rm.npy", mean)
+    np.save(tmp_path / "rv.npy", var)
+    result = cli(
+        "check",
+        "--input",
+        tmp_path / "x.npy",
+        "--output",
+        tmp_path / "y.npy",
+        *LAYER,
+        "--their-running-mean",
+        tmp_path / "rm.npy",
+        "--their-running-var",
+        tmp_path / "rv.npy",
+        *args,
+        "--json",
+        code=code,
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_pytorchs_own_buffers_pass(cli, tmp_path, offset):
+    x = make_input(offset=offset)
+    mean, var, tracked = pytorch_buffers(x)
+    doc = run_check(
+        cli, tmp_path, x, mean, var, "--their-num-batches-tracked", str(tracked), code=0
+    )
+    buffers = doc["buffers"]
+    assert buffers["passed"] and doc["passed"]
+    assert [b["name"] for b in buffers["buffers"]] == [
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    ]
+    assert not any(h["explains"] for h in buffers["hypotheses"])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "biased-variance-stored",
+        "momentum-flipped",
+        "keras-onnx-convention",
+        "caffe-sums",
+        "cumulative-average",
+        "not-updated",
+    ],
+)
+def test_each_buffer_mistake_is_named(cli, tmp_path, name):
+    x = make_input()
+    mean, var = mistaken_buffers(name, x)
+    doc = run_check(cli, tmp_path, x, mean, var, code=3)
+    buffers = doc["buffers"]
+    assert not buffers["passed"] and not doc["passed"]
+    first = buffers["hypotheses"][0]
+    assert (first["name"], first["explains"]) == (name, True), buffers
+    summary = doc["diagnosis"]["summary"]
+    assert summary.startswith(f"FAIL: your running buffers: {first['description']}; ")
+    assert "; your output matches the stated settings on all 3 channels" in summary
+    assert doc["verdict"] == {"status": "fail", "summary": [summary, doc["verdict"]["summary"][1]]}
+
+
+def test_a_wrong_num_batches_tracked_fails(cli, tmp_path):
+    x = make_input()
+    mean, var, tracked = pytorch_buffers(x)
+    doc = run_check(cli, tmp_path, x, mean, var, "--their-num-batches-tracked", "0", code=3)
+    tracked_row = doc["buffers"]["buffers"][-1]
+    assert tracked_row["name"] == "num_batches_tracked" and not tracked_row["passed"]
+    assert tracked_row["detail"] == "theirs 0, the reference's 1 (each training pass adds 1)"
+
+
+def test_a_buffer_of_the_wrong_size_is_refused(cli, tmp_path):
+    x = make_input()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", x)
+    np.save(tmp_path / "rm.npy", np.zeros(4, dtype=np.float32))
+    message = cli.error(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy",
+        "--their-running-mean", tmp_path / "rm.npy", code=1,
+    )  # fmt: skip
+    assert message == (
+        f"--their-running-mean {tmp_path / 'rm.npy'}: shape 4, but the input has 3 channels; "
+        "give one value per channel"
+    )
