@@ -318,7 +318,7 @@ def _serve() -> None:
     import bninspect.cli.main  # noqa: F401
     import bninspect.pytorch.batchnorm  # noqa: F401
     import bninspect.render.json_output  # noqa: F401
-    import bninspect.render.table_output  # noqa: F401
+    import bninspect.render.screen  # noqa: F401
     import bninspect.report.explain  # noqa: F401
     import bninspect.report.run  # noqa: F401
 

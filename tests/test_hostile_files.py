@@ -231,10 +231,11 @@ def test_no_probe_file_in_an_append_only_directory(cli, tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
-        ["check", "--input", "{x}", "--output", "{y}", "--save-output", "{y}"],
-        ["check", "--input", "{x}", "--output", "{y}", "--save-input", "{y}"],
         ["explain", "--input", "{x}", "--index", "0,0,0", "--against", "{y}",
          "--save-output", "{y}"],
+        ["explain", "--input", "{x}", "--index", "0,0,0", "--against", "{y}",
+         "--save-input", "{y}"],
+        ["run", "--input", "{x}", "--grad", "--grad-output", "{y}", "--save-output", "{y}"],
         ["run", "--input", "{x}", "--weight", "{w}", "--save-output", "{w}"],
         ["run", "--input", "{x}", "--save-output", "{x_link}"],
         ["run", "--input", "{x}", "--save-output", "{x_hard}"],
@@ -260,9 +261,9 @@ def test_no_file_the_run_reads_is_overwritten(cli, tmp_path, x_npy, args):
 
 
 def test_control_characters_in_names_are_escaped(cli, tmp_path):
-    name = "a\x1b[31mred\nline\u202e.npy"
+    name = "a\x1b(0red\nline\u202e.npy"  # ESC ( 0: the line-drawing character set
     np.save(tmp_path / name, np.random.default_rng(0).standard_normal((2, 3, 4)).astype("f4"))
-    shown = "a\\x1b[31mred\\x0aline\\u202e.npy"
+    shown = "a\\x1b(0red\\x0aline\\u202e.npy"
     message = cli.error("run", "--input", tmp_path / "missing" / name, code=1)
     assert message == f"--input {tmp_path}/missing/{shown}: no such file; check the path"
     tables = cli("run", "--input", tmp_path / name).stdout

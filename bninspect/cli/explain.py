@@ -150,7 +150,7 @@ def explain(
 
         # Every step's output, stacked, as --save-output writes it; only the element is read
         # (bounded memory whatever the file's size), at its place in the file's layout.
-        first = (settings.steps - 1) * settings.batch_size
+        first = (settings.training_steps - 1) * settings.batch_size
         element = to_user_index((first + resolved[0], *resolved[1:]), planned.channel_axis)
         value, info = load_element(
             against, "--against", planned.user_shape, planned.dtype, element,

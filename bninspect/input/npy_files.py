@@ -358,6 +358,7 @@ class MappedFile:
         from bninspect.input import _mapguard
 
         _mapguard.release(self._guard)
+        self.array = None  # this object's own view of the pages
         self.mapping.close()
         self.file.close()
 
