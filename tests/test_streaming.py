@@ -154,12 +154,12 @@ def test_stats_only_refusals(cli, tmp_path):
         "run", "--input", path, "--stats-only", "--save-output", tmp_path / "y.npy", code=2
     ) == ("--save-output needs PyTorch's output, which --stats-only does not compute; drop one")
     assert cli.error("run", "--input", path, "--stats-only", "--dtype", "float16", code=2) == (
-        f"--stats-only reads {path} as it is (float32); it cannot convert it (float32 input "
-        "converted to float16 (--dtype)); drop --dtype, or drop --stats-only"
+        f"--stats-only streams {path} as stored (float32) and converts nothing to float16; "
+        "drop --dtype, or drop --stats-only"
     )
     np.save(path, np.zeros((2, 2, 3), dtype=">f4"))
     assert cli.error("run", "--input", path, "--stats-only", code=2).endswith(
-        "as it is (>f4); it cannot convert it (>f4 (byte-swapped) converted to native float32); "
+        "as stored (>f4) and converts nothing (>f4 (byte-swapped) converted to native float32); "
         "drop --stats-only (a full run converts it), or save it in native byte order"
     )
     np.save(path, np.asfortranarray(np.zeros((2, 2, 3), dtype=np.float32)))

@@ -9,7 +9,9 @@ and variance that err as the output's statistics do (dm, dvar), and rounds it to
 
     |error| <= take * d(batch) + 2 u_W (keep |old| + take |batch| + |new|) + (D != W) ulp_D(new) / 2
 
-(the two products and the sum each round once in W). Errors are counted in ULPs of D at the
+(the two products and the sum each round once in W). Buffers held in a reduced-precision D may
+be updated in D itself (PyTorch's float16/bfloat16 modules are): the two products then round in
+D too, adding u_D (keep |old| + take |batch|). Errors are counted in ULPs of D at the
 buffer's scale: for the running mean the largest of its update's terms (a correct update's
 error follows them where they cancel), for the running variance its own value.
 """
@@ -179,7 +181,11 @@ def buffer_bounds(inspection, cond, dtype: str) -> tuple[np.ndarray, np.ndarray]
             old_term = np.abs(new - take * batch)
             bound = take * d + 2 * u * (old_term + take * np.abs(batch) + np.abs(new))
             if dtype != working:
-                bound = bound + 0.5 * ulp(new, dtype)
+                # Buffers held in the dtype are updated in it too (PyTorch's float16/bfloat16
+                # modules do: each product and the sum round to the buffer's dtype), so each of
+                # the update's three roundings is the dtype's, not the working precision's.
+                held = unit_roundoff(dtype)
+                bound = bound + held * (old_term + take * np.abs(batch)) + 0.5 * ulp(new, dtype)
             bounds.append(bound)
     return bounds[0], bounds[1]
 

@@ -118,12 +118,13 @@ def statistics_errors(cond: Conditioning, dtype: str) -> tuple[np.ndarray, np.nd
     var_eps = cond.var + cond.eps
     with np.errstate(invalid="ignore", over="ignore"):
         if cond.from_batch:
-            dm = (sum_reach(cond.count, working) + 2 * u) * cond.rms
+            # The mean held in the dtype may be the one the deviations are taken from (PyTorch's
+            # float16 module on strided input is): its rounding enters the variance as dm^2.
+            dm = (sum_reach(cond.count, working) + 2 * u) * cond.rms + held * np.abs(cond.mean)
             dvar = (sum_reach(cond.count, working) + 4 * u) * (cond.var + dm * dm) + dm * dm
         else:
-            dm = np.zeros_like(cond.mean)
+            dm = held * np.abs(cond.mean)
             dvar = np.zeros_like(cond.var)
-        dm = dm + held * np.abs(cond.mean)
         dvar = dvar + (u + 2 * held) * var_eps
     return dm, dvar
 

@@ -188,6 +188,6 @@ def card_verdict(translation: MomentumTranslation | None) -> Verdict:
     second = (
         f"{given.display} {given.momentum_parameter} {momentum} is the same rule as "
         + ", ".join(said[:4])
-        + (" (and the rest below)." if len(said) > 4 else ".")
+        + (f" and {len(said) - 4} more." if len(said) > 4 else ".")
     )
     return Verdict("ok", (first, second))

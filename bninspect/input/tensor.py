@@ -360,9 +360,10 @@ def plan_mapped(path: Path, dtype: str | None = None, channel_axis: int = 1) -> 
                 if dtype is not None and header.dtype.isnative
                 else "drop --stats-only (a full run converts it), or save it in native byte order"
             )
+            wanted = f"to {dtype}" if dtype is not None else f"({notice})"
             raise OptionError(
-                f"--stats-only reads {path} as it is "
-                f"({_dtype_text(header.dtype)}); it cannot convert it ({notice}); {fix}"
+                f"--stats-only streams {path} as stored ({_dtype_text(header.dtype)}) and converts "
+                f"nothing {wanted}; {fix}"
             )
         if header.fortran_order:
             map_array(file, header)  # refuses it

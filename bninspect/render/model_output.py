@@ -4,11 +4,10 @@ numbers; never computes one. Tables fit 80 columns."""
 
 from __future__ import annotations
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
+from bninspect.render.cells import grid, labelled
 from bninspect.results.common import Undefined
 from bninspect.results.model import LayerReport, ModelResult
 from bninspect.text import number
@@ -36,7 +35,7 @@ def _severity(layer: LayerReport) -> tuple:
     return (-value, -len(layer.flags), layer.index)
 
 
-NAME_WIDTH = 34
+NAME_WIDTH = 28  # the grid keeps 3 spaces between columns: a 7-column layer table then fits 80
 
 
 def _wrap_name(name: str, width: int = NAME_WIDTH) -> str:
@@ -52,19 +51,9 @@ def _wrap_name(name: str, width: int = NAME_WIDTH) -> str:
     return "\n".join([*lines, line])
 
 
-def _table(title: str, headers: list[str], rows: list[list[str]], left=(1,)) -> Table:
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    for k, header in enumerate(headers):
-        table.add_column(header, justify="left" if k in left else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*(Text(cell) for cell in row))  # plain text: "E[x^2]" is no markup
-    return table
+def _table(title: str, headers: list[str], rows: list[list[str]], left=(1,)) -> RenderableType:
+    """The house grid (cells.grid): its title at the screen's width, numbers never cut."""
+    return grid(title, headers, rows, left=left)
 
 
 def _label(layer: LayerReport) -> str:
@@ -89,17 +78,19 @@ def _layer_rows(layers) -> list[list[str]]:
 LAYER_HEADERS = ["#", "batch norm", "gap", "own", "drift", "var x", "flags"]
 
 
-def _header(result: ModelResult) -> Text:
+def _header(result: ModelResult, width: int = 80) -> Text:
     s = result.source
     lines = []
     if s.program is not None:
-        lines.append(f"program {s.program} (torch.export), {s.dtype}")
+        lines.append(labelled("program", f"{s.program} (torch.export), {s.dtype}", width))
     elif s.model is not None:
         kwargs = ", ".join(f"{k}={v}" for k, v in s.kwargs.items())
-        lines.append(f"model   {s.model}({kwargs}), {s.dtype}, {s.mode} mode as given")
+        lines.append(
+            labelled("model", f"{s.model}({kwargs}), {s.dtype}, {s.mode} mode as given", width)
+        )
     if s.weights is not None:
-        lines.append(f"weights {s.weights}: {s.loaded_tensors} tensors")
-    lines += [f"        {note}" for note in s.checkpoint]
+        lines.append(labelled("weights", f"{s.weights}: {s.loaded_tensors} tensors", width))
+    lines += [labelled("", note, width) for note in s.checkpoint]
     b = result.batches
     if not isinstance(b, Undefined):
         shape = "x".join(map(str, b.shape))
@@ -108,13 +99,14 @@ def _header(result: ModelResult) -> Text:
         else:
             what = ", ".join(b.paths[:3]) + (" ..." if len(b.paths) > 3 else "")
         more = f"; {b.batches} batches" if b.batches > 1 else ""
-        lines.append(f"batch   {shape} {b.dtype}: {what}{more}")
+        lines.append(labelled("batch", f"{shape} {b.dtype}: {what}{more}", width))
     count = len(result.layers)
-    lines.append(
-        f"layers  {count} batch-norm call{'s' if count != 1 else ''}"
+    layers = (
+        f"{count} batch-norm call{'s' if count != 1 else ''}"
         + (f"; not batch norm: {', '.join(s.other_norms[:4])}" if s.other_norms else "")
         + (f" and {len(s.other_norms) - 4} more" if len(s.other_norms) > 4 else "")
     )
+    lines.append(labelled("layers", layers, width))
     return Text("\n".join(lines))
 
 
@@ -297,7 +289,7 @@ def render_model(
             title, shown = "Every batch norm, in forward order", layers
         else:
             worst = sorted(layers, key=_severity)[:SUMMARY_ROWS]
-            title = f"The worst {len(worst)} of {len(layers)} batch norms (--all: every one)"
+            title = f"The worst {len(worst)} of {len(layers)} batch norms (--all shows every one)"
             shown = worst
         parts.append(_table(title, LAYER_HEADERS, _layer_rows(shown)))
         if not isinstance(result.batches, Undefined):
@@ -318,7 +310,11 @@ def render_model(
         parts.append(folds)
     if result.flag_legend:
         parts.append(
-            Text("\n".join(f"{flag:<15} {meaning}" for flag, meaning in result.flag_legend.items()))
+            Text(
+                "\n".join(
+                    labelled(flag, meaning, pad=16) for flag, meaning in result.flag_legend.items()
+                )
+            )
         )
-    parts.append(Text("\n".join(f"note    {n}" for n in result.notices), style="dim"))
+    parts.append(Text("\n".join(labelled("note", n) for n in result.notices), style="dim"))
     return parts
