@@ -229,6 +229,7 @@ def layer_report(
 
 NO_EPS = Undefined("a state_dict holds no eps: the module's setting")
 NO_MOMENTUM = Undefined("a state_dict holds no momentum: the module's setting")
+NO_MODE = Undefined("a state_dict holds no mode: the module's, set by .train() or .eval()")
 
 
 def weights_layer_report(
@@ -255,7 +256,7 @@ def weights_layer_report(
         momentum=NO_MOMENTUM,
         affine=affine,
         track_running_stats=True,
-        mode="eval",
+        mode=NO_MODE,
         num_batches_tracked=Undefined("no num_batches_tracked in the state_dict")
         if num_batches_tracked is None
         else num_batches_tracked,
@@ -372,6 +373,16 @@ def verdict(
             ),
         )
     if weights_alone:
+        broken = [layer for layer in layers if "nan-buffers" in layer.flags]
+        if broken:
+            more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+            return Verdict(
+                "warnings",
+                (
+                    f"{_label(broken[0])}{more}: {broken[0].cause}",
+                    f"{len(flagged)} of {total} batch norms' buffers raise flags: {flag_text}",
+                ),
+            )
         if flagged:
             return Verdict(
                 "warnings",

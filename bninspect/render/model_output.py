@@ -60,6 +60,24 @@ def _label(layer: LayerReport) -> str:
     return _wrap_name(layer.name + (f" #{layer.call}" if layer.call > 1 else ""))
 
 
+def _weights_rows(layers) -> list[list[str]]:
+    """--weights alone: what a state_dict holds, no batch."""
+    return [
+        [
+            str(layer.index + 1),
+            _label(layer),
+            str(layer.channels),
+            "yes" if layer.affine else "no",
+            _fmt(layer.num_batches_tracked),
+            " ".join(layer.flags) or "-",
+        ]
+        for layer in layers
+    ]
+
+
+WEIGHTS_HEADERS = ["#", "batch norm", "channels", "affine", "batches", "flags"]
+
+
 def _layer_rows(layers) -> list[list[str]]:
     return [
         [
@@ -88,8 +106,14 @@ def _header(result: ModelResult, width: int = 80) -> Text:
         lines.append(
             labelled("model", f"{s.model}({kwargs}), {s.dtype}, {s.mode} mode as given", width)
         )
+    weights_alone = s.model is None and s.program is None
     if s.weights is not None:
-        lines.append(labelled("weights", f"{s.weights}: {s.loaded_tensors} tensors", width))
+        what = (
+            "a state_dict alone: buffers and parameters, no network run"
+            if weights_alone
+            else "loaded into the model"
+        )
+        lines.append(labelled("weights", f"{s.weights}: {s.loaded_tensors} tensors, {what}", width))
     lines += [labelled("", note, width) for note in s.checkpoint]
     b = result.batches
     if not isinstance(b, Undefined):
@@ -102,7 +126,10 @@ def _header(result: ModelResult, width: int = 80) -> Text:
         lines.append(labelled("batch", f"{shape} {b.dtype}: {what}{more}", width))
     count = len(result.layers)
     layers = (
-        f"{count} batch-norm call{'s' if count != 1 else ''}"
+        f"{count} batch norm{'s' if count != 1 else ''} in the state_dict (each a running_mean "
+        "with its running_var)"
+        if weights_alone
+        else f"{count} batch-norm call{'s' if count != 1 else ''} in one forward"
         + (f"; not batch norm: {', '.join(s.other_norms[:4])}" if s.other_norms else "")
         + (f" and {len(s.other_norms) - 4} more" if len(s.other_norms) > 4 else "")
     )
@@ -188,14 +215,22 @@ def _folds(result: ModelResult, layers, everything: bool) -> RenderableType | No
 
 def _layer_detail(layer: LayerReport) -> list[RenderableType]:
     parts: list[RenderableType] = []
-    lines = [
-        f"layer   {layer.index + 1}. {_label(layer)}: {layer.module}, {layer.channels} channels, "
-        f"eps {_fmt(layer.eps, 5)}, momentum {_fmt(layer.momentum, 5)}, "
-        f"{'affine' if layer.affine else 'no affine'}, "
-        f"{'tracks running stats' if layer.track_running_stats else 'no running stats'}, "
-        f"{layer.mode} mode as given, num_batches_tracked {_fmt(layer.num_batches_tracked)}",
-        f"batch   {_fmt(layer.count)} values per channel",
-    ]
+    affine = "affine" if layer.affine else "no affine"
+    if isinstance(layer.mode, Undefined):  # --weights alone: what the state_dict holds
+        lines = [
+            f"layer   {layer.index + 1}. {_label(layer)}: {layer.channels} channels, {affine}, "
+            f"num_batches_tracked {_fmt(layer.num_batches_tracked)} (a state_dict: eps, "
+            "momentum and mode are the module's)"
+        ]
+    else:
+        lines = [
+            f"layer   {layer.index + 1}. {_label(layer)}: {layer.module}, {layer.channels} "
+            f"channels, eps {_fmt(layer.eps, 5)}, momentum {_fmt(layer.momentum, 5)}, {affine}, "
+            f"{'tracks running stats' if layer.track_running_stats else 'no running stats'}, "
+            f"{layer.mode} mode as given, num_batches_tracked "
+            f"{_fmt(layer.num_batches_tracked)}",
+            f"batch   {_fmt(layer.count)} values per channel",
+        ]
     if layer.cause:
         lines.append(f"cause   {layer.cause}")
     parts.append(Text("\n".join(lines)))
@@ -281,7 +316,9 @@ def render_model(
     layers = result.layers
     if not layers:
         return parts
-    single = len(layers) == 1 and not isinstance(layers[0].details, Undefined)
+    single = len(layers) == 1 and (
+        not isinstance(layers[0].details, Undefined) or isinstance(result.batches, Undefined)
+    )
     if single:
         parts += _layer_detail(layers[0])
     else:
@@ -291,7 +328,10 @@ def render_model(
             worst = sorted(layers, key=_severity)[:SUMMARY_ROWS]
             title = f"The worst {len(worst)} of {len(layers)} batch norms (--all shows every one)"
             shown = worst
-        parts.append(_table(title, LAYER_HEADERS, _layer_rows(shown)))
+        if isinstance(result.batches, Undefined):  # --weights alone
+            parts.append(_table(title, WEIGHTS_HEADERS, _weights_rows(shown)))
+        else:
+            parts.append(_table(title, LAYER_HEADERS, _layer_rows(shown)))
         if not isinstance(result.batches, Undefined):
             parts.append(_explain_columns(result))
         population = _population(result, layers if show_all else shown)
