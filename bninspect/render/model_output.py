@@ -36,6 +36,7 @@ def _severity(layer: LayerReport) -> tuple:
 
 
 NAME_WIDTH = 28  # the grid keeps 3 spaces between columns: a 7-column layer table then fits 80
+FOLD_NAME_WIDTH = 16  # the fold table holds two names beside five short columns
 
 
 def _wrap_name(name: str, width: int = NAME_WIDTH) -> str:
@@ -169,25 +170,34 @@ def _folds(result: ModelResult, layers, everything: bool) -> RenderableType | No
     if isinstance(result.pairing, Undefined):
         return None
     pairs = [layer for layer in layers if not isinstance(layer.fold, Undefined)]
-    rows = []
-    costly = 0
-    for layer in pairs:
-        for d in layer.fold.dtypes:
-            costly += d.costly
-            rows.append(
-                [
-                    layer.fold.producer,
-                    _label(layer),
-                    d.dtype,
-                    _fmt(d.unfolded_ulp_error_at_scale),
-                    _fmt(d.folded_ulp_error_at_scale),
-                    _fmt(d.fuse_conv_bn_eval_ulp_error_at_scale),
-                    "yes" if d.costly else "no",
-                ]
-            )
-    rows.sort(key=lambda r: -float(r[4]) if r[4] not in ("n/a", "inf", "NaN") else -1e300)
+    found = [(layer, d) for layer in pairs for d in layer.fold.dtypes]
+
+    def worst_first(pair) -> float:
+        folded = pair[1].folded_ulp_error_at_scale
+        if isinstance(folded, Undefined):  # not measured: last
+            return float("inf")
+        return float("-inf") if folded != folded else -folded  # NaN: first
+
+    found.sort(key=worst_first)
     if not everything:
-        rows = rows[:SUMMARY_ROWS]
+        found = found[:SUMMARY_ROWS]
+    costly = sum(d.costly for _, d in found)
+    rows = []
+    for layer, d in found:
+        rows.append(
+            [
+                _wrap_name(layer.fold.producer, FOLD_NAME_WIDTH),
+                _wrap_name(
+                    layer.name + (f" #{layer.call}" if layer.call > 1 else ""),
+                    FOLD_NAME_WIDTH,
+                ),
+                d.dtype,
+                _fmt(d.unfolded_ulp_error_at_scale),
+                _fmt(d.folded_ulp_error_at_scale),
+                _fmt(d.fuse_conv_bn_eval_ulp_error_at_scale),
+                "yes" if d.costly else "no",
+            ]
+        )
     title = (
         f"Folding {len(pairs)} conv/linear + batch norm pairs (found with {result.pairing}), "
         "error in ULP at the output's scale against float64 unfolded"
@@ -210,6 +220,12 @@ def _folds(result: ModelResult, layers, everything: bool) -> RenderableType | No
             + (" ..." if len(result.unpaired) > 6 else "")
         )
     notes.append("fuse_*: torch.nn.utils.fusion.fuse_conv_bn_eval / fuse_linear_bn_eval")
+    failed = {
+        d.fuse_conv_bn_eval_ulp_error_at_scale.reason
+        for _, d in found
+        if isinstance(d.fuse_conv_bn_eval_ulp_error_at_scale, Undefined)
+    }
+    notes += [f"fuse_* n/a: {reason}" for reason in sorted(failed)]
     return Group(table, Text("\n".join(notes), style="dim"))
 
 
