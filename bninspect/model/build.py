@@ -392,7 +392,7 @@ def verdict(
     gapped = [layer for layer in layers if not isinstance(layer.max_gap, Undefined)]
     closest = max(gapped, key=lambda layer: layer.max_gap / layer.gap_limit, default=None)
     where = (
-        f"the largest, {_label(closest)}, is {_gap_text(closest.max_gap)} (threshold "
+        f"largest: {_label(closest)}, {_gap_text(closest.max_gap)} (threshold "
         f"{_gap_text(closest.gap_limit)})"
         if closest is not None
         else "no train/eval gap could be measured"
@@ -401,12 +401,12 @@ def verdict(
         return Verdict(
             "warnings",
             (
-                f"no layer's train/eval gap is above the gap threshold; {where}",
+                f"no train/eval gap above the gap threshold; {where}",
                 f"{len(flagged)} of {total} layers raise flags: {flag_text}",
             ),
         )
     return Verdict(
-        "ok", (f"all {total} batch norms agree between train and eval mode", f"gaps: {where}")
+        "ok", (f"all {total} batch norms agree between train and eval mode", f"gap {where}")
     )
 
 
