@@ -11,17 +11,16 @@ import json
 import math
 import shlex
 import subprocess
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model_cli import TINY, files, one_thread, tiny_args  # noqa: F401 (fixtures)
 
 import model_scenarios as S
 from model_helpers import inspect, layer
-from test_model_cli import TINY, files, one_thread, tiny_args  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,7 +227,7 @@ def test_dump_dir_with_nan_buffers_stays_valid_shell(cli, files, tmp_path):  # n
     dump = tmp_path / "acts"
     args = ["model", "--model", TINY, "--weights", folder / "nan.pt", "--input", x]
     doc = cli.json(*args, "--dump-dir", dump)
-    for record in (layer["dump"] for layer in doc["layers"]):
+    for record in (entry["dump"] for entry in doc["layers"]):
         script = Path(record["folder"]) / "commands.sh"
         subprocess.run(["bash", "-n", script], check=True)  # parses as shell
         values = {w.lower() for c in record["commands"] for w in shlex.split(c)}
@@ -243,9 +242,10 @@ def test_dump_dir_with_nan_buffers_stays_valid_shell(cli, files, tmp_path):  # n
     bn2 = doc["layers"][1]["dump"]
     assert not bn2["reproducible"] and "NaN" in bn2["note"]
     assert [c.split()[1] for c in bn2["commands"]] == ["run", "check"]  # no eval line
-    assert "# not reproduced: its running buffers hold NaN" in (
-        Path(bn2["folder"]) / "commands.sh"
-    ).read_text()
+    assert (
+        "# not reproduced: its running buffers hold NaN"
+        in (Path(bn2["folder"]) / "commands.sh").read_text()
+    )
 
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum 0.1", "momentum None"])
@@ -327,8 +327,8 @@ def test_verbose_shows_every_layer(cli, tmp_path):
     for flag in ("--verbose", "--all"):
         everything = cli(*args, flag).stdout
         assert "Every batch norm, in forward order" in everything
-        names = [line.split()[1] for line in everything.splitlines()
-                 if line[:3].strip().isdigit()]  # fmt: skip
+        table = everything[everything.index("Every batch norm") :].splitlines()
+        names = [line.split()[1] for line in table if line[:3].strip().isdigit()]
         assert names == [str(2 * k + 1) for k in range(10)]
 
 

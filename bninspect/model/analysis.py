@@ -221,9 +221,7 @@ def name_cause(
             "samples per batch (DataLoader drop_last=True), or keep this layer in eval mode"
         )
     if max_own_gap is not None and max_own_gap < threshold <= max_gap:
-        return (
-            f"carried from earlier layers: on the same input its own gap is {_num(max_own_gap)}"
-        )
+        return f"carried from earlier layers: on the same input its own gap is {_num(max_own_gap)}"
     batch = f"the batch has mean {_num(mean[c])} and variance {_num(var_biased[c])} (channel {c})"
     if "untrained" in flags:
         return (

@@ -13,13 +13,13 @@ from bninspect.model.analysis import (
     LayerEvidence,
     PopulationAccumulator,
     evidence,
-    nonfinite_cause,
-    short_cause,
     gap_limit,
     layer_flags,
     log_distance,
     name_cause,
+    nonfinite_cause,
     output_move,
+    short_cause,
     worst_index,
 )
 from bninspect.model.probe import LayerMeasure, SiteInfo
