@@ -164,8 +164,15 @@ def test_nan_buffers_are_nan_never_inf(cli, files):  # noqa: F811
     with torch.no_grad():  # independent: PyTorch's eval-mode bn2 outputs NaN in channel 3
         y = copy.deepcopy(broken).eval().bn2(torch.ones(2, 16, 2, 2))
     assert torch.isnan(y[:, 3]).all() and not torch.isnan(y[:, 2]).any()
-    result = inspect(broken, torch.from_numpy(np.load(x)))
+    result = inspect(broken, torch.from_numpy(np.load(x)), fold=True)
     bn2 = layer(result, "bn2")
+    fused = torch.nn.utils.fusion.fuse_conv_bn_eval(copy.deepcopy(broken.conv2).eval(),
+                                                     copy.deepcopy(broken.bn2).eval())  # fmt: skip
+    assert torch.isnan(fused.weight[3]).all()  # PyTorch's own fold: NaN weights in channel 3
+    folded = bn2.fold.dtypes[0]
+    assert math.isnan(folded.folded_ulp_error_at_scale)
+    assert math.isnan(folded.fuse_conv_bn_eval_ulp_error_at_scale)
+    assert folded.worst[0].channel == 3
     assert math.isnan(bn2.max_gap) and math.isnan(bn2.max_own_gap)
     assert math.isnan(bn2.max_mean_drift) and math.isnan(result.output_gap)
     assert "running_var holds NaN (channel 3)" in bn2.cause
