@@ -391,22 +391,29 @@ def verdict(
         return Verdict("ok", (f"all {total} batch norms' buffers look healthy",))
     gapped = [layer for layer in layers if not isinstance(layer.max_gap, Undefined)]
     closest = max(gapped, key=lambda layer: layer.max_gap / layer.gap_limit, default=None)
-    where = (
-        f"largest: {_label(closest)}, {_gap_text(closest.max_gap)} (threshold "
-        f"{_gap_text(closest.gap_limit)})"
+    largest = (
+        f"largest gap: {_label(closest)}, {_gap_text(closest.max_gap)}"
         if closest is not None
         else "no train/eval gap could be measured"
     )
+    threshold_text = f" (threshold {_gap_text(closest.gap_limit)})" if closest is not None else ""
     if flagged:
         return Verdict(
             "warnings",
             (
-                f"no train/eval gap above the gap threshold; {where}",
+                "no train/eval gap above the gap threshold; "
+                + largest.replace("largest gap:", "largest:")
+                + threshold_text,
                 f"{len(flagged)} of {total} layers raise flags: {flag_text}",
             ),
         )
+    scale = " of its output scale" if closest is not None else ""
     return Verdict(
-        "ok", (f"all {total} batch norms agree between train and eval mode", f"gap {where}")
+        "ok",
+        (
+            f"all {total} batch norms agree between train and eval mode",
+            largest + scale + threshold_text,
+        ),
     )
 
 

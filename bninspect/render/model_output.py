@@ -330,6 +330,11 @@ def render_model(
     show_all = show_all or verbose
     parts: list[RenderableType] = [_header(result)]
     layers = result.layers
+    first = result.first_divergence
+    shown_in_full = len(layers) == 1 and layers[0].name == getattr(first, "name", None)
+    if not isinstance(first, Undefined) and first.cause and not shown_in_full:
+        # the verdict's cause in full, with its evidence
+        parts.append(Text(labelled("cause", f"{first.name}: {first.cause}")))
     if not layers:
         return parts
     single = len(layers) == 1 and (
