@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
-from bninspect.pytorch.cpu_emulation import _thread_chunks, fused, round_to
+from bninspect.pytorch.cpu_emulation import _thread_chunks, divide, exact, fused, round_to
 
 LANES = {"float32": 8, "float64": 4}
 MEASURED_ON = "AVX512"  # the capability whose kernel the fusions below were measured on
@@ -43,21 +42,31 @@ CONTIGUOUS = "contiguous, image size > 1: vector-lane sums per image, added in f
 PER_ROW = "contiguous, image size 1: per-thread sums in the dtype, added in float64"
 
 
+# Each operation takes its operands through ``exact``: finite ones as exact rationals, an
+# infinity or NaN as the float it is, so that values near the dtype's largest, infinities and
+# NaN flow through the emulation as through IEEE arithmetic (inf - inf = NaN), as they do
+# through PyTorch's, instead of raising.
+
+
 def _in(value: float, dtype: str) -> float:
-    return round_to(Fraction(value), dtype)
+    return round_to(exact(value), dtype)
 
 
 def _add(a: float, b: float, dtype: str) -> float:
-    return round_to(Fraction(a) + Fraction(b), dtype)
+    return round_to(exact(a) + exact(b), dtype)
+
+
+def _sub(a: float, b: float, dtype: str) -> float:
+    return round_to(exact(a) - exact(b), dtype)
 
 
 def _mul(a: float, b: float, dtype: str) -> float:
-    return round_to(Fraction(a) * Fraction(b), dtype)
+    return round_to(exact(a) * exact(b), dtype)
 
 
 def _div(a: float, count: int, dtype: str) -> float:
     """a / count in the dtype, count first converted to it (as Vec(N) and float / int64 do)."""
-    return round_to(Fraction(a) / Fraction(_in(float(count), dtype)), dtype)
+    return round_to(divide(exact(a), exact(_in(float(count), dtype))), dtype)
 
 
 def _reduce_lanes(acc: list[float], dtype: str) -> float:
@@ -81,7 +90,7 @@ def _image_reduce(terms_or_pairs, dtype: str, product: bool, mean: float = 0.0) 
     L = LANES[dtype]
     if product:
         x, dy = terms_or_pairs
-        deviation = [round_to(Fraction(float(v)) - Fraction(mean), dtype) for v in x]
+        deviation = [_sub(float(v), mean, dtype) for v in x]
         dy = [float(v) for v in dy]
         n = len(dy)
     else:
@@ -139,7 +148,7 @@ def emulate_channel_backward(
     N, image = x.shape
     M = N * image
     if not train:
-        invstd = _in(1 / math.sqrt(running_var + eps), dtype)
+        invstd = _in(float(divide(1.0, math.sqrt(running_var + eps))), dtype)
     sum_dy = dotp = 0.0
     if image > 1:
         path = CONTIGUOUS
@@ -158,7 +167,7 @@ def emulate_channel_backward(
             s = d = 0.0
             for r in chunk:
                 s = _add(s, float(dy[r, 0]), dtype)
-                deviation = round_to(Fraction(float(x[r, 0])) - Fraction(mean), dtype)
+                deviation = _sub(float(x[r, 0]), mean, dtype)
                 d = fused(deviation, float(dy[r, 0]), d, dtype, True)
             sum_dy += s
             dotp += d
@@ -180,8 +189,8 @@ def emulate_grad_input(
     """dx at one element: ((dy - grad_mean) - (x - mean) * k) * invstd * weight, the product
     fused into the subtraction (train); dy * invstd * weight (eval); each step in the dtype."""
     if train:
-        deviation = round_to(Fraction(x_i) - Fraction(channel.mean), dtype)
-        centred = round_to(Fraction(dy_i) - Fraction(channel.grad_mean), dtype)
+        deviation = _sub(x_i, channel.mean, dtype)
+        centred = _sub(dy_i, channel.grad_mean, dtype)
         # fused in the contiguous kernel; the per-row kernel rounds the product first (measured)
         inner = fused(-deviation, channel.k, centred, dtype, channel.path == CONTIGUOUS)
         return _mul(_mul(inner, channel.invstd, dtype), weight, dtype)

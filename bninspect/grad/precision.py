@@ -4,6 +4,8 @@ autograd's dx, dweight and dbias bit for bit. Claims only what was measured."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from bninspect.grad.backward import Backward
@@ -37,6 +39,37 @@ def claim(dtype: str, path: str, train: bool) -> str:
     if path == PER_ROW and dtype == "float64" and train:
         return PER_ROW_FLOAT64_TRAIN
     return BIT_EXACT
+
+
+def _not_finite(
+    steps: list[GradPrecisionStep], dtype: str, torch_dx: float, x_c, dy_c, c: int
+) -> str | None:
+    """Why there are no finite bits to attribute, or None: the channel's x or dy holds NaN or
+    an infinity (carried through every sum), or PyTorch's arithmetic overflows at a step (the
+    first, in order), or the exact value of a step is beyond float64's range."""
+    with np.errstate(invalid="ignore"):
+        held = [name for name, v in (("x", x_c), ("dy", dy_c)) if not np.isfinite(v).all()]
+    first = next((s for s in steps if not math.isfinite(s.torch)), None)
+    if held:
+        carried = f": {first.name} = {first.torch!r}" if first is not None else ""
+        return (
+            f"channel {c}'s {' and '.join(held)} {'hold' if len(held) > 1 else 'holds'} NaN or an infinity, which PyTorch's "
+            f"{dtype} backward carries into its sums{carried} (its dx is {torch_dx!r}), so "
+            "there are no finite bits to attribute to each step"
+        )
+    if first is not None:
+        return (
+            f"PyTorch's {dtype} backward for this element overflows: {first.name} = "
+            f"{first.torch!r} ({first.how}), beyond {dtype}'s range (its dx is {torch_dx!r}), "
+            "so there are no finite bits to attribute to each step"
+        )
+    exact = next((s for s in steps if not math.isfinite(s.reference)), None)
+    if exact is not None:
+        return (
+            f"the exact {exact.name} is beyond float64's range ({exact.reference!r}), so there "
+            "is nothing finite to compare PyTorch's steps with"
+        )
+    return None
 
 
 def grad_precision(
@@ -121,6 +154,9 @@ def grad_precision(
         GradPrecisionStep("dbias", f"sum dy, rounded to {dtype}", channel.grad_bias,
                           float(ref.grad_bias[c])),  # fmt: skip
     ]
+    beyond = _not_finite(steps, dtype, torch_dx, x_c, dy_c, c)
+    if beyond is not None:
+        return Undefined(beyond)
     exact_match = dx == torch_dx
     if torch_dw is not None:
         exact_match = exact_match and channel.grad_weight == float(torch_dw[c])

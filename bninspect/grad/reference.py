@@ -15,10 +15,11 @@ variance vanish). Sums over every axis but the channel are correctly rounded (ma
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from bninspect.numerics.reference import rounded_sum
 
 
 def per_channel(values: np.ndarray, ndim: int) -> np.ndarray:
@@ -31,13 +32,7 @@ def channel_sums(values: np.ndarray) -> np.ndarray:
     NaN where a value is NaN or both infinities meet, an infinity where one does."""
     sums = np.empty(values.shape[1])
     for c in range(values.shape[1]):
-        channel = np.asarray(values[:, c], dtype=np.float64).reshape(-1)
-        finite = np.isfinite(channel)
-        if finite.all():
-            sums[c] = math.fsum(channel)
-        else:
-            with np.errstate(invalid="ignore"):
-                sums[c] = float(np.sum(channel[~finite]))  # NaN, or the infinity
+        sums[c] = rounded_sum(values[:, c])
     return sums
 
 

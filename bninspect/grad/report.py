@@ -20,6 +20,7 @@ from bninspect.grad.backward import (
 )
 from bninspect.input.layout import to_user_index
 from bninspect.numerics.agreement import compare_value
+from bninspect.numerics.reference import rounded_sum
 from bninspect.pytorch.inspection import Inspection
 from bninspect.results.common import NOT_ASKED, Comparison, Number, Undefined, Verdict
 from bninspect.results.grad import (
@@ -245,17 +246,20 @@ def build_grad_explain(
     if train:
         channel_x = np.asarray(x_batch[:, c], dtype=np.float64)
         channel_dy = np.asarray(dy[:, c], dtype=np.float64)
-        deviation = channel_x - mean
-        sum_dxhat_dev = math.fsum((channel_dy * w * deviation).reshape(-1))
-        sum_dxhat = math.fsum((channel_dy * w).reshape(-1))
-        sum_dev = math.fsum(deviation.reshape(-1))
-        var_eps = var + eps
-        dvar = sum_dxhat_dev * -0.5 * var_eps**-1.5
-        dmean_direct = -inv_std * sum_dxhat
-        dmean_var = dvar * (-2.0 / M) * sum_dev
-        dmean = dmean_direct + dmean_var
-        t_direct, t_var, t_mean = (
-            (dy_i * w) * inv_std, dvar * 2.0 * (x - mean) / M, dmean / M)  # fmt: skip
+        # values near float64's largest overflow here, NaN and infinities propagate: IEEE's
+        # results, shown as they come (numpy floats: Python's ** raises on overflow)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            deviation = channel_x - mean
+            sum_dxhat_dev = rounded_sum(channel_dy * w * deviation)
+            sum_dxhat = rounded_sum(channel_dy * w)
+            sum_dev = rounded_sum(deviation)
+            var_eps = np.float64(var) + eps
+            dvar = float(sum_dxhat_dev * -0.5 * var_eps**-1.5)
+            dmean_direct = -inv_std * sum_dxhat
+            dmean_var = dvar * (-2.0 / M) * sum_dev
+            dmean = dmean_direct + dmean_var
+            t_direct, t_var, t_mean = (
+                (dy_i * w) * inv_std, dvar * 2.0 * (x - mean) / M, dmean / M)  # fmt: skip
         staged += [
             Step("dvar", "dvar = sum(dx_hat * (x - mean)) * -1/2 * (var + eps)^(-3/2)",
                  f"{fmt(sum_dxhat_dev)} * -0.5 * ({fmt(var)} + {fmt(eps)})^(-1.5)", dvar,

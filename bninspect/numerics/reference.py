@@ -137,6 +137,26 @@ def channel_pieces(x: np.ndarray, channel: int, values: int | None = None) -> It
                 yield Region(n, n + 1, channel, channel + 1, s, min(S, s + values))
 
 
+def rounded_sum(values) -> float:
+    """The correctly rounded float64 sum of ``values``, as IEEE would leave a sum that is not
+    finite: NaN where a value is NaN or both infinities meet, the infinity where one does, and
+    an infinity of its sign where the exact sum lies beyond float64's range. (math.fsum raises
+    on the last two, and on a finite sum whose partial sums overflow.)"""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(values)
+    if not finite.all():
+        with np.errstate(invalid="ignore"):
+            return float(np.sum(values[~finite]))  # NaN, or the infinity
+    try:
+        return math.fsum(values)
+    except OverflowError:  # a partial sum passed float64's range; the exact sum may not
+        total = sum(map(Fraction, values.tolist()), Fraction(0))
+        try:
+            return float(total)
+        except OverflowError:
+            return math.inf if total > 0 else -math.inf
+
+
 def exact_sum(values: list[float]) -> Fraction:
     """The exact sum of finite floats. math.fsum rounds the sum correctly; subtracting what it
     returned and summing again gives the next 53 bits, until nothing is left (usually once or
