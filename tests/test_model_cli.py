@@ -338,7 +338,7 @@ def test_bad_input(cli, files, tmp_path):
         (["model", "--weights", folder / "state.pt", "--shape", "2,1,8,8"], 2, "add --model"),
         (["model", "--model", TINY, "--shape", "2,1,8,8", "--layer", "bn9"], 1,
          "--layer bn9: no batch norm of that name"),
-        (["model", "--model", TINY, "--input", tmp_path / "none.npy"], 2, "no such file"),
+        (["model", "--model", TINY, "--input", tmp_path / "none.npy"], 1, "no such file"),
         (["run", "--weight", folder / "state.pt"], 2, "bninspect model --weights"),
     ]  # fmt: skip
     for args, code, words in cases:
@@ -368,7 +368,7 @@ def test_no_batch_norm_is_said_and_exits_0(cli):
         (["model"], 2),
         (["model", "--model", "nocolon"], 2),
         (["model", "--model", "a:b", "--kwargs", "x"], 2),
-        (["model", "--model", "a:b", "--input", "missing.npy"], 2),
+        (["model", "--model", "a:b", "--input", "missing.npy"], 1),
         (["model", "--model", "a:b", "--shape", "1,,2"], 2),
         (["model", "--weights", "w.pt", "--fold"], 2),
         (["model", "--model", "a:b", "--shape", "2,3", "--dtype", "float16"], 2),

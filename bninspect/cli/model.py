@@ -164,14 +164,6 @@ def model(
             threshold=threshold,
         )
     )
-    if weights is not None and not weights.exists():
-        from bninspect.errors import BnInspectError
-
-        raise BnInspectError(f"--weights {weights}: no such file; check the path")
-    if program is not None and not program.exists():
-        from bninspect.errors import BnInspectError
-
-        raise BnInspectError(f"--program {program}: no such file; check the path")
     for path in files:  # every header vetted before torch loads
         from bninspect.input.npy_files import read_header
 

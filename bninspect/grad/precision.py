@@ -52,8 +52,9 @@ def _not_finite(
     first = next((s for s in steps if not math.isfinite(s.torch)), None)
     if held:
         carried = f": {first.name} = {first.torch!r}" if first is not None else ""
+        verb = "hold" if len(held) > 1 else "holds"
         return (
-            f"channel {c}'s {' and '.join(held)} {'hold' if len(held) > 1 else 'holds'} NaN or an infinity, which PyTorch's "
+            f"channel {c}'s {' and '.join(held)} {verb} NaN or an infinity, which PyTorch's "
             f"{dtype} backward carries into its sums{carried} (its dx is {torch_dx!r}), so "
             "there are no finite bits to attribute to each step"
         )

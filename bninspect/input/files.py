@@ -30,10 +30,26 @@ _KINDS = (
 )
 
 
-def kind_problem(mode: int) -> str | None:
-    """Why a file of this ``st_mode`` cannot be read as a .npy file, or None (a regular file)."""
+# The same kinds in words, for files other than .npy (--weights, --program, --model's file).
+_KIND_NAMES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def kind_problem(mode: int, wanted: str | None = None) -> str | None:
+    """Why a file of this ``st_mode`` cannot be read, or None (a regular file); ``wanted``
+    says what to give instead (default: a .npy file)."""
     if stat.S_ISREG(mode):
         return None
+    if wanted is not None:
+        kind = next((name for test, name in _KIND_NAMES if test(mode)), "not a regular file")
+        if kind != "not a regular file":
+            kind = f"{kind}, not a regular file" if kind != "a directory" else kind
+        return f"is {kind}; give {wanted}"
     for test, problem in _KINDS:
         if test(mode):
             return problem
@@ -159,25 +175,25 @@ class OpenFile:
         self.close()
 
 
-def stat_regular(path: Path, what: str) -> os.stat_result:
+def stat_regular(path: Path, what: str, wanted: str | None = None) -> os.stat_result:
     """The status of ``path`` (following links), raising the one-line error if there is no
-    regular file there."""
+    regular file there (``wanted``: what to give instead, as for kind_problem)."""
     try:
         status = os.stat(path)
     except OSError as exc:
         raise refuse(what, path, path_problem(exc, path)) from None
     except ValueError:  # an embedded NUL byte
         raise refuse(what, path, "not a valid path; check it") from None
-    problem = kind_problem(status.st_mode)
+    problem = kind_problem(status.st_mode, wanted)
     if problem is not None:
         raise refuse(what, path, problem)
     return status
 
 
-def open_regular(path: Path, what: str) -> OpenFile:
+def open_regular(path: Path, what: str, wanted: str | None = None) -> OpenFile:
     """Open ``path`` for reading if it is a regular file (checked before opening, and again on
     the descriptor); ``what`` names it in messages, e.g. "--input"."""
-    before = stat_regular(path, what)
+    before = stat_regular(path, what, wanted)
     try:
         # O_NONBLOCK: should the name have become a FIFO since, opening it must not wait for a
         # writer; it changes nothing for a regular file.
@@ -186,7 +202,7 @@ def open_regular(path: Path, what: str) -> OpenFile:
         raise refuse(what, path, path_problem(exc, path)) from None
     try:
         status = os.fstat(fd)
-        problem = kind_problem(status.st_mode)
+        problem = kind_problem(status.st_mode, wanted)
         if problem is not None:
             raise refuse(what, path, problem)
         if (status.st_dev, status.st_ino) != (before.st_dev, before.st_ino):
@@ -197,6 +213,19 @@ def open_regular(path: Path, what: str) -> OpenFile:
         os.close(fd)
         raise
     return OpenFile(path, what, fd, Snapshot.of(status))
+
+
+def read_regular(path: Path, what: str, wanted: str | None = None) -> bytes:
+    """The whole of a regular file, read through one descriptor opened by ``open_regular`` and
+    checked unchanged afterwards (for files read whole by a library: torch.load, a module's
+    source)."""
+    with open_regular(path, what, wanted) as f:
+        chunks, offset = [], 0
+        while chunk := f.pread(1 << 24, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        f.check_unchanged()
+    return b"".join(chunks)
 
 
 # The hidden temporary files of this process that exist now (npy_files writes and removes

@@ -6,6 +6,7 @@ would otherwise fall back to unrestricted unpickling for some of its members).""
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -18,20 +19,44 @@ from pathlib import Path
 import torch
 
 from bninspect.errors import BnInspectError
-from bninspect.model.spec import ModelSpec
+from bninspect.input.files import open_regular, read_regular, stat_regular
+from bninspect.model.spec import MODULE_FILE, PROGRAM_FILE, WEIGHTS_FILE, ModelSpec
 
 # Keys a training script commonly stores the state_dict under in a checkpoint dict.
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "module")
 DDP_PREFIX = "module."
 
 
+class _RegularSourceLoader(importlib.machinery.SourceFileLoader):
+    """Reads the module's source through files.read_regular: a FIFO or a device put there
+    since the start-up check is refused, not waited on."""
+
+    def __init__(self, fullname: str, path: str, what: str) -> None:
+        super().__init__(fullname, path)
+        self.what = what
+
+    def get_data(self, path: str) -> bytes:
+        if path == self.path:
+            return read_regular(Path(path), self.what, MODULE_FILE)
+        return super().get_data(path)  # its cached bytecode
+
+
+def opened(path: Path, what: str, wanted: str):
+    """A binary file object on ``path``, opened by files.open_regular (regular files only,
+    checked before opening and on the descriptor), and the OpenFile to check unchanged."""
+    regular = open_regular(path, what, wanted)
+    return regular, os.fdopen(os.dup(regular.fd), "rb")
+
+
 def _import_module(spec: ModelSpec):
     if spec.is_file:
         path = Path(spec.module)
-        if not path.is_file():
-            raise BnInspectError(f"--model {spec.text}: no file {path}; check the path")
+        what = f"--model {spec.text}:"
+        stat_regular(path, what, MODULE_FILE)
         name = f"_bninspect_user_{path.stem}"
-        loader = importlib.util.spec_from_file_location(name, path)
+        loader = importlib.util.spec_from_file_location(
+            name, path, loader=_RegularSourceLoader(name, str(path), what)
+        )
         module = importlib.util.module_from_spec(loader)
         sys.modules[name] = module
         loader.loader.exec_module(module)
@@ -99,12 +124,13 @@ class StateDict:
 def read_state_dict(path: Path) -> StateDict:
     """A state_dict from a torch.save file, unwrapped from a checkpoint dict and DDP's
     'module.' prefix where it has them (each said in ``notes``)."""
-    if not path.exists():
-        raise BnInspectError(f"--weights {path}: no such file; check the path")
-    if path.is_dir():
-        raise BnInspectError(f"--weights {path}: is a directory; give the file torch.save wrote")
+    regular, stream = opened(path, "--weights", WEIGHTS_FILE)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with regular, stream:
+            loaded = torch.load(stream, map_location="cpu", weights_only=True)
+            regular.check_unchanged()
+    except BnInspectError:
+        raise
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
@@ -173,12 +199,12 @@ def load_weights(model: torch.nn.Module, state: StateDict, path: Path) -> int:
     return len(state.tensors)
 
 
-def _vet_archive(path: Path) -> None:
+def _vet_archive(path: Path, stream) -> None:
     """Refuse a .pt2 archive that torch.export.load would unpickle without restriction: weights
     or constants stored as pickles, custom objects, and any torch.save member that
     weights_only=True cannot load (torch falls back to an unrestricted load for those)."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, OSError) as exc:
         raise BnInspectError(
             f"--program {path}: not a torch.export archive ({exc}); save it with torch.export.save"
@@ -210,12 +236,17 @@ def _vet_archive(path: Path) -> None:
 
 def load_program(path: Path):
     """The torch.export program in ``path``, after _vet_archive."""
-    if not path.exists():
-        raise BnInspectError(f"--program {path}: no such file; check the path")
-    _vet_archive(path)
-    try:
-        return torch.export.load(path)
-    except Exception as exc:
-        raise BnInspectError(
-            f"--program {path}: torch.export.load failed ({type(exc).__name__}: {exc})"
-        ) from None
+    regular, stream = opened(path, "--program", PROGRAM_FILE)
+    with regular, stream:
+        _vet_archive(path, stream)
+        stream.seek(0)
+        try:
+            program = torch.export.load(stream)
+            regular.check_unchanged()
+            return program
+        except BnInspectError:
+            raise
+        except Exception as exc:
+            raise BnInspectError(
+                f"--program {path}: torch.export.load failed ({type(exc).__name__}: {exc})"
+            ) from None

@@ -4,10 +4,18 @@ batch files. No torch, no arrays: every function here is pure or reads only file
 from __future__ import annotations
 
 import ast
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from bninspect.errors import OptionError
+from bninspect.errors import BnInspectError, OptionError
+from bninspect.input.files import open_regular, path_problem, refuse, stat_regular
+
+# What each file option takes, said when something else is there (a FIFO, a device...).
+WEIGHTS_FILE = "the file torch.save wrote"
+PROGRAM_FILE = "the file torch.export.save wrote"
+MODULE_FILE = "a Python source file"
 
 # A gap of a quarter of the channel's output scale, or what sampling noise alone gives a batch
 # of few values per channel where that is more: a layer's own gap in the tests' trained
@@ -95,11 +103,21 @@ def parse_kwargs(text: str | None) -> dict[str, object]:
 def batch_files(paths: list[Path]) -> tuple[str, tuple[Path, ...]]:
     """The .npy batches named by --input: files as given, or every .npy in a directory, sorted
     by name. Returns ("file" or "directory", the files)."""
-    if len(paths) == 1 and paths[0].is_dir():
-        found = tuple(sorted(p for p in paths[0].iterdir() if p.suffix == ".npy"))
-        if not found:
-            raise OptionError(f"--input {paths[0]}: the directory holds no .npy file")
-        return "directory", found
+    if len(paths) == 1:
+        try:
+            is_directory = stat.S_ISDIR(os.stat(paths[0]).st_mode)
+        except (OSError, ValueError):
+            is_directory = False  # said by stat_regular below, in words
+        if is_directory:
+            try:
+                found = tuple(sorted(p for p in paths[0].iterdir() if p.suffix == ".npy"))
+            except OSError as exc:
+                raise refuse("--input", paths[0], path_problem(exc, paths[0])) from None
+            if not found:
+                raise OptionError(f"--input {paths[0]}: the directory holds no .npy file")
+            for path in found:  # a FIFO named x.npy in the directory is refused too
+                stat_regular(path, "--input")
+            return "directory", found
     for path in paths:
         if path.is_dir():
             raise OptionError(
@@ -139,14 +157,31 @@ def _refuse_npy_weights(path: Path) -> None:
     """A .npy (or .npz) given to --weights: the buffers of one layer, which run and check take."""
     head = b""
     if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(len(NPY_MAGIC))
+        try:  # through open_regular: a name swapped for a FIFO since must not hang
+            with open_regular(path, "--weights", WEIGHTS_FILE) as f:
+                head = f.pread(len(NPY_MAGIC), 0)
+        except BnInspectError:
+            pass  # said in words by _refuse_irregular_files
     if path.suffix.lower() in (".npy", ".npz") or head == NPY_MAGIC:
         raise OptionError(
             f"--weights {path}: a .npy file; --weights takes a state_dict (.pt/.pth from "
             "torch.save(model.state_dict(), ...)); give one layer's .npy buffers to bninspect "
             "run or check as --weight, --bias, --running-mean, --running-var"
         )
+
+
+def _refuse_irregular_files(request: ModelRequest) -> None:
+    """Every file the command reads must be a regular file, refused by its kind before
+    anything opens it (a FIFO would wait forever for a writer, /dev/zero never ends), as every
+    other file option is (input/files.py); loading.py opens each again through open_regular."""
+    if request.model is not None and request.model.is_file:
+        stat_regular(Path(request.model.module), f"--model {request.model.text}:", MODULE_FILE)
+    if request.weights is not None:
+        stat_regular(request.weights, "--weights", WEIGHTS_FILE)
+    if request.program is not None:
+        stat_regular(request.program, "--program", PROGRAM_FILE)
+    for path in request.inputs:
+        stat_regular(path, "--input")
 
 
 def check_request(request: ModelRequest) -> ModelRequest:
@@ -182,9 +217,7 @@ def check_request(request: ModelRequest) -> ModelRequest:
         raise OptionError("--dtype is the dtype --fold also folds in; add --fold")
     if not (request.threshold > 0 and request.threshold < float("inf")):
         raise OptionError(f"--threshold {request.threshold:g}: give a positive number")
-    for path in request.inputs:
-        if not path.exists():
-            raise OptionError(f"--input {path}: no such file; check the path")
+    _refuse_irregular_files(request)  # after the usage errors (exit 2), which need no file
     if request.dump_dir is not None:
         folder = request.dump_dir
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
