@@ -22,8 +22,8 @@ FIFO = "is a named pipe (FIFO), not a regular file; "
     [
         (["--weights", "{fifo}.pt"], "--weights {fifo}.pt: " + FIFO + "give the file torch.save "
          "wrote"),
-        (["--model", "torch.nn:Identity", "--weights", "{fifo}.pt", "--shape", "2,3"], "--weights {fifo}.pt: " + FIFO
-         + "give the file torch.save wrote"),
+        (["--model", "torch.nn:Identity", "--weights", "{fifo}.pt", "--shape", "2,3"],
+         "--weights {fifo}.pt: " + FIFO + "give the file torch.save wrote"),
         (["--program", "{fifo}.pt2"], "--program {fifo}.pt2: " + FIFO + "give the file "
          "torch.export.save wrote"),
         (["--program", "/dev/zero"], "--program /dev/zero: is a character device, not a regular "
