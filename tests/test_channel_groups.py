@@ -210,10 +210,11 @@ def test_the_fit_check_counts_the_eval_pass_and_the_converted_dtype(
     path = tmp_path / "x.npy"
     np.save(path, np.zeros((2, 8, 64, 64), np.float32))  # 256 KiB
     # --steps in train mode keeps every step's output and one more from the eval pass:
-    # 256 KiB in, 512 out, 64 for a float64 channel = 832 KiB; in eval mode 576 KiB.
+    # 256 KiB in, 512 out, 64 for a float64 channel, and the train/eval gap's 10 float64s per
+    # element of a channel (8 * 10 * 8192 = 640 KiB) = 1472 KiB; in eval mode 576 KiB.
     monkeypatch.setattr(memory, "available_bytes", lambda: 700 << 10)
     assert cli.json("run", "--input", path, "--steps", "1", "--mode", "eval")["channels"]
-    assert "needs about 832.0 KiB" in cli.error("run", "--input", path, "--steps", "1", code=1)
+    assert "needs about 1.4 MiB" in cli.error("run", "--input", path, "--steps", "1", code=1)
     # float16 read as float64, block by block (the whole 128 KiB file in one block): 512 KiB
     # in, then 512 out, 64 for a float64 channel and explain's 8 float64 copies of a channel
     # (8 * 8 * 8192 = 512 KiB): 1600 KiB

@@ -124,3 +124,22 @@ def test_rounded_sum_is_ieee_beyond_fsum():
     assert rounded_sum([np.inf, 1.0]) == np.inf
     values = [0.1, 1e308, -1e308, 3.0]
     assert rounded_sum(values) == float(sum(map(Fraction, values)))
+
+
+def test_exact_arithmetic_meets_infinities_as_ieee_does():
+    """Found by the property test above: dy of 1.8e308 times x of 1.8e308 is an exact product
+    beyond float64's range, which Python's Fraction + inf turned into "OverflowError: integer
+    division result too large for a float". Finite (any size) + inf = inf, nonzero * inf = inf,
+    0 * inf = NaN, as IEEE."""
+    from fractions import Fraction
+
+    from bninspect.pytorch.cpu_emulation import fused, plus, times
+
+    huge = Fraction(10) ** 400
+    assert plus(huge, -np.inf) == -np.inf and plus(-huge, np.inf) == np.inf
+    assert times(Fraction(1, 10**400), np.inf) == np.inf  # not 0 * inf
+    assert np.isnan(times(Fraction(0), np.inf)) and np.isnan(plus(huge, np.nan))
+    assert plus(huge, -huge) == 0 and times(huge, huge) == huge**2  # exact while finite
+    big = float(np.finfo(np.float64).max)
+    assert fused(big, big, -np.inf, "float64", True) == -np.inf
+    assert np.isnan(fused(0.0, np.inf, 1.0, "float32", False))

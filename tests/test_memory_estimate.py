@@ -53,6 +53,12 @@ CASES = [
     ["check", "--input", "x32.npy", "--output", "y32.npy", "--top", "20000", "--json"],
     ["run", "--shape", "2,8000,2", "--json"],
     ["run", "--shape", "2,100,4", "--steps", "100", "--json"],
+    # The train/eval gap's float64 work per channel (--steps, --batch-size), uncounted until
+    # it failed after 21 s under `prlimit --as`; and the backward's copies (--grad).
+    ["run", "--shape", "8,4,250,500", "--steps", "3", "-q"],
+    ["run", "--input", "x32.npy", "--batch-size", "4", "--json"],
+    ["run", "--input", "x32.npy", "--grad", "--json"],
+    ["explain", "--input", "x32.npy", "--index", "0,0,0,0", "--grad", "--json"],
 ]
 
 
@@ -87,6 +93,64 @@ def test_the_estimate_holds_torch_loading_after_the_check(tmp_path):
     assert done.returncode == 0, done.stderr
     record = json.loads(out.read_text())
     growth = record["peak"] - record["rss_at_check"]
+    # Under the address-space limit set here, the estimate counts torch's address space; the
+    # resident memory measured here is its resident part.
+    record["need"] -= memory.TORCH_ADDRESS_BYTES - memory.TORCH_RUNTIME_BYTES
     print(f"fresh: run --shape 2,3,4,5 --json estimate {record['need'] / MiB:.1f} MiB, held "
           f"{growth / MiB:.1f} MiB")
     assert within(record["need"], growth), (record["need"] / MiB, growth / MiB)
+
+
+def test_steps_over_the_memory_available_are_refused_up_front(tmp_path):
+    """`prlimit --as=2000000000 bninspect run --steps 3 --shape 12,4,1000,500` passed the
+    check (about 0.9 GiB estimated) and ran out of memory after 21 s; the gap's work per
+    channel and torch's address space are counted now: refused at once. A fresh process, as
+    the user's (torch loads after the check)."""
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2_000_000_000, 2_000_000_000))
+
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bninspect", "run", "--steps", "3", "--shape", "12,4,1000,500",
+         "-q"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env, preexec_fn=limit,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr.startswith(
+        "Error: --shape 12,4,1000,500 over --steps 3 in float32 needs about "
+    ), done.stderr
+
+
+def test_torch_allocation_failures_are_out_of_memory(cli, monkeypatch):
+    """A failed allocation inside PyTorch (c10's allocator raises a RuntimeError) was
+    "PyTorch refused this input: [enforce fail at alloc_cpu.cpp:127] ..." (the input blamed,
+    C++ text), or an internal error where torch ran outside the refusal's try: it is running out
+    of memory, wherever torch runs."""
+    import torch
+
+    from bninspect.pytorch import batchnorm
+
+    failure = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 96000000 bytes. Error code 12 (Cannot allocate memory)"
+    )
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    expected = "ran out of memory; inspect a smaller tensor"
+    with monkeypatch.context() as patch:  # inside run_batchnorm's refusal
+        patch.setattr(torch.nn.BatchNorm2d, "forward", fail)
+        assert cli.error("run", "--shape", "2,3,4,5", "--steps", "2", code=1) == expected
+    with monkeypatch.context() as patch:  # the backward
+        patch.setattr(torch.Tensor, "backward", fail)
+        assert cli.error("run", "--shape", "2,3,4,5", "--grad", code=1) == expected
+    with monkeypatch.context() as patch:  # outside any refusal: the command's wrapper
+        patch.setattr(batchnorm, "to_torch", fail)
+        assert cli.error("run", "--shape", "2,3,4,5", code=1) == expected
+    with monkeypatch.context() as patch:  # a refusal that is not memory stays one
+        patch.setattr(torch.nn.BatchNorm2d, "forward", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("something else")))  # fmt: skip
+        assert cli.error("run", "--shape", "2,3,4,5", code=1) == (
+            "PyTorch refused this input: something else")

@@ -34,7 +34,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bninspect.pytorch.cpu_emulation import _thread_chunks, divide, exact, fused, round_to
+from bninspect.pytorch.cpu_emulation import (
+    _thread_chunks,
+    divide,
+    exact,
+    fused,
+    plus,
+    round_to,
+    times,
+)
 
 LANES = {"float32": 8, "float64": 4}
 MEASURED_ON = "AVX512"  # the capability whose kernel the fusions below were measured on
@@ -53,15 +61,15 @@ def _in(value: float, dtype: str) -> float:
 
 
 def _add(a: float, b: float, dtype: str) -> float:
-    return round_to(exact(a) + exact(b), dtype)
+    return round_to(plus(exact(a), exact(b)), dtype)
 
 
 def _sub(a: float, b: float, dtype: str) -> float:
-    return round_to(exact(a) - exact(b), dtype)
+    return round_to(plus(exact(a), -exact(b)), dtype)
 
 
 def _mul(a: float, b: float, dtype: str) -> float:
-    return round_to(exact(a) * exact(b), dtype)
+    return round_to(times(exact(a), exact(b)), dtype)
 
 
 def _div(a: float, count: int, dtype: str) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
 # Importing torch and running its first batch norm: libraries, allocator arenas and OpenMP
 # threads (measured about 200 MiB of resident memory here, torch 2.13 on 2 cores).
 TORCH_RUNTIME_BYTES = 256 << 20
+# Under an address-space limit (ulimit -v) what counts is address space, not resident memory:
+# torch's libraries and thread arenas map about 560 MiB of it (measured: VmSize 141 -> 699 MiB
+# importing torch 2.13 and running one batch norm, while resident memory grew 200 MiB).
+TORCH_ADDRESS_BYTES = 640 << 20
+# The train/eval gap (report/run.py _gap), per channel in turn: the channel's values, the eval
+# and train outputs, PyTorch's eval output in float64, and the errors' float64 temporaries
+# (elementwise_errors, ulp): measured 70 bytes per element of the channel (9 float64s).
+GAP_FLOAT64_PER_ELEMENT = 10
 # The reference's kernels over blocks (numerics/kernels.py): each worker's block and partial
 # results, and a streamed file's pages while their block is read (measured under 30 MiB).
 KERNEL_BYTES = 64 << 20
@@ -49,6 +58,16 @@ def available_bytes() -> int:
         limits.append(address_limit - _status_bytes("VmSize"))
     limits.append(_cgroup_room())
     return max(0, min(limit for limit in limits if limit is not None))
+
+
+def torch_runtime_bytes() -> int:
+    """What importing and running torch adds: its resident memory, or under an address-space
+    limit its address space, unless it is loaded already (then the process's size holds it)."""
+    if "torch" in sys.modules:
+        return TORCH_RUNTIME_BYTES
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        return TORCH_ADDRESS_BYTES
+    return TORCH_RUNTIME_BYTES
 
 
 def _mem_available() -> int:
@@ -145,8 +164,10 @@ def run_need(
     held = 0 if planned.mapped else elements * itemsize
     fed = batch * steps
     later = KERNEL_BYTES + 8 * (elements // max(channels, 1))
+    if eval_pass:  # the train/eval gap, one channel of the batch at a time
+        later += 8 * GAP_FLOAT64_PER_ELEMENT * (batch // max(channels, 1))
     if torch_runs:
-        later += TORCH_RUNTIME_BYTES
+        later += torch_runtime_bytes()
         later += group_bytes_held(shape, itemsize) if planned.by_groups else fed * itemsize
         later += batch * itemsize if eval_pass else 0
         # Channels elsewhere than axis 1: PyTorch's output may come in another layout than

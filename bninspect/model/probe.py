@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bninspect.errors import BnInspectError
+from bninspect.errors import BnInspectError, is_allocation_failure
 from bninspect.model.network import Site, first_tensor, refused
 from bninspect.numerics import kernels
 from bninspect.numerics.agreement import channel_scale
@@ -284,4 +284,6 @@ def train_run(network, x: torch.Tensor, on_layer: Callable[[Site, torch.Tensor],
     except BnInspectError:
         raise
     except Exception as exc:
+        if is_allocation_failure(exc):
+            raise MemoryError(str(exc)) from None
         raise refused(exc, network.current, tuple(x.shape)) from None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bninspect.errors import BnInspectError
+from bninspect.errors import torch_refusal
 from bninspect.input.parameters import LayerParameters
 from bninspect.pytorch.batchnorm import TORCH_DTYPES, _details, _fresh_module, to_numpy, to_torch
 
@@ -47,7 +47,7 @@ def run_backward(
         y = module(x_torch)
         y.backward(to_torch(dy))
     except (ValueError, RuntimeError) as exc:  # a refusal bninspect's checks did not foresee
-        raise BnInspectError(f"PyTorch refused this input: {exc}") from None
+        raise torch_refusal(exc) from None
     return TorchGradients(
         grad_input=to_numpy(x_torch.grad).copy(),
         grad_weight=to_numpy(module.weight.grad).copy() if affine else None,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bninspect.dtypes import FORMATS
-from bninspect.errors import BnInspectError
+from bninspect.errors import torch_refusal
 from bninspect.input.channel_groups import channel_groups
 from bninspect.input.parameters import LayerParameters
 
@@ -172,7 +172,7 @@ def run_batchnorm(
             if train and with_eval:
                 eval_output = in_layout_of(to_numpy(module.eval()(to_torch(batch))), batch)
         except (ValueError, RuntimeError) as exc:  # a refusal bninspect's checks did not foresee
-            raise BnInspectError(f"PyTorch refused this input: {exc}") from None
+            raise torch_refusal(exc) from None
     last = _buffers(module)
     return TorchRun(
         step_outputs=tuple(outputs),
@@ -216,7 +216,7 @@ def run_by_channel_groups(
             try:
                 output = module(group)
             except (ValueError, RuntimeError) as exc:
-                raise BnInspectError(f"PyTorch refused this input: {exc}") from None
+                raise torch_refusal(exc) from None
             on_group(c0, c1, to_numpy(group), to_numpy(output))
             del group, output  # before the next group's: one group at a time
             buffers = _buffers(module)

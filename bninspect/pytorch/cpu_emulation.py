@@ -130,6 +130,37 @@ def exact(value: float) -> Fraction | float:
     return Fraction(value) if math.isfinite(value) else value
 
 
+def _stand_in(value: Fraction | float) -> float:
+    """A float that behaves as ``value`` beside an infinity or NaN: its sign, and whether it is
+    0, kept (a Fraction beyond float64's range is not infinite, one below its smallest
+    number not 0), so that finite + inf = inf, nonzero * inf = inf, 0 * inf = NaN."""
+    if isinstance(value, float) or value == 0:
+        return float(value)
+    sign = -1.0 if value < 0 else 1.0
+    if abs(value) > Fraction(_FLOAT64_MAX):
+        return sign * _FLOAT64_MAX
+    return sign * max(abs(float(value)), _FLOAT64_TINY)
+
+
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+_FLOAT64_TINY = float(np.finfo(np.float64).smallest_subnormal)
+
+
+def plus(a: Fraction | float, b: Fraction | float) -> Fraction | float:
+    """a + b, exactly while both are finite, as IEEE adds where one is infinite or NaN
+    (Python's own Fraction + float converts the Fraction, and raises beyond float64's range)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return _stand_in(a) + _stand_in(b)
+    return a + b
+
+
+def times(a: Fraction | float, b: Fraction | float) -> Fraction | float:
+    """a * b, as ``plus``."""
+    if isinstance(a, float) or isinstance(b, float):
+        return _stand_in(a) * _stand_in(b)
+    return a * b
+
+
 def round_to(value: Fraction | float, dtype: str) -> float:
     """The ``dtype`` number nearest to ``value`` (an exact rational, or an infinite or NaN
     float, which stays as it is), ties to even; beyond the dtype's largest number by half an
@@ -172,8 +203,8 @@ def divide(a: Fraction | float, b: Fraction | float) -> Fraction | float:
 def fused(a: float, b: float, c: float, dtype: str, fma: bool) -> float:
     """a * b + c in ``dtype``: one rounding with FMA, else the product rounded first."""
     if fma:
-        return round_to(exact(a) * exact(b) + exact(c), dtype)
-    return round_to(exact(round_to(exact(a) * exact(b), dtype)) + exact(c), dtype)
+        return round_to(plus(times(exact(a), exact(b)), exact(c)), dtype)
+    return round_to(plus(exact(round_to(times(exact(a), exact(b)), dtype)), exact(c)), dtype)
 
 
 @dataclass(frozen=True)
@@ -212,9 +243,9 @@ def _per_thread_sums(
         for v in values[start : start + chunk]:
             v = float(v)
             if square_mean is None:
-                partial = round_to(exact(partial) + exact(v), dtype)
+                partial = round_to(plus(exact(partial), exact(v)), dtype)
             else:
-                d = round_to(exact(v) - exact(square_mean), dtype)
+                d = round_to(plus(exact(v), -exact(square_mean)), dtype)
                 partial = fused(d, d, partial, dtype, fma)
         total += partial
     return total
@@ -327,7 +358,7 @@ def emulate_channel(
     n = values.size
     if not train:
         mean, var, centre = running_mean, running_var, math.nan
-        var_eps = round_to(exact(var) + exact(round_to(eps, work)), work)
+        var_eps = round_to(plus(exact(var), exact(round_to(eps, work))), work)
         invstd = round_to(divide(1, exact(round_to(math.sqrt(var_eps), work))), work)
         path, total, var_sum = EVAL, math.nan, math.nan
     elif half:
@@ -354,7 +385,7 @@ def emulate_channel(
         var_sum = round_to(var_sum_acc, work)
         var = round_to(exact(var_sum) / exact(round_to(n, work)), work)
         invstd = round_to(1 / math.sqrt(var + eps), work) if var + eps > 0 else 0.0
-    alpha = round_to(exact(invstd) * exact(weight), work)
+    alpha = round_to(times(exact(invstd), exact(weight)), work)
     # Measured, not read: the float16 kernel rounds mean * alpha before subtracting it, while
     # the bfloat16 one fuses the two like float32 (the compiler contracts c10's inline bfloat16
     # arithmetic, not float16's conversions). Only eval mode tells: in train mode, mean, invstd
