@@ -150,8 +150,23 @@ def build_check_result(
     )
     passed = passed_output and (isinstance(buffers, Undefined) or buffers.passed)
     given = atol is not None or rtol is not None
-    needed = bool(np.any(stated > limits))
+    allowed = 0  # elements NaN or infinite on one side only, let pass by the option
+    needed_stated = stated
+    if allow_nonfinite and isinstance(non_finite, NonFinite):
+        allowed = non_finite.reference_only + non_finite.theirs_only
+        if allowed:  # whether a tolerance is needed is a question about the finite elements
+            one_sided = np.isfinite(reference) != np.isfinite(theirs)
+            with np.errstate(invalid="ignore"):
+                one_sided |= np.isinf(reference) & np.isinf(theirs) & (reference != theirs)
+            needed_stated = scaled_errors(np.where(one_sided, reference, theirs), reference,
+                                          weight, dtype)  # fmt: skip
+    needed = bool(np.any(needed_stated > limits))
     summary = _summary(passed_output, given, diagnosis, needed, non_finite, mismatch, theirs.size)
+    if allowed and passed_output:
+        summary += (
+            f"; {allowed} element{'s' if allowed > 1 else ''} NaN or infinite on one side "
+            "only, allowed by --allow-nonfinite-mismatch"
+        )
     if not isinstance(buffers, Undefined) and not buffers.passed:
         if passed_output:
             output_part = summary.split(": ", 1)[1]
@@ -182,7 +197,9 @@ def build_check_result(
     )
     mismatches = int(mismatch.sum())
     return CheckResult(
-        verdict=check_verdict(passed, mismatches, int(theirs.size), tolerance, summary),
+        verdict=check_verdict(
+            passed, mismatches, int(theirs.size), tolerance, summary, allowed
+        ),
         input=inspection.tensor.info,
         output=output,
         settings=inspection.settings,
@@ -238,7 +255,8 @@ def _summary(passed, given, diagnosis, needed, non_finite, mismatch, elements) -
     if passed and not needed:
         return f"PASS: {diagnosis.summary}"
     if passed:
-        return f"PASS within the given tolerance, but {diagnosis.summary}"
+        which = "the given tolerance" if given else "the derived tolerance"
+        return f"PASS within {which}, but {diagnosis.summary}"
     if diagnosis.explained:
         return f"FAIL: {diagnosis.summary}; fix that, not the tolerance"
     if not needed and given:
@@ -279,11 +297,17 @@ def _suggestion(
 
 
 def check_verdict(
-    passed: bool, mismatches: int, elements: int, tolerance: Tolerance, summary: str
+    passed: bool,
+    mismatches: int,
+    elements: int,
+    tolerance: Tolerance,
+    summary: str,
+    allowed: int = 0,
 ) -> Verdict:
     """check's answer: the one-line verdict (PASS or FAIL, the mistake named and its channels,
     or that there is nothing to explain: the diagnosis' summary), then the count against the
-    tolerance."""
+    tolerance; ``allowed``: elements NaN or infinite on one side only that
+    --allow-nonfinite-mismatch let pass, which are not "within" anything."""
     if tolerance.per_channel_atol is not None:
         bound = (
             "what a correct implementation can leave on each channel (the derived tolerance, "
@@ -292,8 +316,15 @@ def check_verdict(
     else:
         bound = f"atol {tolerance.atol:.3g} + rtol {tolerance.rtol:.3g} * |reference|"
         bound += f" ({tolerance.source})"
-    if not mismatches:
+    if not mismatches and not allowed:
         count = f"All {elements} elements within {bound}."
+    elif not mismatches:
+        count = (
+            f"{elements - allowed} of {elements} elements within {bound}; {allowed} NaN or "
+            "infinite on one side only, allowed by --allow-nonfinite-mismatch."
+        )
     else:
         count = f"{mismatches} of {elements} elements beyond {bound}."
+        if allowed:
+            count += f" {allowed} NaN or infinite on one side only allowed."
     return Verdict("pass" if passed else "fail", (summary, count))

@@ -16,6 +16,7 @@ import secrets
 import stat
 import struct
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,6 +70,22 @@ def _damaged(file: OpenFile) -> BnInspectError:
     return file.error("the .npy header is damaged; save the array again with numpy.save")
 
 
+def _zip_kind(file: OpenFile) -> str:
+    """What a zip file is, from the names in its directory (read through the open descriptor,
+    without extracting anything): "torch" (torch.save's archive: a ``*/data.pkl`` or
+    ``archive/`` entry), "npz" (numpy.savez's: ``*.npy`` members), else "zip"."""
+    try:
+        with os.fdopen(os.dup(file.fd), "rb") as stream, zipfile.ZipFile(stream) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return "torch"  # a damaged zip: torch.save's is the one bninspect is likely given
+    if any(n.endswith("/data.pkl") or n == "data.pkl" or n.startswith("archive/") for n in names):
+        return "torch"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    return "zip"
+
+
 def read_header(source: OpenFile | Path, what: str | None = None) -> NpyHeader:
     """The validated header of an open file, or of the file at a path (opened as
     files.open_regular does, ``what`` naming it); refuses anything that is not a complete .npy
@@ -78,7 +95,17 @@ def read_header(source: OpenFile | Path, what: str | None = None) -> NpyHeader:
             return header
     file = source
     start = file.pread(len(NPY_MAGIC) + 2, 0)
-    if start[:4] == ZIP_MAGIC or (
+    archive = _zip_kind(file) if start[:4] == ZIP_MAGIC else None
+    if archive == "npz":
+        raise file.error(
+            "a NumPy archive (numpy.savez: .npz, several arrays), not a .npy; save the array "
+            "you want alone with numpy.save, e.g. numpy.save('x.npy', numpy.load(path)['name'])"
+        )
+    if archive == "zip":
+        raise file.error(
+            "a zip archive, neither a .npy nor a PyTorch file; save the array with numpy.save"
+        )
+    if archive == "torch" or (
         start[:1] == PICKLE_PROTOCOL and Path(file.path).suffix in TORCH_SUFFIXES
     ):
         raise file.error(

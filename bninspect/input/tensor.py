@@ -355,11 +355,15 @@ def plan_mapped(path: Path, dtype: str | None = None, channel_axis: int = 1) -> 
         axis = resolve_axis(channel_axis, len(header.shape), f"--input {path}")
         target, notice = _conversion_for(header.dtype, dtype, path)
         if notice is not None:
-            fix = (
-                "drop --dtype, or drop --stats-only"
-                if dtype is not None and header.dtype.isnative
-                else "drop --stats-only (a full run converts it), or save it in native byte order"
-            )
+            if dtype is not None and header.dtype.isnative:
+                fix = "drop --dtype, or drop --stats-only"
+            elif not header.dtype.isnative:
+                fix = "drop --stats-only (a full run converts it), or save it in native byte order"
+            else:  # bool, integers, float128: another dtype, not another byte order
+                fix = (
+                    "drop --stats-only (a full run converts it), or save it as "
+                    f"{np.dtype(target).name}"
+                )
             wanted = f"to {dtype}" if dtype is not None else f"({notice})"
             raise OptionError(
                 f"--stats-only streams {path} as stored ({_dtype_text(header.dtype)}) and converts "
