@@ -150,44 +150,59 @@ def _updates(inspection) -> tuple[_Update, list[_Update]]:
     return right, mistakes
 
 
+def update_bound(
+    take: float | np.ndarray,
+    batch: np.ndarray,
+    new: np.ndarray,
+    batch_error: np.ndarray,
+    dtype: str,
+) -> np.ndarray:
+    """What a correct update keep * old + take * batch can leave on a buffer held in
+    ``dtype``, absolute, per channel (the module's derivation): ``batch`` the batch statistic
+    folded in (as the buffer stores it), ``new`` the buffer after the update, ``batch_error``
+    how far a correct implementation's batch statistic can be from ``batch``."""
+    from bninspect.check.tolerance import unit_roundoff, working_precision
+    from bninspect.numerics.agreement import ulp
+
+    working = working_precision(dtype)
+    u = unit_roundoff(working)
+    with np.errstate(invalid="ignore", over="ignore"):
+        old_term = np.abs(new - take * batch)
+        bound = take * batch_error + 2 * u * (old_term + take * np.abs(batch) + np.abs(new))
+        if dtype != working:
+            # Buffers held in the dtype are updated in it too (PyTorch's float16/bfloat16
+            # modules do: each product and the sum round to the buffer's dtype), so each of
+            # the update's three roundings is the dtype's, not the working precision's.
+            held = unit_roundoff(dtype)
+            bound = bound + held * (old_term + take * np.abs(batch)) + 0.5 * ulp(new, dtype)
+    return bound
+
+
+def stored_variance_error(var_error: np.ndarray, count: int) -> np.ndarray:
+    """A biased variance's error carried to the unbiased one a buffer stores (times
+    count / (count - 1); unchanged for one value, where nothing is divided)."""
+    return var_error * (count / (count - 1) if count > 1 else 1.0)
+
+
 def buffer_bounds(inspection, cond, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """What a correct update can leave on each buffer, absolute, per channel (the module's
     derivation)."""
-    from bninspect.check.tolerance import (
-        statistics_errors,
-        unit_roundoff,
-        working_precision,
-    )
-    from bninspect.numerics.agreement import ulp
+    from bninspect.check.tolerance import statistics_errors
 
     forward, stats = inspection.forward, inspection.stats
     update = forward.update
     if update is None:
         zero = np.zeros_like(forward.before.stored_mean)
         return zero, zero
-    working = working_precision(dtype)
-    u = unit_roundoff(working)
     dm, dvar = statistics_errors(cond, dtype)
     after = update.after
     take = update.batch_weight * after.scale_factor
-    count = stats.count
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        dvar_stored = dvar * (count / (count - 1) if count > 1 else 1.0)
-        bounds = []
-        for new, batch, d in (
-            (after.stored_mean, update.batch_mean, dm),
-            (after.stored_var, update.batch_var, dvar_stored),
-        ):
-            old_term = np.abs(new - take * batch)
-            bound = take * d + 2 * u * (old_term + take * np.abs(batch) + np.abs(new))
-            if dtype != working:
-                # Buffers held in the dtype are updated in it too (PyTorch's float16/bfloat16
-                # modules do: each product and the sum round to the buffer's dtype), so each of
-                # the update's three roundings is the dtype's, not the working precision's.
-                held = unit_roundoff(dtype)
-                bound = bound + held * (old_term + take * np.abs(batch)) + 0.5 * ulp(new, dtype)
-            bounds.append(bound)
-    return bounds[0], bounds[1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        dvar_stored = stored_variance_error(dvar, stats.count)
+    return (
+        update_bound(take, update.batch_mean, after.stored_mean, dm, dtype),
+        update_bound(take, update.batch_var, after.stored_var, dvar_stored, dtype),
+    )
 
 
 def buffer_scales(inspection, dtype: str) -> tuple[np.ndarray, np.ndarray]:

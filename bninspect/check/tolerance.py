@@ -118,25 +118,33 @@ def statistics_errors(cond: Conditioning, dtype: str) -> tuple[np.ndarray, np.nd
     var_eps = cond.var + cond.eps
     with np.errstate(invalid="ignore", over="ignore"):
         if cond.from_batch:
-            dm = (sum_reach(cond.count, working) + 2 * u) * cond.rms
+            # The mean held in the dtype may be the one the deviations are taken from (PyTorch's
+            # float16 module on strided input is): its rounding enters the variance as dm^2.
+            dm = (sum_reach(cond.count, working) + 2 * u) * cond.rms + held * np.abs(cond.mean)
             dvar = (sum_reach(cond.count, working) + 4 * u) * (cond.var + dm * dm) + dm * dm
         else:
-            dm = np.zeros_like(cond.mean)
+            dm = held * np.abs(cond.mean)
             dvar = np.zeros_like(cond.var)
-        dm = dm + held * np.abs(cond.mean)
         dvar = dvar + (u + 2 * held) * var_eps
     return dm, dvar
 
 
-def channel_bound(cond: Conditioning, scale: np.ndarray, dtype: str) -> Bound:
+def channel_bound(
+    cond: Conditioning,
+    scale: np.ndarray,
+    dtype: str,
+    statistics: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Bound:
     """Per channel, the largest |y' - y| a correct implementation in ``dtype`` can leave, at
     output ``scale`` (the channel's largest |y|, or |w|). NaN where the statistics are not
     finite (only an exact agreement matches there); inf where the spread is below what the
-    dtype's sums resolve (sqrt(var + eps - dvar) is 0: a correct output can be anything)."""
+    dtype's sums resolve (sqrt(var + eps - dvar) is 0: a correct output can be anything).
+    ``statistics``: (|dm|, dvar) of a way of computing the statistics other than one pass over
+    the batch (SyncBatchNorm's pooling, distributed/bounds.py), instead of statistics_errors."""
     working = working_precision(dtype)
     u = unit_roundoff(working)
     held = unit_roundoff(dtype) if dtype != working else 0.0
-    dm, dvar = statistics_errors(cond, dtype)
+    dm, dvar = statistics if statistics is not None else statistics_errors(cond, dtype)
     w, b, x_hat = np.abs(cond.weight), np.abs(cond.bias), cond.x_hat_max
     scale = np.asarray(scale, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
