@@ -10,13 +10,7 @@ import math
 import numpy as np
 
 from bninspect.distributed.batch import RankRun
-from bninspect.distributed.report import (
-    POOLED_ULPS,
-    Regimes,
-    problem_line,
-    tolerance,
-    verified,
-)
+from bninspect.distributed.report import Regimes, problem_line, verified
 from bninspect.numerics.agreement import ulp
 from bninspect.numerics.pooling import rank_of_sample, shard_bounds
 from bninspect.numerics.reference import normalize, std_of
@@ -266,8 +260,7 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
             buffers(averaged_buffers),
         ),
     )
-    allowed = float(tolerance(g)[c])
-    checks = _checks(regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f)
+    checks = _checks(g, rank, regimes, c)
     return DistributedExplainResult(
         verdict=_verdict(regimes, checks, rank, first, end, own, g, c, scale),
         input=inspection.tensor.info,
@@ -291,46 +284,77 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
     )
 
 
-def _checks(
-    regimes, allowed, dtype, pooled_mean, pooled_var, mean_f, var_f
-) -> tuple[RegimeCheck, ...]:
-    rms = math.sqrt(mean_f**2 + var_f)
+def _checks(g: Regimes, rank: int, regimes, c: int) -> tuple[RegimeCheck, ...]:
+    """The element's checks, each judged by what a correct computation can leave on the data
+    it covers (distributed/bounds.py): the pooled statistics by two float64 computations of
+    the full batch's, SyncBatchNorm's y by the full batch's bound with its pooled statistics,
+    the rank's y by its block's bound (at the block's scale, carried to the element's)."""
+    dtype, scale = g.dtype, float(g.output_scale[c])
+    mean_bounds, var_bounds = g.pooled_bounds()
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_ulps = abs(pooled_mean - mean_f) / float(ulp(rms, "float64"))
-        var_ulps = abs(pooled_var - var_f) / float(ulp(var_f, "float64")) if var_f else 0.0
-    worst = max((mean_ulps, "mean"), (var_ulps, "variance"))
+        rms = float(g.full_cond.rms[c])
+        var_f = float(g.stats.var_biased[c])
+        mean_error = abs(float(g.pooled_mean[c]) - float(g.stats.mean[c]))
+        var_error = abs(float(g.pooled_var[c]) - var_f)
+        mean_ulps = mean_error / float(ulp(rms, "float64")) if mean_error else 0.0
+        var_ulps = var_error / float(ulp(var_f, "float64")) if var_error else 0.0
+    worst = max(
+        (_over(mean_ulps, float(mean_bounds[c])), mean_ulps, float(mean_bounds[c]), "mean"),
+        (_over(var_ulps, float(var_bounds[c])), var_ulps, float(var_bounds[c]), "variance"),
+    )
     checks = [
         RegimeCheck(
             "pooled statistics = full batch's",
-            bool(worst[0] <= POOLED_ULPS),
-            float(worst[0]),
-            POOLED_ULPS,
+            bool(worst[0] <= 1),
+            float(worst[1]),
+            float(worst[2]),
             "ULP of float64",
-            f"the channel's {worst[1]}",
+            f"the channel's {worst[3]}",
             "the channel's mean and variance pooled from every rank's count, mean and m2, "
-            "against the full batch's computed in one process",
+            "against the full batch's computed in one process, allowed what two float64 "
+            "computations of the full batch's statistics can leave",
         )
     ]
-    for value, name in (
-        (regimes[1], "SyncBatchNorm's y = its float64 form"),
-        (regimes[2], "PyTorch's y on the rank = its float64 form"),
-    ):
+    sync_allowed = float(g.sync_bound(g.output_scale)[c])
+    rank_bound, rank_scale = g.rank_bound(rank), g.rank_scale(rank)
+    rank_allowed: Number = Undefined("PyTorch's module did not run on the rank's block")
+    if rank_bound is not None and rank_scale is not None:
+        # the block's bound is in ULPs at its own scale: carried to the element's scale
+        rank_allowed = float(
+            rank_bound[c] * ulp(float(rank_scale[c]), dtype) / ulp(scale, dtype)
+        )
+    for value, name, allowed, what in (
+        (regimes[1], "SyncBatchNorm's y = its float64 form", sync_allowed,
+         "what a correct batch norm of the full batch can leave with SyncBatchNorm's pooled "
+         "statistics"),
+        (regimes[2], "PyTorch's y on the rank = its float64 form", rank_allowed,
+         f"what a correct batch norm of rank {rank}'s block alone can leave"),
+    ):  # fmt: skip
         error = value.ulp_error_at_scale
-        if isinstance(error, Undefined):
+        if isinstance(error, Undefined) or isinstance(allowed, Undefined):
             continue
         checks.append(
             RegimeCheck(
                 name,
-                bool(error <= allowed),
+                bool(_over(error, allowed) <= 1),
                 error,
                 allowed,
                 f"ULP of {dtype} at scale",
                 value.regime,
                 "the value as the regime computes it in the dtype, against the same formula in "
-                "float64",
+                f"float64, allowed {what}",
             )
         )
     return tuple(checks)
+
+
+def _over(error: float, allowed: float) -> float:
+    """error / allowed: 0 without an error, inf for one where nothing is allowed or a NaN."""
+    if math.isnan(error):
+        return math.inf
+    if error == 0:
+        return 0.0
+    return error / allowed if allowed else math.inf
 
 
 def _verdict(regimes, checks, rank, first, end, own, g: Regimes, c: int, scale) -> Verdict:
