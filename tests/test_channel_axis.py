@@ -325,7 +325,7 @@ def test_check_on_channels_last_files_equals_check_on_the_transpose(cli, tmp_pat
     against = cli.json("explain", "--input", moved, "--channel-axis", "-1", "--index",
                        ",".join(map(str, worst)), "--against", tmp_path / "theirs_moved.npy")
     assert against["against"]["theirs"] == doc["worst"][0]["theirs"]
-    assert against["against"]["verdict"].startswith("your value is what the unbiased variance")
+    assert against["against"]["conclusion"].startswith("your value is what the unbiased variance")
 
 
 def test_a_file_in_the_other_layout_is_named(cli, tmp_path):

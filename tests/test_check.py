@@ -654,7 +654,7 @@ def test_explain_against_names_the_unbiased_variance(cli, tmp_path):
     ]
     against = cli.json(*args)["against"]
     assert against["theirs"] == float(np.float32(mistaken("unbiased-variance", x)[1, 2, 3, 4]))
-    assert against["verdict"].startswith("your value is what the unbiased variance gives")
+    assert against["conclusion"].startswith("your value is what the unbiased variance gives")
     implied = {step["name"]: step for step in against["implied"]}
     count = 4 * 5 * 6
     np.testing.assert_allclose(
@@ -734,11 +734,11 @@ def test_explain_against_names_the_mistake(cli, tmp_path, mistake, shape):
     if shape[0] == 64 and mistake in ("unbiased", "eps outside", "no eps"):
         # 65536 values per channel: these mistakes move y by less than a correct float32 sum of
         # that many values can (check.tolerance), so they read as rounding, named as alike
-        assert against["verdict"].startswith("your value matches the reference to rounding")
+        assert against["conclusion"].startswith("your value matches the reference to rounding")
         name = {"unbiased": "unbiased variance", "eps outside": "eps outside the square root"}
-        assert f"matches the known mistake '{name.get(mistake, mistake)}'" in against["verdict"]
+        assert f"matches the known mistake '{name.get(mistake, mistake)}'" in against["conclusion"]
     else:
-        assert against["verdict"].startswith(verdict), against
+        assert against["conclusion"].startswith(verdict), against
 
 
 def test_explain_against_a_correct_output(cli, tmp_path):
@@ -755,7 +755,7 @@ def test_explain_against_a_correct_output(cli, tmp_path):
         "--against",
         tmp_path / "y.npy",
     )
-    assert doc["against"]["verdict"].startswith("your value matches the reference to rounding")
+    assert doc["against"]["conclusion"].startswith("your value matches the reference to rounding")
 
 
 def test_against_of_another_shape(cli, tmp_path):

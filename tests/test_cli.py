@@ -159,7 +159,7 @@ def test_random_weight_is_uniform_and_reproducible(cli):
     assert weights == [ch["weight"] for ch in again["channels"]]
     assert weights != [ch["weight"] for ch in other["channels"]]
     assert all(0 <= w < 1 for w in weights) and len(set(weights)) == 6
-    assert first["settings"]["weight"] == "random"
+    assert first["settings"]["weight_given"] == "random"
 
 
 def test_vectors_from_npy_files(cli, tmp_path):

@@ -24,14 +24,18 @@ from rich.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = "bninspect.distributed.worker"
+TAG = "BNINSPECT_TEST_TAG"
 
 
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
-    """Launches in this process make their directories here, so a test sees what is left."""
+    """Launches in this process make their directories here, so a test sees what is left; the
+    ranks they start carry this test's tag in their environment, so a test counts only its own
+    (other test runs on the machine may have ranks alive at the same moment)."""
     folder = tmp_path / "launches"
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv(TAG, f"{os.getpid()}-{tmp_path.name}")
     return folder
 
 
@@ -49,8 +53,21 @@ def workers(parent: int | None = None) -> dict[int, list[str]]:
         words = [c.decode(errors="replace") for c in command if c]
         state, ppid = stat.rsplit(") ", 1)[1].split()[:2]
         if WORKER in words and state != "Z" and (parent is None or int(ppid) == parent):
-            found[int(entry.name)] = words
+            if _tagged(entry):
+                found[int(entry.name)] = words
     return found
+
+
+def _tagged(entry: Path) -> bool:
+    """Whether the process carries this test's tag (any process, outside a tagged test)."""
+    tag = os.environ.get(TAG)
+    if tag is None:
+        return True
+    try:
+        environ = (entry / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{TAG}={tag}".encode() in environ
 
 
 def assert_nothing_left(folder: Path, before: dict[int, list[str]]):

@@ -52,7 +52,7 @@ def test_a_hand_value_that_matches(cli):
     against = cli.json(*ARTICLE, "--against-value", "-1.1236")["against"]
     assert against["theirs"] == -1.1236 and against["digit_unit"] == pytest.approx(1e-4)
     assert against["path"] is None
-    assert against["verdict"].startswith(
+    assert against["conclusion"].startswith(
         "your value matches the reference (-1.1235822) to the digits you gave: 0.18 units of "
         "your last digit (0.0001) apart"
     )
@@ -63,8 +63,8 @@ def test_a_hand_value_with_the_unbiased_variance(cli):
     (-2.4308 - 0.1401) / sqrt(1.8251 + 1e-5) * 0.5653 = -1.0758."""
     doc = cli.json(*ARTICLE, "--against-value", "-1.0758")
     against = doc["against"]
-    assert against["verdict"].startswith("your value is what the unbiased variance gives")
-    assert "units of your last digit (0.0001)" in against["verdict"]
+    assert against["conclusion"].startswith("your value is what the unbiased variance gives")
+    assert "units of your last digit (0.0001)" in against["conclusion"]
     implied = {step["name"]: step for step in against["implied"]}
     assert implied["var"]["implied"] == pytest.approx(1.8251, abs=5e-3)  # the step that parts
     assert doc["null_reasons"]["/against/path"] == "given with --against-value: no file"
@@ -73,20 +73,21 @@ def test_a_hand_value_with_the_unbiased_variance(cli):
 def test_a_hand_value_with_weight_and_bias_swapped(cli):
     """x_hat * bias + weight = 0.5653: swapped weight and bias, to the digits given."""
     against = cli.json(*ARTICLE, "--against-value", "0.5653")["against"]
-    assert against["verdict"].startswith("your value is what swapping weight and bias gives")
+    assert against["conclusion"].startswith("your value is what swapping weight and bias gives")
 
 
 def test_a_hand_value_no_mistake_explains(cli):
     against = cli.json(*ARTICLE, "--against-value", "7")["against"]
-    assert against["verdict"].startswith("the numbers part before x_hat: your value needs var = ")
+    needs = "the numbers part before x_hat: your value needs var = "
+    assert against["conclusion"].startswith(needs)
 
 
 def test_every_digit_is_judged_as_a_file_would_be(cli):
     """PyTorch's own float32 y typed in full: within rounding of float32, in ULPs."""
     y_torch = cli.json(*ARTICLE)["y"]["torch"]
     against = cli.json(*ARTICLE, "--against-value", repr(y_torch))["against"]
-    assert against["verdict"].startswith("your value matches the reference to rounding")
-    assert "ULP at the channel's scale" in against["verdict"]
+    assert against["conclusion"].startswith("your value matches the reference to rounding")
+    assert "ULP at the channel's scale" in against["conclusion"]
 
 
 @pytest.mark.parametrize(

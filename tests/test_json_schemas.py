@@ -51,3 +51,11 @@ def test_every_verdict_status_a_command_can_give_is_in_its_schema():
         schema = command_schema(command)
         statuses = schema["$defs"]["Verdict"]["properties"]["status"]["enum"]
         assert statuses and len(set(statuses)) == len(statuses), command
+
+
+def test_docs_json_lists_every_document_and_its_schema():
+    """docs/json.md names every document kind and links its schema file."""
+    text = (SCHEMAS.parent.parent.parent / "docs" / "json.md").read_text()
+    for command in RESULT_CLASSES:
+        assert f'"{command}"' in text, command
+        assert f"schemas/{command}.schema.json" in text, command

@@ -97,7 +97,7 @@ def test_float64_close_and_exact_in_eval(data):
         magnitude = abs(inspection.params.weight[c]) * (
             (values.max() + abs(inspection.forward.mean[c])) / inspection.forward.std[c]
         ) + abs(inspection.params.bias[c])
-        assert abs(report.y_emulated - report.y_torch) <= 4 * 2.0**-52 * magnitude, report
+        assert abs(report.emulated - report.torch) <= 4 * 2.0**-52 * magnitude, report
 
 
 @given(data=st.data())
@@ -107,16 +107,16 @@ def test_effects_add_up_to_the_emulated_error(data):
     index = (0, 0) + (0,) * (case["x"].ndim - 2)
     explained = derive_element(inspection, index, precision=True)
     report = explained.precision
-    total = sum(Fraction(s.effect_on_y) for s in report.steps)
-    unit = report.y_emulated - explained.y.reference
-    scale_ulp = 2.0 ** (np.frexp(report.output_scale)[1] - 1 - 23)
+    total = sum(Fraction(s.effect_on_y) for s in report.emulation)
+    unit = report.emulated - explained.y.reference
+    scale_ulp = 2.0 ** (np.frexp(report.scale)[1] - 1 - 23)
     assert abs(float(total) - unit / scale_ulp) <= 1e-6 * (1 + abs(float(total)))
 
 
 def test_the_constant_channel_loses_its_bits_in_beta():
     x = np.full((2, 1, 4, 4), 3.0, dtype=np.float32)
     explained = derive_element(inspect_array(x, bias=[0.5]), (0, 0, 0, 0), precision=True)
-    effects = {s.name: s.effect_on_y for s in explained.precision.steps}
+    effects = {s.name: s.effect_on_y for s in explained.precision.emulation}
     # beta = 0.5 - 3 * 316.23 rounds at magnitude 948 to 2**-15 off, which is 2**8 spacings of
     # float32 at the channel's scale, |weight| = 1 (2**-23): the whole error, by hand.
     assert effects == {
@@ -143,7 +143,7 @@ def test_round_to_is_exact_with_ties_to_even():
 def test_explain_precision_json(cli):
     doc = cli.json("explain", "--index", "0,1,2,3", "--precision")
     precision = doc["precision"]
-    assert [s["name"] for s in precision["steps"]] == [
+    assert [s["name"] for s in precision["emulation"]] == [
         "mean",
         "var_sum",
         "var",
@@ -152,8 +152,8 @@ def test_explain_precision_json(cli):
         "beta",
         "y",
     ]
-    assert precision["bit_exact"] is True and precision["y_torch"] == doc["y"]["torch"]
-    assert set(precision["steps"][0]) == {"name", "how", "torch_value", "exact", "effect_on_y"}
+    assert precision["bit_exact"] is True and precision["torch"] == doc["y"]["torch"]
+    assert set(precision["emulation"][0]) == {"name", "how", "torch", "reference", "effect_on_y"}
     assert cli.json("explain", "--index", "0,0,0,0")["null_reasons"]["/precision"] == (
         "not asked for: add --precision"
     )
@@ -287,17 +287,17 @@ def test_half_steps_show_values_of_the_types_they_name(cli, dtype):
     doc = cli.json(*args, "--index", "1,2,0,3", "--precision")
     precision = doc["precision"]
     assert precision["bit_exact"] is True and precision["claim"] == HALF_TESTED
-    steps = {s["name"]: s for s in precision["steps"]}
-    assert steps["mean"]["torch_value"] == 100.0 and f"rounded to {dtype}" in steps["mean"]["how"]
+    steps = {s["name"]: s for s in precision["emulation"]}
+    assert steps["mean"]["torch"] == 100.0 and f"rounded to {dtype}" in steps["mean"]["how"]
     stats = "bfloat16" if dtype == "bfloat16" else "float32"  # float16 keeps them in float32
-    assert _is_in(steps["var_sum"]["torch_value"], stats) and stats in steps["var_sum"]["how"]
-    assert _is_in(steps["var"]["torch_value"], stats) and stats in steps["var"]["how"]
-    assert _is_in(steps["invstd"]["torch_value"], dtype) and dtype in steps["invstd"]["how"]
+    assert _is_in(steps["var_sum"]["torch"], stats) and stats in steps["var_sum"]["how"]
+    assert _is_in(steps["var"]["torch"], stats) and stats in steps["var"]["how"]
+    assert _is_in(steps["invstd"]["torch"], dtype) and dtype in steps["invstd"]["how"]
     for name in ("alpha", "beta"):
-        assert _is_in(steps[name]["torch_value"], "float32") and "float32" in steps[name]["how"]
-    assert _is_in(steps["y"]["torch_value"], dtype)
+        assert _is_in(steps[name]["torch"], "float32") and "float32" in steps[name]["how"]
+    assert _is_in(steps["y"]["torch"], dtype)
     if dtype == "bfloat16":
-        assert precision["y_torch"] == precision["y_emulated"] == -0.4921875
+        assert precision["torch"] == precision["emulated"] == -0.4921875
 
 
 def _torch_float32_statistics(x: np.ndarray):
@@ -412,7 +412,7 @@ def test_a_fortran_ordered_input_is_not_claimed(cli, tmp_path):
         running_var=[0.3, 0.5, 0.7],
     )
     # the kernel's arithmetic, forced: not the bias PyTorch gives here
-    assert precision_report(inspection, (0, 1, 0)).y_emulated != doc["y"]["torch"]
+    assert precision_report(inspection, (0, 1, 0)).emulated != doc["y"]["torch"]
     np.save(path, np.full((2, 3, 3), 1000.0, dtype=np.float16))  # the same values, C order
     doc = cli.json("explain", "--input", path, "--index", "0,1,0", "--precision", *common)
     assert doc["precision"]["claim"] == HALF_TESTED and doc["precision"]["bit_exact"] is True

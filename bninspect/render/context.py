@@ -42,11 +42,15 @@ def layer_text(settings: Settings) -> str:
     if not settings.affine:
         parts.append("no affine")
     else:
-        parts += [f"weight {settings.weight}", f"bias {settings.bias}"]
+        parts += [f"weight {settings.weight_given}", f"bias {settings.bias_given}"]
     # The buffers' starting values matter to eval mode's output and to the update; the
     # defaults (zeros, ones) are said only in eval mode, where they normalize.
-    if settings.mode == "eval" or (settings.running_mean, settings.running_var) != DEFAULT_BUFFERS:
-        parts += [f"running_mean {settings.running_mean}", f"running_var {settings.running_var}"]
+    given = (settings.running_mean_given, settings.running_var_given)
+    if settings.mode == "eval" or given != DEFAULT_BUFFERS:
+        parts += [
+            f"running_mean {settings.running_mean_given}",
+            f"running_var {settings.running_var_given}",
+        ]
     return ", ".join(parts)
 
 

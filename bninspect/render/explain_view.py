@@ -121,26 +121,26 @@ def _precision_table(report: PrecisionReport, dtype: str) -> RenderableType:
         "how PyTorch computes it",
         "PyTorch",
         "exact (9 digits)",
-        f"effect on y (ULP at scale {fmt(report.output_scale)})",
+        f"effect on y (ULP at scale {fmt(report.scale)})",
     ]
     work = "float64" if dtype == "float64" else "float32"  # PyTorch's steps run in these
     rows = [
         [
             step.name,
             step.how,
-            in_dtype(step.torch_value, work),
-            f"{step.exact:.9g}",
+            in_dtype(step.torch, work),
+            f"{step.reference:.9g}",
             fmt(step.effect_on_y),
         ]
-        for step in report.steps
+        for step in report.emulation
     ]
     table = grid(title, headers, rows, left=(0, 1))
     if report.bit_exact:
-        verdict = f"the emulation reproduces PyTorch's y bit for bit ({full(report.y_torch)})"
+        verdict = f"the emulation reproduces PyTorch's y bit for bit ({full(report.torch)})"
     else:
         verdict = (
-            f"the emulation gives {full(report.y_emulated)}, PyTorch "
-            f"{full(report.y_torch)}: {fmt(report.difference_ulps)} ULP of {dtype} apart"
+            f"the emulation gives {full(report.emulated)}, PyTorch "
+            f"{full(report.torch)}: {fmt(report.difference_ulps)} ULP of {dtype} apart"
         )
     verdict += f"\nemulation on this path: {report.claim}"
     return Group(table, Text(verdict, style=None if report.bit_exact else "yellow"))

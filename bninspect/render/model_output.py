@@ -35,7 +35,7 @@ def _severity(layer: LayerReport) -> tuple:
     return (-value, -len(layer.flags), layer.index)
 
 
-NAME_WIDTH = 34
+NAME_WIDTH = 28  # the grid keeps 3 spaces between columns: a 7-column layer table then fits 80
 
 
 def _wrap_name(name: str, width: int = NAME_WIDTH) -> str:

@@ -570,7 +570,7 @@ def explain_verdict(
                 f"float64 reference {output.reference:.9g}."
             )
     if not isinstance(against, Undefined):
-        lines.append(f"Yours ({against.theirs!r}): {against.verdict}.")
+        lines.append(f"Yours ({against.theirs!r}): {against.conclusion}.")
     return Verdict(status, tuple(lines))
 
 

@@ -75,10 +75,12 @@ class Settings:
     eps: float  # as used: after the convention's floor, if any
     momentum: Number  # in the convention's meaning; undefined for --momentum none
     affine: bool
-    weight: str
-    bias: str
-    running_mean: str  # the buffer's value before the first step
-    running_var: str
+    # the per-channel vectors as given on the command line ("ones", "0.5,0.2", "w.npy"); their
+    # values are in each channel's report under the plain names
+    weight_given: str
+    bias_given: str
+    running_mean_given: str  # the buffer before the first step
+    running_var_given: str
     convention: str  # whose rules the reference follows: "pytorch", "keras", ...
     training_steps: int  # batches fed one after another; 1 in eval mode
     batch_size: int  # samples per batch (axis 0)

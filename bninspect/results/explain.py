@@ -26,8 +26,8 @@ class PrecisionStep:
 
     name: str
     how: str  # how PyTorch computes it: the operation and its precision
-    torch_value: float  # as PyTorch holds it (emulated)
-    exact: float  # the same quantity without rounding (float64)
+    torch: float  # as PyTorch holds it (emulated)
+    reference: float  # the same quantity without rounding (float64)
     effect_on_y: float  # signed, in ULPs of the dtype at the channel's scale
 
 
@@ -35,7 +35,7 @@ class PrecisionStep:
 class PrecisionReport:
     """``explain --precision``: PyTorch's CPU kernel redone in its own arithmetic.
 
-    The effects of the steps add up to y_emulated - y_exact. ``bit_exact`` says whether the
+    The effects of the steps add up to emulated - the reference y. ``bit_exact`` says whether the
     emulation reproduced PyTorch's y; if not, ``difference_ulps`` says by how much and
     ``path`` why (which kernel path, and whether it is emulated exactly).
     """
@@ -45,12 +45,12 @@ class PrecisionReport:
     cpu_capability: str  # the vector kernel torch used ("AVX512", "AVX2", "DEFAULT")
     threads: int  # torch's intra-op threads
     fma: bool  # whether the kernel rounds a * b + c once
-    output_scale: float  # the channel's scale, as everywhere: the unit of effect_on_y
-    steps: tuple[PrecisionStep, ...]
-    y_emulated: float
-    y_torch: float
+    scale: float  # the channel's output scale (as y.scale): the unit of effect_on_y
+    emulation: tuple[PrecisionStep, ...]  # PyTorch's arithmetic, step by step
+    emulated: float  # y as the emulation computes it
+    torch: float  # y as PyTorch computed it
     bit_exact: bool
-    difference_ulps: float  # (y_emulated - y_torch) in ULPs of the dtype at y_torch
+    difference_ulps: float  # (emulated - torch) in ULPs of the dtype at torch
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class AgainstReport:
     abs_error: Number
     ulp_error_at_scale: Number  # in ULPs of the input dtype at the channel's scale
     implied: tuple[ImpliedStep, ...]
-    verdict: str
+    conclusion: str  # one sentence for people: which step parts, or which mistake it is
     # a typed value: the unit of its last digit (1e-4 for 0.0142), and abs_error in those units
     digit_unit: Number = Undefined("a value from a file is exact")
     digit_error: Number = Undefined("a value from a file is exact")
