@@ -37,27 +37,38 @@ def main() -> None:
     args = parser.parse_args()
     worlds = tuple(int(w) for w in args.worlds.split(","))
     runs = run_cases(worlds, args.per_world, args.seed)
-    worst: dict[tuple[str, str], float] = defaultdict(float)
+    by_dtype: dict[tuple[str, str], float] = defaultdict(float)
+    by_offset: dict[tuple[str, str], float] = defaultdict(float)
     failed = []
     for case, run in runs:
         dtype = case["x"].dtype.name
+        offset = f"{case['offset']:g}"
         result = build_run_result(run)
         explained = build_explain_result(run, case["index"])
         for check in (*result.checks, *explained.checks):
-            worst[(check.name, dtype)] = max(worst[(check.name, dtype)], _ratio(check))
+            ratio = _ratio(check)
+            by_dtype[(check.name, dtype)] = max(by_dtype[(check.name, dtype)], ratio)
+            by_offset[(check.name, offset)] = max(by_offset[(check.name, offset)], ratio)
             if not check.passed:
-                failed.append(f"{check.name}: {case['x'].shape} {dtype} {case['sizes']}")
-    dtypes = sorted({d for _, d in worst})
-    print(f"{len(runs)} batches over {worlds} ranks; largest error / allowance per check:")
-    print(f"{'check':48}" + "".join(f"{d:>10}" for d in dtypes))
-    for name in dict.fromkeys(n for n, _ in worst):
-        cells = "".join(
-            f"{worst[(name, d)]:>10.3g}" if (name, d) in worst else f"{'-':>10}" for d in dtypes
-        )
-        print(f"{name:48}{cells}")
+                failed.append(
+                    f"{check.name}: {case['x'].shape} {dtype} offset {offset} {case['sizes']}"
+                )
+    print(f"{len(runs)} batches over {worlds} ranks; largest error / allowance per check")
+    _table("by dtype", by_dtype, sorted({d for _, d in by_dtype}))
+    _table("by offset of x", by_offset, sorted({o for _, o in by_offset}, key=float))
     print(f"failed: {len(failed)}")
     for line in failed[:20]:
         print("  " + line)
+
+
+def _table(title: str, worst: dict[tuple[str, str], float], columns: list[str]) -> None:
+    print(f"\n{title}:")
+    print(f"{'check':44}" + "".join(f"{c:>9}" for c in columns))
+    for name in dict.fromkeys(n for n, _ in worst):
+        cells = "".join(
+            f"{worst[(name, c)]:>9.3g}" if (name, c) in worst else f"{'-':>9}" for c in columns
+        )
+        print(f"{name[:43]:44}{cells}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ from helpers import inspect_array
 
 MODULES = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d"}
 CASES_PER_WORLD = 14
+OFFSETS = (
+    (1.0, 0.0),
+    (0.01, 100.0),
+    (30.0, -5.0),
+    (1e-3, 0.5),
+    (1.0, 3.0),
+    (1.0, 1e3),
+    (0.1, 1e4),
+    (3.0, -1e4),
+)  # (scale, offset) of x = scale * N(0, 1) + offset
 WORLDS = (2, 3, 4)
 
 
@@ -51,9 +61,9 @@ def _case(rng, world: int, number: int) -> dict:
         spatial = tuple(int(rng.integers(1, 4)) for _ in range(ndim - 2))
         shape = (int(rng.integers(world, 4 * world + 1)), int(rng.integers(1, 5)), *spatial)
     sizes = _sizes(rng, shape[0], world, number % 2)
-    scale, offset = [(1.0, 0.0), (0.01, 100.0), (30.0, -5.0), (1e-3, 0.5), (1.0, 3.0)][
-        int(rng.integers(0, 5))
-    ]
+    # offsets from 0 to 1e4 (the spread's share of |x| from all of it to 1e-6: the sums'
+    # cancellation grows with offset / spread)
+    scale, offset = OFFSETS[int(rng.integers(0, len(OFFSETS)))]
     form = float_format(dtype).numpy
     x = (rng.standard_normal(shape) * scale + offset).astype(form)
     channels = shape[1]
@@ -73,7 +83,9 @@ def _case(rng, world: int, number: int) -> dict:
     rank = int(rng.choice(holding))
     first, end = shard_bounds(sizes)[rank]
     index = (int(rng.integers(first, end)), *(int(rng.integers(0, d)) for d in shape[1:]))
-    return dict(x=x, sizes=sizes, params=params, momentum=momentum, eps=eps, index=index)
+    return dict(
+        x=x, sizes=sizes, params=params, momentum=momentum, eps=eps, index=index, offset=offset
+    )
 
 
 def run_cases(worlds, per_world: int, seed: int) -> list[tuple[dict, RankRun]]:
@@ -86,8 +98,15 @@ def run_cases(worlds, per_world: int, seed: int) -> list[tuple[dict, RankRun]]:
         with LocalRanks(world, timeout=120) as local:
             tasks = [
                 write_task(
-                    local, number, c["x"], c["sizes"], c["params"], c["eps"], c["momentum"],
-                    MODULES[c["x"].ndim], index=c["index"],
+                    local,
+                    number,
+                    c["x"],
+                    c["sizes"],
+                    c["params"],
+                    c["eps"],
+                    c["momentum"],
+                    MODULES[c["x"].ndim],
+                    index=c["index"],
                 )  # fmt: skip
                 for number, c in enumerate(cases)
             ]
