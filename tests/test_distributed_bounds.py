@@ -12,17 +12,27 @@ a little more than rounding fails its check.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bninspect.distributed import bounds
 from bninspect.distributed.batch import RankRun, channel_extremes, write_task
 from bninspect.distributed.explain import build_explain_result
 from bninspect.distributed.launch import LocalRanks
 from bninspect.distributed.report import build_run_result
 from bninspect.dtypes import float_format
 from bninspect.input.parameters import LayerParameters
-from bninspect.numerics.pooling import shard_bounds, values_per_channel
+from bninspect.numerics.pooling import (
+    moments_of,
+    rank_statistics,
+    shard_bounds,
+    statistics_of,
+    values_per_channel,
+)
 
 from helpers import inspect_array
 
@@ -208,3 +218,61 @@ def test_pooled_statistics_off_by_a_little_more_than_rounding_fail(runs):
     moved = {"pooled_mean": run.reports[0]["pooled_mean"] + 1e-6 * std}
     result = build_run_result(_with_report(run, 0, **moved))
     assert not result.checks[0].passed, result.checks[0]
+
+
+def _sync_pooling_in_float32(x: np.ndarray, sizes: tuple[int, ...], eps: float):
+    """SyncBatchNorm's statistics as its CUDA kernels compute them, written here in numpy
+    float32 (not bninspect's emulation): each rank's two-pass mean and biased variance, sent as
+    invstd = 1 / sqrt(var + eps); the rows merged in rank order, each variance rebuilt as
+    (1 / invstd)^2 - eps (batch_norm_reduce_statistics_kernel). Returns (mean, var_n / N)."""
+    f = np.float32
+    channels = x.shape[1]
+    avg, var_n, n = np.zeros(channels, f), np.zeros(channels, f), 0
+    for first, end in shard_bounds(sizes):
+        if end == first:
+            continue
+        block = x[first:end].astype(f)
+        count = f(end - first)
+        mean = (block.sum(axis=0, dtype=f) / count).astype(f)
+        var = (((block - mean) ** 2).sum(axis=0, dtype=f) / count).astype(f)
+        invstd = (1.0 / np.sqrt(var.astype(np.float64) + float(f(eps)))).astype(f)
+        v = f(1.0) / invstd
+        v = (v * v - f(eps)) * count
+        factor = f(1.0 / (n + float(count)))
+        difference = avg - mean
+        var_n = var_n + (v + difference * difference * f(n) * count * factor)
+        avg = f(n) * factor * avg + count * factor * mean
+        n += int(count)
+    return avg.astype(np.float64), (var_n / f(n)).astype(np.float64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    samples=st.integers(2, 40),
+    channels=st.integers(1, 3),
+    world=st.integers(1, 5),
+    offset=st.sampled_from([0.0, 0.5, 3.0, -5.0, 100.0, 1e3, -1e3, 1e4, -1e4]),
+    spread=st.sampled_from([1e-3, 0.01, 1.0, 30.0]),
+    eps=st.sampled_from([1e-5, 1e-3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_syncbn_pooled_statistics_within_their_derived_bound(
+    samples, channels, world, offset, spread, eps, seed
+):
+    """sync_statistics_errors bounds how far SyncBatchNorm's float32 pooling (written in the
+    test) is from the exact mean and variance (math.fsum over the float64 values), over uneven
+    and empty ranks and offsets up to 1e4."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((samples, channels)) * spread + offset).astype(np.float32)
+    sizes = _sizes(rng, samples, world, kind=seed % 2)
+    mean, var = _sync_pooling_in_float32(x, sizes, eps)
+    values = x.astype(np.float64)
+    exact_mean = np.array([math.fsum(values[:, c]) / samples for c in range(channels)])
+    exact_var = np.array(
+        [math.fsum((values[:, c] - exact_mean[c]) ** 2) / samples for c in range(channels)]
+    )
+    full = statistics_of(moments_of(x), samples)
+    dm, dvar = bounds.sync_statistics_errors(rank_statistics(x, sizes), full, eps, "float32")
+    reproduction = f"x = {x.tolist()!r}, sizes = {sizes}, eps = {eps}"
+    assert np.all(np.abs(mean - exact_mean) <= dm), (mean - exact_mean, dm, reproduction)
+    assert np.all(np.abs(var - exact_var) <= dvar), (var - exact_var, dvar, reproduction)
