@@ -276,3 +276,44 @@ def test_syncbn_pooled_statistics_within_their_derived_bound(
     reproduction = f"x = {x.tolist()!r}, sizes = {sizes}, eps = {eps}"
     assert np.all(np.abs(mean - exact_mean) <= dm), (mean - exact_mean, dm, reproduction)
     assert np.all(np.abs(var - exact_var) <= dvar), (var - exact_var, dvar, reproduction)
+
+
+def _screen(result, verbose: bool, monkeypatch) -> tuple[list[str], list]:
+    """``result`` as printed at 80 columns, and every header a grid had to fold mid-word (a
+    column narrower than the header's longest word)."""
+    import io
+
+    from rich.console import Console
+
+    from bninspect.render import cells
+    from bninspect.render.screen import render
+
+    folded = []
+    widths = cells._Fitted._widths
+
+    def watched(self, available):
+        found = widths(self, available)
+        folded.extend(
+            str(column.header)
+            for column, width, soft in zip(self.table.columns, found, self.soft, strict=True)
+            if width < soft
+        )
+        return found
+
+    monkeypatch.setattr(cells._Fitted, "_widths", watched)
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(render(result, verbose, width=80), crop=False)
+    return console.export_text().splitlines(), folded
+
+
+def test_screens_fit_80_columns_without_folding_a_header_mid_word(runs, monkeypatch):
+    """run --ranks and explain --ranks (also --verbose) over every drawn case: no line beyond
+    80 columns, no header broken inside a word, and the verdict in at most two lines of 80."""
+    for case, run in runs:
+        for result in (build_run_result(run), build_explain_result(run, case["index"])):
+            for verbose in (False, True):
+                lines, folded = _screen(result, verbose, monkeypatch)
+                assert not folded, (_describe(case), result.command, folded)
+                assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
+            summary = result.verdict.summary
+            assert len(summary) <= 2 and max(map(len, summary)) <= 80, summary

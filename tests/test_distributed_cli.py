@@ -148,6 +148,14 @@ def test_run_split_by_hand(cli, tmp_path, private_tmp):
         expected = np.abs(y_avg - full[:, k]).max() / scale[k]
         # a shift is a difference of close outputs: its rounding is relative to the scale
         assert channel["averaged_max_shift"] == pytest.approx(expected, abs=1e-12)
+        # the plain mistake: the non-empty ranks' variances, each weighing 1/3
+        equal_var = np.mean(
+            [wide[first:end, k].var() for first, end in blocks(sizes) if end > first]
+        )
+        assert channel["equal_weight_var"] == pytest.approx(equal_var, rel=1e-12)
+        y_equal = bn(wide, mean, np.where(np.arange(2) == k, equal_var, var))[:, k]
+        expected = np.abs(y_equal - full[:, k]).max() / scale[k]
+        assert channel["equal_weight_max_shift"] == pytest.approx(expected, abs=1e-12)
 
     running = ((1 - m) * rm0 + m * mean, (1 - m) * rv0 + m * wide.var(axis=axes, ddof=1))
 
@@ -164,6 +172,15 @@ def test_run_split_by_hand(cli, tmp_path, private_tmp):
         for name, buffers in (("broadcast", own[0]), ("averaged", averaged)):
             expected = np.abs(eval_out(buffers)[:, k] - y_eval[:, k]).max() / eval_scale[k]
             assert buffer[f"{name}_eval_shift"] == pytest.approx(expected, abs=1e-12), name
+        # SyncBatchNorm's update with the equal-weight variance (global Bessel factor 54/53)
+        equal_var = np.mean(
+            [wide[first:end, k].var() for first, end in blocks(sizes) if end > first]
+        )
+        equal_rv = (1 - m) * rv0 + m * equal_var * 54 / 53
+        assert buffer["equal_weight_running_var"] == pytest.approx(equal_rv, rel=1e-12)
+        y_equal = (wide[:, k] - running[0][k]) / np.sqrt(equal_rv + eps) * weight[k] + bias[k]
+        expected = np.abs(y_equal - y_eval[:, k]).max() / eval_scale[k]
+        assert buffer["equal_weight_eval_shift"] == pytest.approx(expected, abs=1e-12)
         worst = max(np.abs(eval_out(o)[:, k] - y_eval[:, k]).max() / eval_scale[k] for o in own)
         assert buffer["own_eval_shift"] == pytest.approx(worst, abs=1e-12)
     ranks = doc["rank_reports"]

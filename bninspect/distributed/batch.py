@@ -29,6 +29,7 @@ from bninspect.numerics.reference import channel_statistics, reference_forward
 from bninspect.numerics.running import initial_state
 from bninspect.pytorch.inspection import Inspection, prepare, run_inspection
 from bninspect.results.common import Settings
+from bninspect.text import counted
 
 
 def refuse_unsplittable(request: InspectRequest, option: str) -> None:
@@ -196,8 +197,8 @@ def run_split(
     messages = _save_files(request, x, outputs)
     minimum, maximum = channel_extremes(x)
     launcher = (
-        f"{len(sizes)} local processes, one gloo group over loopback (file:// rendezvous in a "
-        "private temporary directory)"
+        f"{counted(len(sizes), 'local process', 'local processes')}, one gloo group over "
+        "loopback (file:// rendezvous in a private temporary directory)"
     )
     weight_of_batch = task["batch_weight"]
     run = RankRun(inspection, sizes, reports, launcher, weight_of_batch, minimum, maximum, messages)

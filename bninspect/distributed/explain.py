@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from bninspect.distributed.batch import RankRun
-from bninspect.distributed.report import Regimes, problem_line, verified
+from bninspect.distributed.report import Regimes, failed_summary, verified
 from bninspect.numerics.agreement import ulp
 from bninspect.numerics.pooling import rank_of_sample, shard_bounds
 from bninspect.numerics.reference import normalize, std_of
@@ -95,10 +95,12 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
     mean_r, var_r, n_r = float(own.mean[c]), float(own.var_biased[c]), own.count
     pooled_mean, pooled_var = float(g.pooled_mean[c]), float(g.pooled_var[c])
     averaged_var = float(g.averaged_var[c])
+    equal_var = float(g.equal_var[c])
     y_full = float(normalize(x, mean_f, float(g.forward.std[c]), w, b))
     y_rank = float(normalize(x, mean_r, float(std_of(var_r, eps)), w, b))
     y_pooled = float(normalize(x, pooled_mean, float(std_of(pooled_var, eps)), w, b))
     y_averaged = float(normalize(x, mean_f, float(std_of(averaged_var, eps)), w, b))
+    y_equal = float(normalize(x, mean_f, float(std_of(equal_var, eps)), w, b))
 
     held = [(k, s) for k, s in enumerate(g.rank_stats) if s is not None]
     per_value = inspection.batch.size // max(
@@ -180,6 +182,22 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
             _normalized_text(x, mean_f, averaged_var, eps, w, b),
             y_averaged,
         ),
+        Step(
+            "var_equal",
+            f"sum of var_k / {len(held)} (the per-rank variances, equal weights)",
+            "("
+            + _sum_text([number(float(s.var_biased[c])) for _, s in held], len(held))
+            + f") / {len(held)}",
+            equal_var,
+            "the plain mistake: no spread of the rank means, and every rank weighs the same "
+            "whatever its count",
+        ),
+        Step(
+            "y_equal",
+            "(x - mean) / sqrt(var_equal + eps) * weight + bias",
+            _normalized_text(x, mean_f, equal_var, eps, w, b),
+            y_equal,
+        ),
     ]
     if own_buffers is not None and N > 1:
         steps.append(
@@ -258,6 +276,16 @@ def build_explain_result(run: RankRun, index: tuple[int, ...]) -> DistributedExp
             Undefined("a mistake, not an implementation: its float64 form only"),
             *common,
             buffers(averaged_buffers),
+        ),
+        _value(
+            "var equal",
+            N,
+            mean_f,
+            equal_var,
+            y_equal,
+            Undefined("a mistake, not an implementation: its float64 form only"),
+            *common,
+            (float(g.running[0][c]), float(g.equal_running_var[c])),
         ),
     )
     checks = _checks(g, rank, regimes, c)
@@ -360,19 +388,17 @@ def _over(error: float, allowed: float) -> float:
 def _verdict(regimes, checks, rank, first, end, own, g: Regimes, c: int, scale) -> Verdict:
     failed = [k for k in checks if not k.passed]
     if failed:
-        return Verdict("differs", (problem_line(failed[0]),))
-    full, _, alone, averaged = regimes
+        return Verdict("differs", failed_summary(failed))
+    full, alone = regimes[0], regimes[2]
     std = math.sqrt(float(g.stats.var_biased[c]))
     mean_shift = (float(own.mean[c]) - full.mean) / std if std else math.nan
     ratio = float(own.var_biased[c]) / full.var_biased if full.var_biased else math.nan
     return Verdict(
         "within-rounding",
         (
-            f"rank {rank} (samples {first} to {end - 1}) alone gives {number(alone.reference)}: "
-            f"its mean is {mean_shift:+.3g} std from the pooled one, its variance x{ratio:.3g}; "
-            f"SyncBatchNorm pools the ranks to the full batch's {number(full.reference)}",
-            f"without sync the element moves by {100 * alone.shift:.2g}% of the channel's scale "
-            f"({number(scale)}); averaging the per-rank variances instead of pooling gives "
-            f"{number(averaged.reference)}",
+            f"rank {rank} alone gives {number(alone.reference)}; SyncBatchNorm gives the full "
+            f"batch's {number(full.reference)}",
+            f"without sync it moves {100 * alone.shift:.2g}% of its scale (rank {rank}: mean "
+            f"{mean_shift:+.2g} std off, var x{ratio:.2g})",
         ),
     )

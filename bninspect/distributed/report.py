@@ -19,7 +19,12 @@ from bninspect.distributed.batch import RankRun
 from bninspect.distributed.exchange import array_to_moments
 from bninspect.numerics import kernels
 from bninspect.numerics.agreement import channel_scale, running_mean_scale, ulp
-from bninspect.numerics.pooling import averaged_variance, shard_bounds, statistics_of
+from bninspect.numerics.pooling import (
+    averaged_variance,
+    equal_weight_variance,
+    shard_bounds,
+    statistics_of,
+)
 from bninspect.numerics.reference import ChannelStatistics, std_of
 from bninspect.results.common import Number, Undefined, Verdict
 from bninspect.results.distributed import (
@@ -30,6 +35,7 @@ from bninspect.results.distributed import (
     RegimeChannel,
     RegimeCheck,
 )
+from bninspect.text import counted
 
 VERIFIED = (
     "{module} ran on each rank's block in that rank's process, and the ranks exchanged their "
@@ -108,6 +114,7 @@ class Regimes:
         self.pooled_mean = reports[0]["pooled_mean"]
         self.pooled_var = reports[0]["pooled_m2"] / self.count
         self.averaged_var = averaged_variance(self.rank_stats)
+        self.equal_var = equal_weight_variance(self.rank_stats)
         # what the bounds are derived from (distributed/bounds.py)
         self.full_cond: Conditioning = conditioning(
             count=self.count, mean=self.stats.mean, var=self.stats.var_biased, eps=self.eps,
@@ -132,6 +139,10 @@ class Regimes:
                 self.rank_running.append(
                     ((1 - w) * rm0 + w * stats.mean, (1 - w) * rv0 + w * stats.var_unbiased)
                 )
+        # SyncBatchNorm with the equal-weight variance: its buffers take it with the global
+        # count's Bessel factor, as they would the pooled one
+        bessel = self.count / (self.count - 1) if self.count > 1 else 1.0
+        self.equal_running_var = (1 - w) * rv0 + w * self.equal_var * bessel
 
     def rank_scale(self, rank: int) -> np.ndarray | None:
         """Per channel, the output scale of PyTorch's module on this rank's block alone (None
@@ -242,6 +253,9 @@ def _regime_channels(g: Regimes) -> tuple[RegimeChannel, ...]:
     averaged = g.linear_shift(
         stats.mean, std_of(g.averaged_var, g.eps), stats.mean, full_std, g.output_scale
     )
+    equal = g.linear_shift(
+        stats.mean, std_of(g.equal_var, g.eps), stats.mean, full_std, g.output_scale
+    )
     mean_bound, var_bound = g.pooled_bounds()
     sync_bound = g.sync_bound(g.output_scale)
     rows = []
@@ -264,6 +278,8 @@ def _regime_channels(g: Regimes) -> tuple[RegimeChannel, ...]:
                 no_sync_max_shift=shift,
                 no_sync_worst_rank=rank,
                 averaged_max_shift=_number(averaged[c]),
+                equal_weight_var=_number(g.equal_var[c]),
+                equal_weight_max_shift=_number(equal[c]),
             )
         )
     return tuple(rows)
@@ -291,6 +307,7 @@ def _buffer_channels(g: Regimes) -> tuple[BufferChannel, ...]:
             np.mean([b[1] for b in g.rank_running], axis=0),
         )
     broadcast_shift, averaged_shift = g.eval_shift(broadcast), g.eval_shift(averaged)
+    equal_shift = g.eval_shift((rm, g.equal_running_var))
     refused = Undefined("PyTorch's module refused rank 0's block: it has no buffers")
     some_refused = Undefined("PyTorch's module refused a rank's block: not every rank has buffers")
 
@@ -323,6 +340,8 @@ def _buffer_channels(g: Regimes) -> tuple[BufferChannel, ...]:
                     None if averaged is None else averaged[1], c, some_refused
                 ),
                 averaged_eval_shift=pick(averaged_shift, c, some_refused),
+                equal_weight_running_var=_number(g.equal_running_var[c]),
+                equal_weight_eval_shift=_number(equal_shift[c]),
             )
         )
     return tuple(rows)
@@ -553,7 +572,7 @@ def _checks(
             at_scale,
             "PyTorch's module in each rank's process against the float64 reference of that "
             "rank's block alone, allowed what a correct batch norm of that block can leave; "
-            f"{ran} of {len(ranks)} ranks ran it"
+            f"{ran} of {counted(len(ranks), 'rank')} ran it"
             + ("" if refusal is None else f", the others refused ({refusal})"),
         ),
         _judged("SyncBatchNorm output = full batch's", sync, at_scale, sync_detail),
@@ -579,11 +598,24 @@ def _checks(
 
 
 def problem_line(check: RegimeCheck) -> str:
-    """A failed check as the verdict's first line."""
+    """A failed check as the verdict's first line: what failed, where, by how much (its detail,
+    what was compared with what, is under the checks)."""
     return (
-        f"problem: {check.name} fails: {check.max_error:.3g} {check.unit} at {check.where} "
-        f"(allowed {check.allowed:.3g}); {check.detail}"
+        f"problem: {check.name} fails at {check.where}: {fmt_number(check.max_error)} "
+        f"{check.unit} (allowed {fmt_number(check.allowed)})"
     )
+
+
+def failed_summary(failed: list[RegimeCheck]) -> tuple[str, ...]:
+    """The verdict of failed checks: the first, and how many more."""
+    more = len(failed) - 1
+    return (problem_line(failed[0]),) + (
+        (f"and {counted(more, 'more check')} failed; see the checks",) if more else ()
+    )
+
+
+def fmt_number(value: Number) -> str:
+    return "n/a" if isinstance(value, Undefined) else f"{value:.3g}"
 
 
 def _percent(share: float) -> str:
@@ -593,41 +625,29 @@ def _percent(share: float) -> str:
 def _verdict(
     g: Regimes, checks: tuple[RegimeCheck, ...], regimes, buffers, sizes: tuple[int, ...]
 ) -> Verdict:
-    split = ",".join(map(str, sizes))
+    """Two lines at most: whether SyncBatchNorm reproduces the full batch, and (more than one
+    rank) how far DDP without it moves the outputs, train and eval."""
     failed = [c for c in checks if not c.passed]
     if failed:
-        first = [problem_line(failed[0])]
-        if len(failed) > 1:
-            first.append(f"and {len(failed) - 1} more check(s) failed; see the checks")
-        return Verdict("differs", tuple(first))
-    pooled = max(
-        max(r.pooled_mean_ulp_error, r.pooled_var_ulp_error) for r in regimes
-    )  # all defined when the check passed
+        return Verdict("differs", failed_summary(failed))
     sync = max(_defined([r.sync_max_ulp_error_at_scale for r in regimes]), default=0.0)
-    statistics = (
-        f"statistics within {pooled:.2g} ULP of float64" if pooled else "the same statistics"
-    )
-    line1 = (
-        f"SyncBatchNorm over {len(sizes)} ranks (samples {split}) reproduces the full batch: "
-        f"{statistics}, output within {sync:.2g} ULP of {g.dtype} at the channel's scale"
-    )
+    ranks = counted(len(sizes), "rank")
+    line1 = f"SyncBatchNorm over {ranks} reproduces the full batch ({sync:.2g} ULP of {g.dtype})"
+    if len(sizes) == 1:
+        return Verdict(
+            "agrees",
+            (line1, "with one rank, DDP without sync and its buffer broadcast are the full batch"),
+        )
     shifts = [(r.no_sync_max_shift, r.no_sync_worst_rank, r.channel) for r in regimes]
     held = [s for s in shifts if not isinstance(s[0], Undefined) and not math.isnan(s[0])]
     eval_shifts = _defined([b.broadcast_eval_shift for b in buffers])
     if held:
         shift, rank, channel = max(held)
-        line2 = (
-            f"without sync (DDP with plain BatchNorm), rank {rank}'s own statistics move "
-            f"channel {channel}'s output by up to {_percent(shift)} of its scale"
-        )
+        line2 = f"without sync, rank {rank} moves channel {channel} {_percent(shift)}"
     else:
-        refusal = next((str(r["torch_refused"]) for r in g.run.reports if "torch_refused" in r), "")
-        line2 = f"without sync, PyTorch's module refuses every rank's block ({refusal})"
+        line2 = "without sync, PyTorch's module refuses every rank's block"
     if eval_shifts:
-        line2 += (
-            f"; DDP's broadcast of rank 0's running buffers moves eval outputs by up to "
-            f"{_percent(max(eval_shifts))}"
-        )
+        line2 += f"; DDP's broadcast, eval {_percent(max(eval_shifts))}"
     return Verdict("agrees", (line1, line2))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.numerics.pooling import even_sizes
+from bninspect.text import counted
 
 RANK_OPTIONS = "--ranks K or --rank-sizes"
 
@@ -43,7 +44,8 @@ def batch_split(samples: int, ranks: int | None, rank_sizes: str | None) -> tupl
     assert ranks is not None
     if ranks > samples:
         raise OptionError(
-            f"--ranks {ranks}: the batch has only {samples} samples on axis 0, so some ranks "
+            f"--ranks {ranks}: the batch has only {counted(samples, 'sample')} on axis 0, so "
+            "some ranks "
             f"would hold none; give at most --ranks {samples}, or --rank-sizes to leave ranks "
             "empty on purpose"
         )

@@ -94,9 +94,12 @@ class RegimeChannel:
     its own value); the outputs' errors against the full batch's reference, in ULPs of the
     dtype at ``output_scale``: PyTorch's module on the full batch, and SyncBatchNorm's forward
     as CUDA computes it (emulated on CPU over the real all_gather); and the shifts of the two
-    regimes that are not the full batch: per-rank batch norm (no sync; the worst rank) and the
-    per-rank variances averaged instead of pooled. Each ``*_bound_ulps`` is what a correct
-    computation can leave there, in the same ULPs as the error beside it (distributed/bounds.py):
+    regimes that are not the full batch: per-rank batch norm (no sync; the worst rank), and
+    the two ways of averaging the per-rank variances instead of pooling them, both with the
+    pooled mean: by count (``averaged_*``: sum m2_k / N) and plainly with equal weights
+    (``equal_weight_*``: sum var_k / K over the K ranks holding values). Each
+    ``*_bound_ulps`` is what a correct computation can leave there, in the same ULPs as the
+    error beside it (distributed/bounds.py):
     for the pooled statistics, two float64 computations over the N values; for SyncBatchNorm's
     output, check's bound over the full batch with SyncBatchNorm's pooling's errors."""
 
@@ -115,6 +118,8 @@ class RegimeChannel:
     no_sync_max_shift: Number
     no_sync_worst_rank: int | Undefined
     averaged_max_shift: Number
+    equal_weight_var: Number
+    equal_weight_max_shift: Number
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,10 @@ class BufferChannel:
     Bessel factor); with broadcast_buffers=True (DDP's default) every rank ends with rank 0's
     (``broadcast_*``); with False each keeps its own (``own_eval_shift``: the worst rank's).
     The mistake: the ranks' buffers averaged (all_reduce / K), which averages the per-rank
-    variances instead of pooling them (``averaged_*``). ``sync_running_*_bound_ulps``: what a
-    correct update from SyncBatchNorm's pooled statistics can leave, in the same ULPs."""
+    variances instead of pooling them (``averaged_*``); and SyncBatchNorm with its variance
+    pooled plainly with equal weights (``equal_weight_running_var``: the pooled mean, the
+    equal-weight variance with the global count's Bessel factor). ``sync_running_*_bound_ulps``:
+    what a correct update from SyncBatchNorm's pooled statistics can leave, in the same ULPs."""
 
     channel: int
     running_mean: Number
@@ -147,6 +154,8 @@ class BufferChannel:
     averaged_running_mean: Number
     averaged_running_var: Number
     averaged_eval_shift: Number
+    equal_weight_running_var: Number
+    equal_weight_eval_shift: Number
 
 
 @dataclass(frozen=True)
