@@ -301,7 +301,8 @@ def test_batch_statistics_in_eval_mode(cli, tmp_path):
 
 def test_every_catalogued_mistake_has_a_test():
     tested = set(SIMPLE) | {"naive-variance", "other-eps", "untrained-running"}  # tests below
-    tested |= {"per-rank-statistics", "averaged-variances"}  # in test_distributed_check.py
+    # in test_distributed_check.py
+    tested |= {"per-rank-statistics", "averaged-variances", "equal-weight-variances"}
     assert {v.name for v in CATALOGUE} == tested
 
 

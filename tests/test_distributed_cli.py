@@ -195,8 +195,26 @@ def test_run_fits_80_columns_and_leads_with_the_verdict(cli, tmp_path, monkeypat
     monkeypatch.setenv("COLUMNS", "80")
     result = cli("run", "--ranks", "2", "--shape", "4,3,2,2")
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("SyncBatchNorm over 2 ranks (samples 2,2) reproduces the full")
+    assert lines[0].startswith("SyncBatchNorm over 2 ranks reproduces the full batch (")
+    assert lines[1].startswith("without sync, rank ")
+    assert lines[2] == ""  # the answer in two lines, then the rest
     assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
+    quiet = cli("run", "--ranks", "2", "--shape", "4,3,2,2", "-q").stdout
+    assert quiet.splitlines() == lines[:2]
+
+
+def test_one_rank_speaks_of_no_split_effect(cli, monkeypatch, private_tmp):
+    """--ranks 1: one rank, one process, and no 'without sync' effect (there is none)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = cli("run", "--ranks", "1", "--shape", "4,3,2,2").stdout
+    assert out.splitlines()[:2] == [
+        out.splitlines()[0],
+        "with one rank, DDP without sync and its buffer broadcast are the full batch",
+    ]
+    assert out.startswith("SyncBatchNorm over 1 rank reproduces the full batch (")
+    assert "1 local process," in out and "1 ranks" not in out and "1 local processes" not in out
+    assert "without sync, rank" not in out and "Train-mode output shift" not in out
+    assert "Eval-mode output shift" not in out and "One rank: " in out
 
 
 def test_explain_by_hand(cli, tmp_path, private_tmp):
@@ -217,6 +235,8 @@ def test_explain_by_hand(cli, tmp_path, private_tmp):
         "rank 1 alone": (element - block.mean()) / np.sqrt(block.var() + eps),
         "var averaged": (element - full.mean())
         / np.sqrt((3 * wide[0:3, 1].var() + 4 * block.var()) / 7 + eps),
+        "var equal": (element - full.mean())
+        / np.sqrt((wide[0:3, 1].var() + block.var()) / 2 + eps),
     }
     for name, value in expected.items():
         assert regimes[name]["reference"] == pytest.approx(value, rel=1e-12, abs=1e-12), name
@@ -225,7 +245,7 @@ def test_explain_by_hand(cli, tmp_path, private_tmp):
         mine = torch.nn.BatchNorm2d(2)(torch.from_numpy(x[3:7]))[1, 1, 0, 2].item()
     assert regimes["rank 1 alone"]["torch"] == mine
     assert doc["verdict"]["status"] == "within-rounding"
-    assert doc["verdict"]["summary"][0].startswith("rank 1 (samples 3 to 6) alone gives")
+    assert doc["verdict"]["summary"][0].startswith("rank 1 alone gives ")
 
 
 def shards(folder: Path) -> list[np.ndarray]:
