@@ -450,5 +450,31 @@ def test_rendering_needs_no_terminal_width_beyond_80(tmp_path):
         console = Console(width=80, record=True, file=sink)
         console.print(render(result, width=80))
     lines = console.export_text().splitlines()
-    assert lines[0].startswith("3 channels over 9 files")
+    assert lines[0].startswith("3 channels of 363 values each, from 9 files (")
     assert max(map(len, lines)) <= 80
+
+
+@pytest.mark.parametrize("ranks", [(), ("--ranks", "2")])
+def test_a_directory_as_stats_only_input_is_refused_with_its_pattern(cli, tmp_path, ranks):
+    """A directory is not read whole (a --save-output beside the shards would join them): one
+    line saying which quoted pattern names its files, exit 1, before any rank starts."""
+    shards(tmp_path)
+    message = cli.error("run", "--stats-only", "--input", tmp_path, *ranks, code=1)
+    assert message.count("\n") <= 1, message
+    assert f"--input {tmp_path}: is a directory;" in message
+    assert f"quoted pattern: --input '{tmp_path / '*.npy'}'" in message
+
+
+def test_population_counts_agree_with_their_nouns(tmp_path):
+    """One channel holding NaN, one file: 'channel 1 holds', '1 file', never '1 files'."""
+    from bninspect.distributed.files import build_population_result
+    from bninspect.distributed.population import population
+
+    x = np.ones((2, 3, 2), np.float32)
+    x[0, 1, 0] = np.nan
+    np.save(tmp_path / "one.npy", x)
+    files = [tmp_path / "one.npy"]
+    result = build_population_result(population(files, "x"), files, "x", "one process")
+    line = result.verdict.summary[0]
+    assert line.startswith("3 channels of 4 values each, from 1 file ("), line
+    assert line.endswith(": channel 1 holds NaN or Inf, so its statistics are not finite")

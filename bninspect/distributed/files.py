@@ -142,17 +142,21 @@ def build_population_result(
 
 
 def _verdict(channels, files: int, nbytes: int, found: Population, launcher: str) -> Verdict:
-    by = "one process" if launcher == "one process" else counted(len(found.shares), "rank")
+    """At most two lines of 80 (the answer first): what was read and whether every channel's
+    statistics exist; who streamed it is in the context under it."""
     head = (
-        f"{counted(len(channels), 'channel')} over {counted(files, 'file')} "
-        f"({human_bytes(nbytes)}, {found.values:,} values per channel), streamed by {by}"
+        f"{counted(len(channels), 'channel')} of {found.values:,} values each, from "
+        f"{counted(files, 'file')} ({human_bytes(nbytes)})"
     )
     bad = [c.channel for c in channels if c.nan_count or c.posinf_count or c.neginf_count]
     if bad:
         holding = items_verb("channel", bad, "holds", "hold")
         return Verdict(
             "statistics",
-            (f"{head}: {holding} NaN or Inf, so their statistics are not finite",),
+            (
+                f"{head}: {holding} NaN or Inf, so {'its' if len(bad) == 1 else 'their'} "
+                "statistics are not finite",
+            ),
         )
     if found.values < 2:
         return Verdict("statistics", (f"{head}: one value per channel has no unbiased variance",))
@@ -166,7 +170,6 @@ def _verdict(channels, files: int, nbytes: int, found: Population, launcher: str
         "statistics",
         (
             f"{head}: every channel finite{tail}",
-            "for precise batch-norm statistics load mean into running_mean and var_unbiased "
-            "into running_var (PyTorch stores the unbiased variance)",
+            "precise BN statistics: load mean as running_mean, var_unbiased as running_var",
         ),
     )

@@ -62,7 +62,13 @@ def is_pattern(text: str) -> bool:
 
 def expand_pattern(pattern: str) -> list[Path]:
     """The .npy files a pattern names, sorted by name, so every rank, on any machine, sees the
-    same list in the same order."""
+    same list in the same order. A directory is refused, not read whole: a pattern says
+    which of its files are the data (a --save-output beside them is not)."""
+    if Path(pattern).is_dir():
+        raise BnInspectError(
+            f"--input {pattern}: is a directory; give its files as a quoted pattern: --input "
+            f"'{Path(pattern) / '*.npy'}'"
+        )
     found = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
     files = [p for p in found if p.is_file()]
     if not files:

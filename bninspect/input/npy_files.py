@@ -38,6 +38,11 @@ def read_header(path: Path, what: str) -> NpyHeader:
     if not path.exists():
         raise BnInspectError(f"{what} {path}: no such file; check the path")
     if path.is_dir():
+        if what == "--input":  # never read whole: a pattern names the files (distributed.md)
+            raise BnInspectError(
+                f"--input {path}: is a directory; give a .npy file, or to stream its files "
+                f"(run --stats-only) a quoted pattern: --input '{path / '*.npy'}'"
+            )
         raise BnInspectError(f"{what} {path}: is a directory; give a .npy file")
     try:
         with path.open("rb") as f:
