@@ -478,3 +478,23 @@ def test_population_counts_agree_with_their_nouns(tmp_path):
     line = result.verdict.summary[0]
     assert line.startswith("3 channels of 4 values each, from 1 file ("), line
     assert line.endswith(": channel 1 holds NaN or Inf, so its statistics are not finite")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("run", "--ranks", "2", "--grad"), "--grad inspects one process's batch norm; --ranks "
+         "splits the forward pass and the running buffers over ranks, not the backward pass "
+         "(whose sums are all-reduced across ranks): drop --grad or --ranks"),
+        (("run", "--rank-sizes", "4,4", "--var-method"), "--var-method inspects one process's "
+         "batch norm; --rank-sizes splits the forward pass and the running buffers over ranks: "
+         "drop --var-method or --rank-sizes"),
+        (("explain", "--ranks", "2", "--index", "1,1", "--precision", "--grad"), "--precision "
+         "and --grad inspect one process's batch norm; --ranks splits the forward pass and the "
+         "running buffers over ranks, not the backward pass (whose sums are all-reduced across "
+         "ranks): drop --precision and --grad or --ranks"),
+    ],
+)  # fmt: skip
+def test_one_process_options_with_ranks_are_refused_by_name(cli, args, expected):
+    """Only the options given are named, and --grad's refusal says what the split covers."""
+    assert cli.error(*args, "--shape", "8,3", code=2) == expected
