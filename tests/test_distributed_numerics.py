@@ -295,7 +295,7 @@ def test_syncbn_drops_empty_ranks_and_takes_the_global_bessel_factor():
             ["run", "--stats-only", "--input", "{folder}/*.npy", "--rank-sizes", "1,2"],
             "for files give --ranks K",
         ),
-        (["explain", "--ranks", "2", "--index", "0,0", "--precision"], "drop them or --ranks"),
+        (["explain", "--ranks", "2", "--index", "0,0", "--precision"], "drop --precision or"),
         (["run", "--ranks", "2", "--shape", "4,3", "--var-method"], "--var-method"),
     ],
 )
