@@ -398,7 +398,7 @@ def _verdict(regimes, checks, rank, first, end, own, g: Regimes, c: int, scale) 
         (
             f"rank {rank} alone gives {number(alone.reference)}; SyncBatchNorm gives the full "
             f"batch's {number(full.reference)}",
-            f"without sync it moves {100 * alone.shift:.2g}% of its scale (rank {rank}: mean "
-            f"{mean_shift:+.2g} std off, var x{ratio:.2g})",
+            f"shift {100 * alone.shift:.2g}% of scale without sync: rank {rank}'s mean "
+            f"{mean_shift:+.2g} std off, var x{ratio:.2g}",
         ),
     )
