@@ -643,11 +643,11 @@ def _verdict(
     eval_shifts = _defined([b.broadcast_eval_shift for b in buffers])
     if held:
         shift, rank, channel = max(held)
-        line2 = f"without sync, rank {rank} moves channel {channel} {_percent(shift)}"
+        line2 = f"without sync, rank {rank} shifts channel {channel} by {_percent(shift)}"
     else:
         line2 = "without sync, PyTorch's module refuses every rank's block"
     if eval_shifts:
-        line2 += f"; DDP's broadcast, eval {_percent(max(eval_shifts))}"
+        line2 += f"; eval {_percent(max(eval_shifts))} (DDP's broadcast)"
     return Verdict("agrees", (line1, line2))
 
 
