@@ -317,3 +317,49 @@ def test_screens_fit_80_columns_without_folding_a_header_mid_word(runs, monkeypa
                 assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
             summary = result.verdict.summary
             assert len(summary) <= 2 and max(map(len, summary)) <= 80, summary
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    samples=st.integers(2, 24),
+    channels=st.integers(1, 3),
+    length=st.integers(1, 4),
+    world=st.integers(1, 4),
+    dtype=st.sampled_from(["float32", "float64", "float16", "bfloat16"]),
+    offset=st.sampled_from([0.0, 3.0, -5.0, 100.0, 1e3, 1e4, -1e4]),
+    spread=st.sampled_from([1e-3, 0.1, 1.0, 30.0]),
+    momentum=st.sampled_from([0.1, 0.3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_rank_buffer_bound_holds_pytorch_on_each_shard(
+    samples, channels, length, world, dtype, offset, spread, momentum, seed
+):
+    """rank_buffer_bounds covers PyTorch's own BatchNorm1d on each shard (run here, in the
+    dtype) against the update by hand in float64 (numpy's mean and ddof=1 variance of the
+    shard's values as the dtype holds them), offsets up to 1e4, every dtype."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    form = float_format(dtype)
+    x = (rng.standard_normal((samples, channels, length)) * spread + offset).astype(form.numpy)
+    sizes = _sizes(rng, samples, world, kind=seed % 2)
+    rm0 = np.asarray(rng.uniform(-1, 1, channels)).astype(form.numpy).astype(np.float64)
+    rv0 = np.asarray(rng.uniform(0.5, 2, channels)).astype(form.numpy).astype(np.float64)
+    for (first, end), stats in zip(shard_bounds(sizes), rank_statistics(x, sizes), strict=True):
+        if stats is None or stats.count < 2:
+            continue
+        layer = getattr(torch, dtype)
+        module = torch.nn.BatchNorm1d(channels, momentum=momentum).to(layer)
+        with torch.no_grad():
+            module.running_mean.copy_(torch.tensor(rm0))
+            module.running_var.copy_(torch.tensor(rv0))
+            module(torch.tensor(x[first:end].astype(np.float64)).to(layer))
+        torch_mean = module.running_mean.double().numpy()
+        torch_var = module.running_var.double().numpy()
+        values = np.moveaxis(x[first:end].astype(np.float64), 1, 0).reshape(channels, -1)
+        new_mean = (1 - momentum) * rm0 + momentum * values.mean(axis=1)
+        new_var = (1 - momentum) * rv0 + momentum * values.var(axis=1, ddof=1)
+        mean_room, var_room = bounds.rank_buffer_bounds(stats, momentum, new_mean, new_var, dtype)
+        where = f"{dtype} x = {x.tolist()!r}, sizes {sizes}, rank block {first}:{end}"
+        assert np.all(np.abs(torch_mean - new_mean) <= mean_room), (torch_mean, new_mean, where)
+        assert np.all(np.abs(torch_var - new_var) <= var_room), (torch_var, new_var, where)
