@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bninspect.distributed import bounds
@@ -320,6 +320,10 @@ def test_screens_fit_80_columns_without_folding_a_header_mid_word(runs, monkeypa
 
 
 @settings(max_examples=150, deadline=None)
+@example(  # PyTorch's bfloat16 update rounds 0.9 to 0.8984375: 1.04 ULP off by hand
+    samples=2, channels=1, length=1, world=1, dtype="bfloat16", offset=0.0, spread=0.1,
+    momentum=0.1, seed=10681,
+)
 @given(
     samples=st.integers(2, 24),
     channels=st.integers(1, 3),

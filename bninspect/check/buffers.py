@@ -172,9 +172,11 @@ def update_bound(
         if dtype != working:
             # Buffers held in the dtype are updated in it too (PyTorch's float16/bfloat16
             # modules do: each product and the sum round to the buffer's dtype), so each of
-            # the update's three roundings is the dtype's, not the working precision's.
+            # the update's three roundings is the dtype's, not the working precision's; and
+            # the factors 1 - momentum and momentum are the dtype's too (bfloat16 holds 0.9 as
+            # 0.8984375): each product rounds twice, its factor and itself.
             held = unit_roundoff(dtype)
-            bound = bound + held * (old_term + take * np.abs(batch)) + 0.5 * ulp(new, dtype)
+            bound = bound + 2 * held * (old_term + take * np.abs(batch)) + 0.5 * ulp(new, dtype)
     return bound
 
 
