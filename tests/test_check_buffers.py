@@ -98,11 +98,14 @@ def test_pytorchs_own_buffers_pass(cli, tmp_path, offset):
     )
     buffers = doc["buffers"]
     assert buffers["passed"] and doc["passed"]
-    assert [b["name"] for b in buffers["buffers"]] == [
-        "running_mean",
-        "running_var",
-        "num_batches_tracked",
-    ]
+    assert [b["name"] for b in buffers["buffers"]] == ["running_mean", "running_var"]
+    assert buffers["num_batches_tracked"] == {
+        "reference": tracked,
+        "theirs": tracked,
+        "passed": True,
+        "detail": f"theirs {tracked}, the reference's {tracked}",
+    }
+    assert type(buffers["num_batches_tracked"]["reference"]) is int
     assert not any(h["explains"] for h in buffers["hypotheses"])
 
 
@@ -125,7 +128,7 @@ def test_each_buffer_mistake_is_named(cli, tmp_path, name):
     assert not buffers["passed"] and not doc["passed"]
     first = buffers["hypotheses"][0]
     assert (first["name"], first["explains"]) == (name, True), buffers
-    summary = doc["diagnosis"]["summary"]
+    summary = doc["diagnosis"]["conclusion"]
     assert summary.startswith(f"FAIL: your running buffers: {first['description']}; ")
     assert "; your output matches the stated settings on all 3 channels" in summary
     assert doc["verdict"] == {"status": "fail", "summary": [summary, doc["verdict"]["summary"][1]]}
@@ -135,8 +138,9 @@ def test_a_wrong_num_batches_tracked_fails(cli, tmp_path):
     x = make_input()
     mean, var, tracked = pytorch_buffers(x)
     doc = run_check(cli, tmp_path, x, mean, var, "--their-num-batches-tracked", "0", code=3)
-    tracked_row = doc["buffers"]["buffers"][-1]
-    assert tracked_row["name"] == "num_batches_tracked" and not tracked_row["passed"]
+    tracked_row = doc["buffers"]["num_batches_tracked"]
+    assert (tracked_row["reference"], tracked_row["theirs"]) == (1, 0)
+    assert not tracked_row["passed"]
     assert tracked_row["detail"] == "theirs 0, the reference's 1 (each training pass adds 1)"
 
 

@@ -155,14 +155,14 @@ def build_check_result(
     if not isinstance(buffers, Undefined) and not buffers.passed:
         if passed_output:
             output_part = summary.split(": ", 1)[1]
-            summary = f"FAIL: {buffers.summary}; your output {output_part}"
+            summary = f"FAIL: {buffers.conclusion}; your output {output_part}"
         else:
-            summary += f"; {buffers.summary}"
-    named = diagnosis  # its summary says what, without PASS/FAIL
-    diagnosis = dataclasses.replace(diagnosis, summary=summary)
+            summary += f"; {buffers.conclusion}"
+    named = diagnosis  # its conclusion says what, without PASS/FAIL
+    diagnosis = dataclasses.replace(diagnosis, conclusion=summary)
 
     def at(flat: int):
-        return element(flat, shape, theirs, reference, torch_out, abs_error, dtype)
+        return element(flat, shape, theirs, reference, torch_out, abs_error, dtype, scales)
 
     order = worst_indices(abs_error, top)
     found = largest_errors(abs_error, reference, dtype) if abs_error.size else {}
@@ -215,6 +215,7 @@ def build_check_result(
             torch_out,
             tolerance,
             inspection,
+            buffers,
         ),  # fmt: skip
         histogram=histogram(abs_error),
         torch_max_ulp_error_at_scale=torch_error,
@@ -233,32 +234,38 @@ def _summary(passed, given, diagnosis, needed, non_finite, mismatch, elements) -
         more = "" if count == mismatches else f", {mismatches - count} more beyond the tolerance"
         return (
             f"FAIL: {count} of {elements} elements are NaN or infinite on one side only{more}; "
-            + diagnosis.summary
+            + diagnosis.conclusion
         )
     if passed and not needed:
-        return f"PASS: {diagnosis.summary}"
+        return f"PASS: {diagnosis.conclusion}"
     if passed:
-        return f"PASS within the given tolerance, but {diagnosis.summary}"
+        return f"PASS within the given tolerance, but {diagnosis.conclusion}"
     if diagnosis.explained:
-        return f"FAIL: {diagnosis.summary}; fix that, not the tolerance"
+        return f"FAIL: {diagnosis.conclusion}; fix that, not the tolerance"
     if not needed and given:
         return (
             "FAIL under the given tolerance, though the error is at the level of rounding: "
-            + diagnosis.summary
+            + diagnosis.conclusion
         )
-    return f"FAIL: {diagnosis.summary}"
+    return f"FAIL: {diagnosis.conclusion}"
 
 
 def _suggestion(
     passed, needed, diagnosis, dtype, stated, limits,
-    theirs, output, reference, abs_error, torch_out, tolerance, inspection,
+    theirs, output, reference, abs_error, torch_out, tolerance, inspection, buffers,
 ):  # fmt: skip
     """The assert_close line, only where the output passes or its error is at the level of
-    rounding; for a named mistake, why not (fix it, not the test)."""
+    rounding, and their buffers (if given) pass; for a named mistake, why not (fix it, not
+    the test)."""
+    if not isinstance(buffers, Undefined) and not buffers.passed:
+        return Undefined(
+            f"{buffers.conclusion}: fix that; an assert_close line on the output would pass "
+            "the wrong buffers"
+        )
     if needed and not passed and np.all(np.isfinite(abs_error)):
         if diagnosis.explained:
             return Undefined(
-                f"your output {diagnosis.summary}: fix that, not the tolerance; a tolerance "
+                f"your output {diagnosis.conclusion}: fix that, not the tolerance; a tolerance "
                 "that passes it would hide the mistake"
             )
         return Undefined(

@@ -79,5 +79,6 @@ def print_result(result: Any, detail: str = "normal", **options: Any) -> None:
         renderable = render(result, detail == "verbose", console.width, **options)
     with console.capture() as captured:
         # crop=False: a table wider than the terminal wraps there instead of losing its edge.
-        console.print(renderable, crop=False)
+        # The verdict alone (-q) keeps each of its lines whole: one or two lines, for scripts.
+        console.print(renderable, crop=False, soft_wrap=detail == "quiet")
     sys.stdout.write(_TRAILING.sub(r"\1", captured.get()))
