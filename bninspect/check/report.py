@@ -139,6 +139,9 @@ def build_check_result(
     diagnosis, best = diagnose(inspection, theirs, stated, limits, judge, tell)
     shape = theirs.shape
     passed_output = bool(not mismatch.any())
+    hint = narrower_dtype_hint(inspection.batch, theirs, dtype) if not passed_output else None
+    if hint is not None:
+        output = dataclasses.replace(output, notices=(*output.notices, hint))
     non_finite = _non_finite(theirs, reference, not allow_nonfinite)
     buffers = (
         check_buffers(inspection, their_buffers, cond)
@@ -224,6 +227,35 @@ def build_check_result(
         non_finite=non_finite,
         buffers=buffers,
     )
+
+
+def narrower_dtype_hint(x: np.ndarray, theirs: np.ndarray, dtype: str) -> str | None:
+    """For float32 data whose every value, input and output, is a bfloat16 (or float16)
+    number: the likely story (a batch norm in that dtype, saved as float32 because .npy holds
+    no bfloat16) and the option that judges it by that dtype's rounding. None otherwise."""
+    if dtype != "float32":
+        return None
+    held = [name for name in ("bfloat16", "float16") if _all_held(x, name) and _all_held(theirs, name)]
+    if not held:
+        return None
+    names = " and ".join(held)
+    return (
+        f"every value of the input and of your output is a {names} number: if they come from a "
+        f"{held[0]} batch norm saved as float32 (.npy holds no bfloat16), give --dtype "
+        f"{held[0]} to judge it by {held[0]}'s rounding"
+    )
+
+
+def _all_held(a: np.ndarray, name: str) -> bool:
+    """Whether every finite value of ``a`` is exactly a number of dtype ``name``."""
+    narrow = float_format(name).numpy
+    for s in channel_chunks(a.shape):
+        part = np.asarray(a[:, s], dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            back = part.astype(narrow).astype(np.float64)
+            if not np.all((back == part) | ~np.isfinite(part)):
+                return False
+    return True
 
 
 def _summary(passed, given, diagnosis, needed, non_finite, mismatch, elements) -> str:
