@@ -157,3 +157,48 @@ def test_a_buffer_of_the_wrong_size_is_refused(cli, tmp_path):
         f"--their-running-mean {tmp_path / 'rm.npy'}: shape 4, but the input has 3 channels; "
         "give one value per channel"
     )
+
+
+def test_one_channels_buffer_mistake_is_named_on_that_channel(cli, tmp_path):
+    """Channel 1 alone stores the biased variance (the others PyTorch's update): no one mistake
+    explains all three channels, so the buffers are named per channel, as the output is."""
+    x = make_input()
+    mean, var, _ = pytorch_buffers(x)
+    _, biased, _ = batch_statistics(x)
+    var = var.copy()
+    var[1] = np.float32((1 - MOMENTUM) * RUNNING_VAR[1] + MOMENTUM * biased[1])
+    doc = run_check(cli, tmp_path, x, mean, var, code=3)
+    buffers = doc["buffers"]
+    assert not buffers["passed"] and buffers["explained"]
+    assert [(g["name"], g["channels"]) for g in buffers["groups"]] == [
+        ("biased-variance-stored", [1]),
+        ("stated settings", [0, 2]),
+    ]
+    assert buffers["conclusion"] == (
+        "your running buffers: stores the biased variance in running_var on channel 1; "
+        "channels 0 and 2 match the stated update"
+    )
+    by_name = {b["name"]: b for b in buffers["buffers"]}
+    assert by_name["running_var"]["explained_by"] == "biased-variance-stored on channel 1"
+    assert by_name["running_mean"]["passed"]
+    biased_stored = next(h for h in buffers["hypotheses"] if h["name"] == "biased-variance-stored")
+    assert not biased_stored["explains"]  # not on channels 0 and 2
+
+
+def test_no_assert_close_line_when_the_buffers_are_wrong(cli, tmp_path):
+    """PyTorch's own output passes, but the running_var is the biased variance's: an
+    assert_close line on the output would pass the wrong buffers, so none is given."""
+    x = make_input()
+    mean, var = mistaken_buffers("biased-variance-stored", x)
+    doc = run_check(cli, tmp_path, x, mean, var, code=3)
+    assert doc["suggested"] is None
+    assert doc["null_reasons"]["/suggested"] == (
+        "your running buffers: stores the biased variance in running_var: fix that; an "
+        "assert_close line on the output would pass the wrong buffers"
+    )
+    out = cli(
+        "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", *LAYER,
+        "--their-running-mean", tmp_path / "rm.npy", "--their-running-var", tmp_path / "rv.npy",
+        code=3,
+    ).stdout  # fmt: skip
+    assert "torch.testing.assert_close(" not in out
