@@ -112,8 +112,7 @@ def test_a_pass_that_a_mistake_fits_markedly_better_says_so_in_a_note(cli, tmp_p
     assert out.startswith("PASS: ")
     assert [line for line in out.splitlines() if line.startswith("note: ")] == [f"note: {note}"]
     doc = json.loads(
-        cli("check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--json")
-        .stdout
+        cli("check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--json").stdout
     )
     assert doc["diagnosis"]["note"] == note
 

@@ -309,9 +309,9 @@ def check_buffers(inspection, theirs: TheirBuffers, cond) -> BufferCheck:
                 _max(errors),
                 _max(limits),
                 fits,
-                _explained_by(errors > limits, best, channels) if not fits else Undefined(
-                    "matches the stated update"
-                ),
+                _explained_by(errors > limits, best, channels)
+                if not fits
+                else Undefined("matches the stated update"),
                 f"{_max(errors):.3g} ULP of {dtype} at the buffer's scale; a correct update can "
                 f"leave {_max(limits):.3g}",
             )
@@ -391,7 +391,9 @@ def _mixed(groups, channels: int) -> str:
     for g in groups:
         where = channel_list(g.channels, channels)
         if g.name == STATED:
-            parts.append(f"{where} {'matches' if len(g.channels) == 1 else 'match'} the stated update")
+            parts.append(
+                f"{where} {'matches' if len(g.channels) == 1 else 'match'} the stated update"
+            )
         elif isinstance(g.name, Undefined):
             parts.append(f"no known buffer mistake explains {where}")
         else:

@@ -96,9 +96,9 @@ def element(
         float(e),
         float(relative_error(e, r)),
         float(ulp_error(e, r, dtype)),
-        _at_scale(float(e), scales[at[1]], dtype) if scales is not None else Undefined(
-            "no scale given"
-        ),
+        _at_scale(float(e), scales[at[1]], dtype)
+        if scales is not None
+        else Undefined("no scale given"),
     )
 
 

@@ -217,9 +217,7 @@ def _better_fit(tried, stated_ratio: float) -> str | None:
     if stated_ratio < NOTABLE_SHARE:
         return None
     better = [
-        h
-        for h, *_, ok in tried
-        if ok and not h.fitted and _ratio(h) <= MARKEDLY * stated_ratio
+        h for h, *_, ok in tried if ok and not h.fitted and _ratio(h) <= MARKEDLY * stated_ratio
     ]
     if not better:
         return None

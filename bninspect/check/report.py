@@ -235,7 +235,9 @@ def narrower_dtype_hint(x: np.ndarray, theirs: np.ndarray, dtype: str) -> str | 
     no bfloat16) and the option that judges it by that dtype's rounding. None otherwise."""
     if dtype != "float32":
         return None
-    held = [name for name in ("bfloat16", "float16") if _all_held(x, name) and _all_held(theirs, name)]
+    held = [
+        name for name in ("bfloat16", "float16") if _all_held(x, name) and _all_held(theirs, name)
+    ]
     if not held:
         return None
     names = " and ".join(held)
@@ -324,10 +326,7 @@ def check_verdict(
     or that there is nothing to explain: the diagnosis' summary), then the count against the
     tolerance."""
     if tolerance.per_channel_atol is not None:
-        bound = (
-            "what a correct implementation can leave on each channel (the derived tolerance, "
-            "docs/check.md)"
-        )
+        bound = "the derived tolerance (docs/check.md)"
     else:
         bound = f"atol {tolerance.atol:.3g} + rtol {tolerance.rtol:.3g} * |reference|"
         bound += f" ({tolerance.source})"

@@ -93,9 +93,8 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
     )
     if worst is not None:
         lines.append(
-            f"at the channel's scale: worst is channel {worst.channel}, "
-            f"{fmt(worst.max_ulp_error_at_scale)} ULP of {dtype} (PyTorch's own output: "
-            f"{fmt(result.torch_max_ulp_error_at_scale)} on its worst)"
+            f"worst channel at its scale: {worst.channel}, {fmt(worst.max_ulp_error_at_scale)} "
+            f"ULP of {dtype} (PyTorch's: {fmt(result.torch_max_ulp_error_at_scale)})"
         )
     if verbose:
         where = _where(result.worst_by_rel_error)
@@ -184,19 +183,20 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
                 h.name,
                 h.description + (f" ({h.detail})" if h.detail else ""),
                 fmt(h.max_ulp_error_at_scale) + (f" {h.precision}" if h.precision != dtype else ""),
+                fmt(h.max_over_bound),
                 fmt(h.explains),
             ]
             for h in tried
         ]
         title = (
-            "Known mistakes tried, best first, fitted ones last"
+            "Known mistakes tried: those that explain it, then the closest"
             if verbose
             else "Known mistakes that explain it"
         )
         parts.append(
             grid(
-                f"{title} (ULPs of {dtype} left at scale)",
-                ["variant", "what it does", "error left", "explains"],
+                f"{title} (left: {dtype} ULPs at scale; x bound)",
+                ["variant", "what it does", "error left", "x bound", "explains"],
                 rows,
                 left=(0, 1),
             )
@@ -221,7 +221,9 @@ def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
             fmt(b.max_ulp_error_at_scale),
             fmt(b.bound_ulps),
             fmt(b.passed),
-            fmt(b.explained_by) if not isinstance(b.explained_by, Undefined) else b.explained_by.reason,
+            fmt(b.explained_by)
+            if not isinstance(b.explained_by, Undefined)
+            else b.explained_by.reason,
         ]
         for b in check.buffers
     ]
@@ -237,12 +239,21 @@ def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
     tried = [h for h in check.hypotheses if verbose or h.explains]
     if not tried:
         return table
-    rows = [[h.name, h.description, fmt(h.max_ulp_error_at_scale), fmt(h.explains)] for h in tried]
+    rows = [
+        [
+            h.name,
+            h.description,
+            fmt(h.max_ulp_error_at_scale),
+            fmt(h.max_over_bound),
+            fmt(h.explains),
+        ]
+        for h in tried
+    ]
     return Group(
         table,
         grid(
             "Known buffer mistakes " + ("tried" if verbose else "that explain them"),
-            ["variant", "what it does", "ULP left", "explains"],
+            ["variant", "what it does", "ULP left", "x bound", "explains"],
             rows,
             left=(0, 1),
         ),
