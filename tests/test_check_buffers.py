@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -202,3 +203,43 @@ def test_no_assert_close_line_when_the_buffers_are_wrong(cli, tmp_path):
         code=3,
     ).stdout  # fmt: skip
     assert "torch.testing.assert_close(" not in out
+
+
+def bf16(values):
+    """Rounded to bfloat16, as float64."""
+    return np.asarray(values, dtype=np.float64).astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def test_a_bfloat16_buffer_mistake_on_one_channel_is_named_within_the_bound(cli, tmp_path):
+    """bfloat16 data saved as float32 (.npy holds no bfloat16), checked with --dtype bfloat16:
+    PyTorch's own module in bfloat16, but channel 2's running_var updated with the biased
+    variance, rounded step by step in bfloat16 as the module does. It is named on channel 2
+    alone (the others match the stated update and not the mistake)."""
+    rng = np.random.default_rng(11)
+    # std 3 and 8 values per channel: the biased variance is 1/7 below the unbiased, which
+    # moves running_var by ~0.13, ~16 bfloat16 ULPs: every channel can tell the two apart.
+    x = (rng.standard_normal((2, 4, 2, 2)) * 3).astype(ml_dtypes.bfloat16).astype(np.float32)
+    module = torch.nn.BatchNorm2d(4).to(torch.bfloat16)
+    with torch.no_grad():
+        y = module(torch.from_numpy(x).to(torch.bfloat16)).float().numpy()
+    mean = module.running_mean.float().numpy()
+    var = module.running_var.float().numpy().copy()
+    biased = x.astype(np.float64)[:, 2].var()
+    var[2] = bf16(bf16(1.0 * (1 - MOMENTUM)) + bf16(bf16(biased) * MOMENTUM))
+    for name, value in (("x", x), ("y", y), ("rm", mean), ("rv", var)):
+        np.save(tmp_path / f"{name}.npy", value)
+    doc = json.loads(
+        cli(
+            "check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy",
+            "--dtype", "bfloat16", "--their-running-mean", tmp_path / "rm.npy",
+            "--their-running-var", tmp_path / "rv.npy", "--json", code=3,
+        ).stdout
+    )  # fmt: skip
+    buffers = doc["buffers"]
+    assert [(g["name"], g["channels"]) for g in buffers["groups"]] == [
+        ("biased-variance-stored", [2]),
+        ("stated settings", [0, 1, 3]),
+    ]
+    by_name = {b["name"]: b for b in buffers["buffers"]}
+    assert by_name["running_var"]["explained_by"] == "biased-variance-stored on channel 2"
+    assert doc["passed"] is False and doc["suggested"] is None
