@@ -526,7 +526,7 @@ def test_table(cli, tmp_path):
         "FAIL: normalizes with the unbiased variance (divides by N - 1) on all 3 channels; fix "
         "that, not the tolerance"
     ) in verdict
-    assert re.search(r"\d+ of 360 elements beyond what a correct implementation can leave", verdict)
+    assert re.search(r"\d+ of 360 elements beyond the derived tolerance \(docs/check.md\)", verdict)
     assert "Known mistakes that explain it" in out and "--verbose lists the" in out
     verbose = cli(*args, "--verbose", code=3).stdout
     assert "Known mistakes tried" in verbose and "no assert_close line: " in verbose

@@ -190,7 +190,7 @@ def test_the_largest_error_is_told_with_its_own_channels_scale(cli, tmp_path):
     assert "at [1, 0, 2, 3]" in line  # the test terminal is 200 wide: one line
     assert line.endswith(f"(channel 0: {own:.5g} ULP of float32 at its scale)")
     other = abs(float(y[2, 2, 1, 1]) - reference[2, 2, 1, 1]) / ulp32(scales[2])
-    assert f"worst is channel 2, {other:.5g} ULP" in " ".join(out.split())
+    assert f"worst channel at its scale: 2, {other:.5g} ULP" in " ".join(out.split())
 
 
 def test_quiet_prints_at_most_two_lines(cli, tmp_path):
