@@ -223,9 +223,8 @@ def _better_fit(tried, stated_ratio: float) -> str | None:
         return None
     h = min(better, key=_ratio)
     return (
-        f"within the bound, but {h.name} ({h.description}) fits it markedly better: the "
-        f"error is {_ratio(h):.2g} of the bound under it, {stated_ratio:.2g} under the stated "
-        "settings"
+        f"{h.name} fits it markedly better: {_ratio(h):.2g} of the bound left, against "
+        f"{stated_ratio:.2g}"
     )
 
 

@@ -114,7 +114,7 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
         ]
         for e in result.worst
     ]
-    if rows and (verbose or not result.passed):
+    if rows and (verbose or result.mismatches):  # the output's worst, where it fails
         parts.append(
             grid(
                 f"The {len(result.worst)} largest errors (ULP: of {dtype} at the channel's scale)",
