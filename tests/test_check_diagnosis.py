@@ -11,6 +11,7 @@ import json
 
 import ml_dtypes
 import numpy as np
+import pytest
 import torch
 from test_tolerance import checked
 
@@ -59,6 +60,20 @@ def test_one_channel_with_the_unbiased_variance_is_named_on_it_not_by_a_fitted_m
     )
     naive = next(h for h in result.diagnosis.hypotheses if h.name == "naive-variance")
     assert not naive.explains and "by its freedom" in naive.detail
+
+
+@pytest.mark.parametrize("offset", [0.0, 10.0, 100.0, 300.0])
+@pytest.mark.parametrize("channel", [0, 5])
+def test_one_channels_unbiased_variance_is_named_there_at_every_offset(offset, channel):
+    rng = np.random.default_rng(int(offset) + channel)
+    x = (rng.standard_normal((8, 6, 4, 4)) + offset).astype(np.float32)
+    y = batchnorm(x, lambda c, v: v.var(ddof=1) if c == channel else v.var()).astype(np.float32)
+    result = checked(x, y)
+    assert not result.passed
+    assert [(g.name, g.channels) for g in result.diagnosis.groups] == [
+        ("unbiased-variance", (channel,)),
+        ("stated settings", tuple(c for c in range(6) if c != channel)),
+    ], result.diagnosis.conclusion
 
 
 def test_the_real_naive_variance_is_still_named_on_every_channel():
