@@ -79,10 +79,16 @@ def main() -> None:
         subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
         cli.append(time.perf_counter() - start)
     base, mine = statistics.median(plain), statistics.median(inspected)
+    # Each inspection against the forwards timed just before it: the other users' load drifts
+    # over a run, and the two of a pair see about the same.
+    paired = statistics.median(m / b for b, m in zip(plain, inspected, strict=True))
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"DenseNet121 on {args.shape} float32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats (medians)")
+          f"{torch.get_num_threads()} threads, {args.repeats} repeats (medians), "
+          f"load average {load} on {os.cpu_count()} cores")
     print(f"  train-mode + eval-mode forward (no_grad)  {base:8.3f} s")
-    print(f"  bninspect model, the inspection           {mine:8.3f} s   ratio {mine / base:.2f}x")
+    print(f"  bninspect model, the inspection           {mine:8.3f} s   ratio {mine / base:.2f}x"
+          f" (median of paired ratios {paired:.2f}x)")
     print(f"  bninspect model, the whole command line   {statistics.median(cli):8.3f} s   "
           "(start-up, imports, building the network included)")
     print("  target: the inspection at most 3x the two forwards")

@@ -1,3 +1,3 @@
-from bninspect.cli.main import main
+from bninspect.cli.entry import main
 
 main()

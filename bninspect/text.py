@@ -46,3 +46,33 @@ def shape(sizes: tuple[int, ...]) -> str:
 def short(value: float) -> str:
     """1e-05 -> '1e-5', 0.1 -> '0.1': a number as people write it in an option."""
     return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+# Characters a terminal would act on or that reorder what it shows, besides C0 and C1 controls
+# (ESC starts colour and cursor sequences, a newline would split a one-line message): Unicode's
+# line and paragraph separators and its bidirectional overrides, which can make a name read as
+# another.
+_BIDI = "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (Python's surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}"
+
+
+def _unsafe(char: str) -> bool:
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF or char in _BIDI
+
+
+def printable(text: str) -> str:
+    """``text`` safe to echo on a terminal, on one line: control characters, bidirectional
+    overrides and bytes that are not UTF-8 (in a file name) written as \\xNN or \\uNNNN, the
+    rest as it is. For display only: a name with a backslash in it reads as it is."""
+    if text.isprintable() and not any(c in _BIDI for c in text):
+        return text  # the usual case, fast
+    return "".join(_escape(c) if _unsafe(c) else c for c in text)

@@ -84,3 +84,15 @@ def _reject_constant(name: str):
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """bninspect's command line in processes of their own, with bounded memory and time
+    (tests/cli_server.py): for what must not happen in the test process (a signal, a crash,
+    a closed stdout, memory that grows without bound)."""
+    from cli_server import CliServer
+
+    started = CliServer()
+    yield started
+    started.close()

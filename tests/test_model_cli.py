@@ -131,7 +131,7 @@ def test_layer_in_full_and_the_table(cli, files):
     assert everything.startswith("all 3 batch norms agree between train and eval mode")
     # standard normal data is not what it was trained on: bninspect says so
     other = cli(*tiny_args(folder, "--shape", "16,1,8,8")).stdout
-    assert other.startswith("train and eval part first at batch norm 1 of 3, bn1")
+    assert other.startswith("train and eval part first at bn1 (layer 1 of 3)")
 
 
 def test_tables_fit_80_columns(cli, files, monkeypatch):

@@ -200,8 +200,18 @@ def test_check_notices_what_it_does_not_compare(cli, tmp_path):
     assert "Notice" not in result.stderr
     # given their buffers, check compares the update, which these options set
     np.save(tmp_path / "mean.npy", np.zeros(2))
-    result = cli(*args, "--momentum", "none", "--num-batches-tracked", "2",
-                 "--running-var", "2,2", "--their-running-mean", tmp_path / "mean.npy", code=3)
+    result = cli(
+        *args,
+        "--momentum",
+        "none",
+        "--num-batches-tracked",
+        "2",
+        "--running-var",
+        "2,2",
+        "--their-running-mean",
+        tmp_path / "mean.npy",
+        code=3,
+    )
     assert "Notice" not in result.stderr
     # and their counter after the pass is compared with --num-batches-tracked + 1
     result = cli(*args, "--num-batches-tracked", "2", "--their-num-batches-tracked", "3")
@@ -291,7 +301,8 @@ def test_notices_follow_the_command():
 
 EVERY = {"--json", "--quiet", "--verbose", "--grad-output"}
 OWN_OPTIONS = {
-    "check": EVERY | {
+    "check": EVERY
+    | {
         *("--output", "--atol", "--rtol", "--top", "--allow-nonfinite-mismatch"),
         *("--their-running-mean", "--their-running-var", "--their-num-batches-tracked"),
         *("--grad-input", "--grad-weight", "--grad-bias"),
@@ -377,3 +388,18 @@ def test_the_header_names_the_counter_and_the_channel_axis(cli):
     assert "momentum none (cumulative average), num_batches_tracked 4," in stdout
     stdout = cli("run", "--shape", "2x3x4x5").stdout
     assert "channels on axis" not in stdout and "num_batches_tracked" not in stdout
+
+
+def test_stats_only_notices_the_affine_options(cli, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 3, 4)).astype("f4"))
+    notice = (
+        "--weight and --bias have no effect under --stats-only: the affine step shapes the "
+        "output, which --stats-only does not compute (the tables show the layer's defaults)"
+    )
+    args = ("run", "--stats-only", "--input", tmp_path / "x.npy", "--weight", "1,2,3")
+    result = cli(*args, "--bias", "0,0,1")
+    assert f"Notice: {notice}\n" in result.stderr
+    assert cli.json(*args)["settings"]["notices"] == [notice.replace(" and --bias have", " has")]
+    assert (
+        cli.json("run", "--stats-only", "--input", tmp_path / "x.npy")["settings"]["notices"] == []
+    )

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bninspect.errors import BnInspectError
 from bninspect.input import npy_files
 from bninspect.input import tensor as tensor_input
-from bninspect.input.npy_files import read_data, read_header
+from bninspect.input.npy_files import opened_npy, read_data
 from bninspect.input.tensor import load_input, map_input
 from bninspect.numerics import kernels
 from bninspect.numerics.reference import channel_statistics
@@ -100,7 +100,7 @@ def test_the_mapped_file_is_never_modified(cli, tmp_path):
     np.save(path, np.random.default_rng(3).standard_normal((3, 2, 1000)).astype(np.float32))
     before, stamp = path.read_bytes(), os.stat(path).st_mtime_ns
     cli("run", "--input", path, "--stats-only")
-    tensor, mapping = map_input(path)
+    tensor, _ = map_input(path)
     with pytest.raises((TypeError, ValueError)):
         tensor.array[0, 0, 0] = 1.0  # read-only mapping
     channel_statistics(tensor.array)
@@ -125,18 +125,16 @@ def test_a_full_run_reads_the_file_and_never_changes_it(cli, tmp_path):
 def test_a_file_that_shrinks_while_read_is_an_error_not_a_crash(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, np.ones((4, 2, 100), dtype=np.float32))
-    header = read_header(path, "--input")
-    # As if the file lost its last values between the header check and the read.
-    longer = dataclasses.replace(header, shape=(5, 2, 100))
-    with pytest.raises(BnInspectError, match="while being read"):
-        read_data(path, longer, "--input")
+    with opened_npy(path, "--input") as (file, header):
+        # As if the file lost its last values between the header check and the read.
+        longer = dataclasses.replace(header, shape=(5, 2, 100))
+        with pytest.raises(BnInspectError, match="while being read"):
+            read_data(file, longer)
 
 
 def test_the_hash_is_of_the_bytes_read_even_if_the_file_then_goes(tmp_path, monkeypatch):
     path = tmp_path / "x.npy"
     np.save(path, np.arange(60, dtype=np.float32).reshape(3, 2, 10))
-    with path.open("ab") as f:
-        f.write(b"trailing bytes")  # after the data, part of the file's hash
     expected = hashlib.sha256(path.read_bytes()).hexdigest()
     read_data = tensor_input.read_data
 
@@ -178,8 +176,6 @@ def test_stats_only_accepts_what_only_pytorch_refuses(cli, tmp_path):
 def test_the_hash_of_a_file_read_in_many_reads(tmp_path, monkeypatch):
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(2).standard_normal((3, 4, 1000)).astype(np.float32))
-    with path.open("ab") as f:
-        f.write(b"tail")
     monkeypatch.setattr(npy_files, "READ_BYTES", 4096)  # 12 reads of the data, one uneven
     tensor = load_input(path)
     assert tensor.finished_info().sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -84,7 +84,7 @@ def against_report(
     implied_var: Number = missing
     if not isinstance(x_hat, Undefined) and x_hat != 0 and x != mean:
         implied_std = (x - mean) / x_hat
-        implied_var = implied_std**2 - eps
+        implied_var = implied_std * implied_std - eps  # ** would raise past float64's range
     x_hat_ref = (x - mean) / std if std else 0.0
     steps = (
         ImpliedStep("y", y_ref, y_theirs),
@@ -93,7 +93,9 @@ def against_report(
         ImpliedStep("var", var, implied_var, "std^2 - eps, if eps is right"),
     )
     scaled = abs_error / unit if unit else Undefined("no scale: weight and y are 0")
-    solved_eps = implied_std**2 - var if not isinstance(implied_std, Undefined) else implied_std
+    solved_eps = (  # * not **, which would raise past float64's range
+        implied_std * implied_std - var if not isinstance(implied_std, Undefined) else implied_std
+    )
     if _within(abs_error, rounding * unit, digit):
         verdict = "your value matches the reference to rounding: the steps agree"
         if digit is None and their.digit_unit is not None:  # typed with every digit

@@ -4,6 +4,7 @@ per channel. Pure numpy on whole arrays (N, C, ...)."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -234,7 +235,8 @@ def _pattern(theirs: np.ndarray, reference: np.ndarray, unit: float) -> tuple[st
     if t.size == 0:
         return "not finite", Undefined("no finite pairs"), Undefined("no finite pairs")
     agree = (np.isnan(theirs) & np.isnan(reference)) | (np.isinf(theirs) & (theirs == reference))
-    name, factor, offset = _affine_pattern(t, r, unit)
+    with np.errstate(over="ignore", invalid="ignore"):  # errors near the largest float
+        name, factor, offset = _affine_pattern(t, r, unit)
     return name + (WHERE_FINITE if np.any(~keep & ~agree) else ""), factor, offset
 
 
@@ -363,7 +365,10 @@ def _needed_of(theirs, expected, in_dtype: str, tolerance: Tolerance):
     if not np.all(np.isfinite(error)):
         return None
     magnitude = np.where(agree, 0.0, np.abs(e))
-    error = error * (1 + 4 * u)
+    with np.errstate(over="ignore"):  # an error near the largest float: no finite tolerance
+        error = error * (1 + 4 * u)
+    if not np.all(np.isfinite(error)):
+        return None
     atol = float(max(0.0, np.max(error - tolerance.rtol * magnitude * (1 - 2 * u), initial=0.0)))
     short = error - tolerance.atol * (1 - 2 * u)
     rtol: float | None = 0.0
@@ -443,7 +448,7 @@ def _ceil3(value: float) -> float:
     if value == 0:
         return 0.0
     digits = 2 - math.floor(math.log10(value))
-    mantissa = math.ceil(value * 10**digits)
+    mantissa = math.ceil(Fraction(value) * 10**digits)  # exact: 10**digits may pass floats
     while float(f"{mantissa}e{-digits}") < value:
         mantissa += 1
     return float(f"{mantissa}e{-digits}")

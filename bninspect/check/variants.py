@@ -198,8 +198,9 @@ def _over_axes(axes: tuple[int, ...], affine_axis: int = 1):
         if any(a >= x.ndim for a in axes):
             return None
         wide = x.astype(np.float64)
-        mean = wide.mean(axis=axes, keepdims=True)
-        var = wide.var(axis=axes, keepdims=True)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf in x: NaN/Inf statistics
+            mean = wide.mean(axis=axes, keepdims=True)
+            var = wide.var(axis=axes, keepdims=True)
         shape = [1] * x.ndim
         shape[affine_axis] = -1
         return normalized(x, mean, var, eps, p.weight.reshape(shape), p.bias.reshape(shape))
@@ -334,7 +335,8 @@ def _naive_variance(inspection, theirs, judge=None):
     working = "float64" if x.dtype == np.float64 else "float32"
     reach = naive_reach(stats.count, working)
     mean_ref, var_ref = stats.mean, stats.var_biased
-    square_mean = var_ref + mean_ref**2
+    with np.errstate(over="ignore"):  # a mean near the largest float: its square is inf
+        square_mean = var_ref + mean_ref**2
     mean, var = mean_ref.copy(), var_ref.copy()
     rows = []  # (channel, relative variance error, mean error in std, |mean| / std, clamped)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -350,7 +352,8 @@ def _naive_variance(inspection, theirs, judge=None):
             slope, at_mean = line
             if not (slope * w > 0 and math.isfinite(slope)):
                 continue  # a line the formula cannot draw with any variance
-            fitted_var = (w / slope) ** 2 - eps
+            ratio = w / slope
+            fitted_var = ratio * ratio - eps  # ** would raise past float64's range
             fitted_mean = float(mean_ref[c]) - (at_mean - float(p.bias[c])) / slope
             var_bound = NAIVE_VAR_BOUND * reach * (square_mean[c] + mean_ref[c] ** 2)
             mean_bound = NAIVE_MEAN_BOUND * reach * math.sqrt(square_mean[c])

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from bninspect.cli.process import StreamError, say, write_result
 from bninspect.errors import BnInspectError
 
 # typer raises click's exceptions (vendored in newer typer); find their base without importing
@@ -18,7 +19,7 @@ _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"Error: {message}", file=sys.stderr)
+    say(f"Error: {message}")  # one line on stderr, whatever the message holds (process.say)
     sys.exit(code)
 
 
@@ -32,7 +33,10 @@ class _OneLineErrors(TyperGroup):
             code = super().main(*args, standalone_mode=False, **kwargs)
         except _CLICK_EXCEPTION as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `bninspect`: the help, as asked
-                print(exc.format_message())
+                try:
+                    write_result(exc.format_message() + "\n")
+                except StreamError:
+                    pass
                 sys.exit(exc.exit_code)
             # Some typer versions put pydantic-style "Value error, " before a choice's message.
             message = exc.format_message().replace("Value error, ", "").rstrip(".")
@@ -42,6 +46,10 @@ class _OneLineErrors(TyperGroup):
             _fail(f"{message}{hint}", exc.exit_code)
         except BnInspectError as exc:
             _fail(str(exc), exc.exit_code)
+        except StreamError as exc:
+            _fail(str(exc), 1)
+        except KeyboardInterrupt:  # only in-process: the command line takes signals itself
+            _fail("interrupted by SIGINT", 130)
         except typer.Abort:
             _fail("aborted", 1)
         except MemoryError:

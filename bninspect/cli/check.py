@@ -23,6 +23,10 @@ from bninspect.errors import OptionError
 from bninspect.input.request import InspectRequest
 
 BUFFERS = "Your buffers after the pass"
+CHECK_ADVICE = (
+    "check a slice: save the first samples of the input and of your output (x[:n]) as "
+    "smaller .npy files and check those"
+)
 
 
 @app.command(short_help="Test your batch norm's output and name the mistake.")
@@ -33,6 +37,7 @@ def check(
         Path | None,
         typer.Option(
             metavar="PATH",
+            readable=False,  # checked by bninspect, exit code 1
             help="Your batch norm's output for --input (.npy, the same shape and layout).",
         ),
     ] = None,
@@ -61,6 +66,7 @@ def check(
         Path | None,
         typer.Option(
             metavar="PATH",
+            readable=False,  # checked by bninspect, exit code 1
             help="Your running_mean after the pass (.npy, one value per channel): compared "
             "with the reference's update, the mistake named.",
             rich_help_panel=BUFFERS,
@@ -70,6 +76,7 @@ def check(
         Path | None,
         typer.Option(
             metavar="PATH",
+            readable=False,  # checked by bninspect, exit code 1
             help="Your running_var after the pass (.npy), as --their-running-mean.",
             rich_help_panel=BUFFERS,
         ),
@@ -90,6 +97,7 @@ def check(
         Path | None,
         typer.Option(
             metavar="PATH",
+            readable=False,  # checked by bninspect, exit code 1
             help="Your backward's dx for --input and --grad-output (.npy, the input's shape): "
             "checked instead of the forward output.",
             rich_help_panel=GRAD,
@@ -98,12 +106,20 @@ def check(
     grad_weight: Annotated[
         Path | None,
         typer.Option(
-            metavar="PATH", help="Your dweight (.npy, shape (C,)).", rich_help_panel=GRAD
+            metavar="PATH",
+            help="Your dweight (.npy, shape (C,)).",
+            rich_help_panel=GRAD,
+            readable=False,  # checked by bninspect, exit code 1
         ),
     ] = None,
     grad_bias: Annotated[
         Path | None,
-        typer.Option(metavar="PATH", help="Your dbias (.npy, shape (C,)).", rich_help_panel=GRAD),
+        typer.Option(
+            metavar="PATH",
+            help="Your dbias (.npy, shape (C,)).",
+            rich_help_panel=GRAD,
+            readable=False,  # checked by bninspect, exit code 1
+        ),
     ] = None,
     grad_output: GradOutput = None,
     ranks: Ranks = None,
@@ -174,15 +190,19 @@ def check(
 
     split: list[tuple[int, ...]] = []
 
+    def need(planned, _batch_size, _steps):  # their output, the reference, the errors...
+        from bninspect.input.their_output import check_need
+
+        return check_need(planned.shape, planned.dtype, top)
+
     def before(planned, _settings):
         from bninspect.check.buffers import load_buffers
-        from bninspect.input.their_output import check_memory, load_output
+        from bninspect.input.their_output import load_output
 
         if ranks is not None or rank_sizes is not None:
             from bninspect.distributed.sharding import batch_split
 
             split.append(batch_split(planned.shape[0], ranks, rank_sizes))
-        check_memory(planned.user_shape, planned.dtype, request.input_path)
         loaded = load_output(
             output, "--output", planned.user_shape, planned.dtype, planned.channel_axis
         )
@@ -212,7 +232,16 @@ def check(
             their_buffers=buffers,
         )
 
-    result = inspect(checked, json_output, report, before)
+    reads = tuple(p for p in (output, their_running_mean, their_running_var) if p is not None)
+    result = inspect(
+        checked,
+        json_output,
+        report,
+        before,
+        reads=reads,
+        extra_need=need,
+        need_words=("check on ", CHECK_ADVICE),
+    )
     emit(result, json_output, detail)
     if not result.passed:
         raise typer.Exit(3)
@@ -259,7 +288,8 @@ def _check_gradients(request, given, grad_output, atol, rtol, top, json_output, 
         theirs = [TheirGradient(*item) for item in loaded]
         return build_grad_check(inspection, backward, theirs, atol, rtol, top)
 
-    result = inspect(request, json_output, report, before)
+    reads = (grad_output, *given.values())
+    result = inspect(request, json_output, report, before, reads=reads)
     emit(result, json_output, detail)
     if not result.passed:
         raise typer.Exit(3)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +10,7 @@ import typer
 
 from bninspect.cli.app import app
 from bninspect.cli.grad import (
+    GRAD_FLOAT64_PER_ELEMENT,
     GradFlag,
     GradOutput,
     check_grad_request,
@@ -24,6 +25,7 @@ from bninspect.cli.options import (
     with_inspect_options,
 )
 from bninspect.cli.output import emit, inspect
+from bninspect.cli.process import say
 from bninspect.cli.ranks import (
     TIMEOUT_DEFAULT,
     Ranks,
@@ -32,7 +34,7 @@ from bninspect.cli.ranks import (
     notice_unused_timeout,
 )
 from bninspect.errors import OptionError
-from bninspect.input.layout import batch_axis, to_core_index
+from bninspect.input.layout import batch_axis, to_core_index, to_user_index
 from bninspect.input.parsing import parse_against_value, parse_index, resolve_index
 from bninspect.input.request import InspectRequest
 
@@ -64,6 +66,7 @@ def explain(
             help="Your output for the same input (.npy): its value for the element beside the "
             "derivation, the step where the numbers would have to differ, and the known "
             "mistake that gives it.",
+            readable=False,  # checked by bninspect, exit code 1
         ),
     ] = None,
     against_value: Annotated[
@@ -115,7 +118,7 @@ def explain(
             index_for=lambda shape: resolve_index(wanted, shape),
         )
         for message in split.messages:
-            print(message, file=sys.stderr)
+            say(message)
         emit(build_explain_result(split, resolved), json_output, detail)
         return
     if against is not None and against_value is not None:
@@ -130,23 +133,37 @@ def explain(
         user_batch = list(planned.user_shape)  # the index is in the user's layout
         user_batch[batch_axis(planned.channel_axis)] = settings.batch_size
         resolved = to_core_index(resolve_index(wanted, tuple(user_batch)), planned.channel_axis)
+        if precision:  # before any work: a channel too long to emulate in Python is refused
+            from bninspect.pytorch.cpu_emulation import one_value_cost
+
+            image_size = math.prod(planned.shape[2:])
+            problem = one_value_cost(
+                settings.batch_size * image_size, image_size, settings.mode == "train"
+            )
+            if problem is not None:
+                raise OptionError(problem)
         dy = grad_output_for(planned, request, grad_output) if grad else None
         if against is None:
             return resolved, typed, dy
-        from bninspect.input.their_output import load_output
+        from bninspect.check.against import TheirValue
+        from bninspect.input.their_output import load_element
 
-        # every step's output, stacked, as --save-output writes it
-        loaded = load_output(
-            against, "--against", planned.user_shape, planned.dtype, planned.channel_axis
+        # Every step's output, stacked, as --save-output writes it; only the element is read
+        # (bounded memory whatever the file's size), at its place in the file's layout.
+        first = (settings.training_steps - 1) * settings.batch_size
+        element = to_user_index((first + resolved[0], *resolved[1:]), planned.channel_axis)
+        value, info = load_element(
+            against, "--against", planned.user_shape, planned.dtype, element,
+            planned.channel_axis,
         )
-        return resolved, loaded, dy
+        return resolved, TheirValue(value, info.path), dy
 
     def report(inspection, extra, _progress):
         from bninspect.check.against import given_value
         from bninspect.report.explain import derive_element  # late, as in run
 
         resolved, theirs, dy = extra
-        if theirs is not None and not isinstance(theirs, tuple):  # typed by hand
+        if theirs is not None and theirs is typed:  # typed by hand
             theirs = given_value(theirs.value, theirs.digit_unit)
         result = derive_element(inspection, resolved, precision, theirs)
         if dy is None:
@@ -157,4 +174,12 @@ def explain(
         backward = inspect_backward(inspection, *dy)
         return with_backward(result, build_grad_explain(inspection, backward, resolved, precision))
 
-    emit(inspect(request, json_output, report, before), json_output, detail)
+    from bninspect.input.memory import explain_bytes
+
+    def need(planned, batch_size, steps):  # the channel's copies; the backward
+        backward = math.prod(planned.shape) * 8 * GRAD_FLOAT64_PER_ELEMENT if grad else 0
+        return explain_bytes(planned, batch_size, steps) + backward
+
+    reads = tuple(path for path in (against, grad_output) if path is not None)
+    result = inspect(request, json_output, report, before, reads=reads, extra_need=need)
+    emit(result, json_output, detail)

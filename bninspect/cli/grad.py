@@ -31,6 +31,7 @@ GradOutput = Annotated[
         help="dy, the gradient of the loss with respect to the output (.npy, the input's shape "
         "and dtype); default: standard normal, numpy.random.default_rng([--seed, 5]).",
         rich_help_panel=GRAD,
+        readable=False,  # checked by bninspect, exit code 1
     ),
 ]
 # Float64 copies a backward holds per element: x, dy, x_hat, dx, autograd's dx and temporaries.

@@ -44,5 +44,8 @@ from bninspect.cli import model  # noqa: E402, F401
 
 
 def main() -> None:
-    """Entry point of the ``bninspect`` console script and ``python -m bninspect``."""
+    """Run the application (entry.main sets up the process first)."""
+    from bninspect.cli import process
+
+    process.install()  # already done by entry.main; here for older installed console scripts
     app()

@@ -26,6 +26,7 @@ from bninspect.input.parsing import (
     check_eps,
     check_momentum,
     parse_momentum,
+    parse_output_path,
     parse_shape,
     parse_vector_spec,
 )
@@ -145,6 +146,7 @@ SHARED_OPTIONS = [
             "check": "The tensor your batch norm was given (.npy; pickles are never loaded)."
         },
         rich_help_panel=INPUT,
+        readable=False,  # bninspect checks it, with its own message and exit code 1
     ),
     _option(
         "channel_axis",
@@ -316,7 +318,7 @@ SHARED_OPTIONS = [
     ),
     _option(
         "save_input",
-        Path | None,
+        str | None,  # parsed in build_request: pathlib would drop a trailing '/'
         None,
         metavar="PATH",
         help="Write the inspected tensor to this .npy file (in the --channel-axis layout).",
@@ -325,7 +327,7 @@ SHARED_OPTIONS = [
     ),
     _option(
         "save_output",
-        Path | None,
+        str | None,  # as --save-input
         None,
         metavar="PATH",
         help="Write PyTorch's output to this .npy file (every step's, in the --channel-axis "
@@ -378,6 +380,11 @@ def _given(values: dict[str, Any]) -> frozenset[str]:
         if (value is not None) if default is None else (value != default):
             given.add("--" + name.replace("_", "-"))
     return frozenset(given)
+
+
+def _save_path(option: str, text: str | Path | None) -> Path | None:
+    """A save option's path, refused if it can only name a directory (parse_output_path)."""
+    return None if text is None else parse_output_path(option, str(text))
 
 
 def build_request(command: str = "run", **values: Any) -> InspectRequest:
@@ -444,8 +451,8 @@ def build_request(command: str = "run", **values: Any) -> InspectRequest:
             "--running-mean": parse_vector_spec("--running-mean", running_mean),
             "--running-var": parse_vector_spec("--running-var", running_var),
         },
-        save_input=values["save_input"],
-        save_output=values["save_output"],
+        save_input=_save_path("--save-input", values["save_input"]),
+        save_output=_save_path("--save-output", values["save_output"]),
         force=values["force"],
         dtype=dtype.value if dtype is not None else None,
         offset=offset,
@@ -488,7 +495,15 @@ def for_stats_only(request: InspectRequest) -> InspectRequest:
         raise OptionError(
             "--save-output needs PyTorch's output, which --stats-only does not compute; drop one"
         )
-    return dataclasses.replace(request, stats_only=True)
+    unused = [o for o in ("--weight", "--bias") if o in request.given]
+    notices = request.notices
+    if unused:
+        notices += (
+            f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect under "
+            "--stats-only: the affine step shapes the output, which --stats-only does not "
+            "compute (the tables show the layer's defaults)",
+        )
+    return dataclasses.replace(request, stats_only=True, notices=notices)
 
 
 def with_inspect_options(command_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

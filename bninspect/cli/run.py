@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import math
 from typing import Annotated
 
 import typer
 
 from bninspect.cli.app import app
 from bninspect.cli.grad import (
+    GRAD_FLOAT64_PER_ELEMENT,
     GradFlag,
     GradOutput,
     check_grad_request,
@@ -24,6 +25,7 @@ from bninspect.cli.options import (
     with_inspect_options,
 )
 from bninspect.cli.output import emit, inspect
+from bninspect.cli.process import say
 from bninspect.cli.ranks import (
     TIMEOUT_DEFAULT,
     Ranks,
@@ -101,7 +103,7 @@ def run(
 
         split, _ = run_split(request, ranks, rank_sizes, rank_timeout)
         for message in split.messages:
-            print(message, file=sys.stderr)
+            say(message)
         emit(build_split_result(split), json_output, detail)
         return
     if stats_only:
@@ -127,7 +129,17 @@ def run(
         backward = inspect_backward(inspection, *dy)
         return with_backward(result, build_grad_run(inspection, backward))
 
-    emit(inspect(request, json_output, report, before, compare_only=True), json_output, detail)
+    def need(planned, _batch_size, steps):  # the report, per channel and per step; backward
+        from bninspect.input.memory import run_report_bytes
+
+        backward = math.prod(planned.shape) * 8 * GRAD_FLOAT64_PER_ELEMENT if grad else 0
+        return run_report_bytes(planned.shape[1], steps) + backward
+
+    reads = (grad_output,) if grad_output is not None else ()
+    result = inspect(
+        request, json_output, report, before, compare_only=True, reads=reads, extra_need=need
+    )
+    emit(result, json_output, detail)
 
 
 def _population(request, ranks, rank_sizes, timeout, one_tensor, json_output, detail) -> None:

@@ -221,7 +221,7 @@ def _save_files(request: InspectRequest, x: np.ndarray, outputs: list[np.ndarray
             f"wrote PyTorch's per-rank output (each rank's block normalized alone, in rank "
             f"order) to {request.save_output}{note}"
         )
-    write_arrays(files)
+    write_arrays(files, request.force)  # --force was checked at start; a newcomer is kept
     return messages
 
 

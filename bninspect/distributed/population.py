@@ -83,14 +83,17 @@ def _releasing(mapping, array: np.ndarray, data_offset: int) -> Callable[[Region
 def stream_file(info: FileInfo) -> Moments:
     """The per-channel moments of one file, streamed from a read-only memory map."""
     header = read_header(info.path, "--input")
-    array, mapping = map_array(info.path, header)
+    mapped = map_array(info.path, header)  # a file that shrinks meanwhile gives no SIGBUS
+    array, mapping = mapped.array, mapped.mapping
     try:
-        return kernels.moments(
+        moments = kernels.moments(
             array, info.dtype, after_block=_releasing(mapping, array, header.data_offset)
         )
+        mapped.check_unchanged()  # changed while read: said, not streamed half changed
+        return moments
     finally:
         del array
-        mapping.close()
+        mapped.close()
 
 
 @dataclass(frozen=True)

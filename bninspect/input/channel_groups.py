@@ -30,13 +30,18 @@ def channel_groups(
     """[(c0, c1), ...]: consecutive channel ranges of an (N, C, ...) array of ``itemsize``-byte
     values, each of about ``group_bytes`` (default GROUP_BYTES), at least one channel each."""
     channels = shape[1]
-    channel_bytes = math.prod(shape) // max(channels, 1) * itemsize
-    per_group = max(1, (group_bytes or GROUP_BYTES) // max(channel_bytes, 1))
+    per_group = _channels_per_group(shape, itemsize, group_bytes)
     return [(c0, min(channels, c0 + per_group)) for c0 in range(0, channels, per_group)]
 
 
-def group_bytes_held(shape: tuple[int, ...], itemsize: int) -> int:
-    """The most bytes one group's input copy and output take together."""
+def _channels_per_group(shape: tuple[int, ...], itemsize: int, group_bytes: int | None) -> int:
     channel_bytes = math.prod(shape) // max(shape[1], 1) * itemsize
-    widest = max(c1 - c0 for c0, c1 in channel_groups(shape, itemsize)) if shape[1] else 0
+    return max(1, (group_bytes or GROUP_BYTES) // max(channel_bytes, 1))
+
+
+def group_bytes_held(shape: tuple[int, ...], itemsize: int) -> int:
+    """The most bytes one group's input copy and output take together (arithmetic only: no
+    list of the groups, however many channels there are)."""
+    channel_bytes = math.prod(shape) // max(shape[1], 1) * itemsize
+    widest = min(_channels_per_group(shape, itemsize, None), shape[1])
     return 2 * widest * channel_bytes

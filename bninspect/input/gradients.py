@@ -10,7 +10,7 @@ import numpy as np
 
 from bninspect.dtypes import float_format
 from bninspect.errors import BnInspectError
-from bninspect.input.npy_files import read_array, read_header, sha256_of
+from bninspect.input.npy_files import read_hashed, read_header
 from bninspect.input.their_output import load_output, transposition_hint
 from bninspect.results.grad import GradOutputInfo
 from bninspect.text import shape as shape_text
@@ -57,7 +57,9 @@ def load_grad_output(
             f"the input's dtype (numpy: dy.astype(numpy.{dtype.replace('bfloat16', 'float32')})"
             "), as autograd would pass it"
         )
-    array = read_array(path, option)
+    array, again, sha256 = read_hashed(path, option)  # one opening: the bytes hashed are these
+    if again != header:
+        raise BnInspectError(f"{option} {path}: changed while it was read; run again")
     with np.errstate(over="ignore"):
         dy = array.astype(float_format(dtype).numpy)
     if not np.all(np.isfinite(dy)):
@@ -77,7 +79,7 @@ def load_grad_output(
     notices = ()
     if header.dtype.name != dtype:
         notices = (f"{option} converted from {header.dtype.name} to {dtype}, as the input is",)
-    return dy, GradOutputInfo("file", None, None, str(path), sha256_of(path), dtype, notices)
+    return dy, GradOutputInfo("file", None, None, str(path), sha256, dtype, notices)
 
 
 def load_their_gradient(
@@ -103,6 +105,7 @@ def load_their_gradient(
             f"{option} {path}: shape {shape_text(header.shape) or '()'} but {what} must be "
             f"({expected[0]},), one value per channel{squeezed}"
         )
-    with np.errstate(over="ignore"):
-        values = read_array(path, option).astype(np.float64)
-    return values, sha256_of(path), header.dtype.name
+    values, again, sha256 = read_hashed(path, option, np.dtype(np.float64))  # one opening
+    if again != header:
+        raise BnInspectError(f"{option} {path}: changed while it was read; run again")
+    return values, sha256, header.dtype.name

@@ -10,7 +10,7 @@ import numpy as np
 
 from bninspect.dtypes import float_format
 from bninspect.errors import OptionError
-from bninspect.input.npy_files import read_array
+from bninspect.input.npy_files import opened_npy, read_data
 from bninspect.input.parsing import VectorSpec
 
 # Each vector draws from its own stream of the seed, so `--weight random` gives the same weights
@@ -43,7 +43,7 @@ def resolve_vector(
     elif spec.kind == "list":
         values = np.array(spec.values, dtype=np.float64)
     else:
-        values = _vector_from_file(option, Path(spec.path))
+        values = _vector_from_file(option, spec, channels)
     if values.ndim != 1:
         raise OptionError(
             f"{option} '{spec.text}': has shape {values.shape}; save a 1-D array of {channels} "
@@ -72,15 +72,32 @@ def resolve_vector(
     return stored
 
 
-def _vector_from_file(option: str, path: Path) -> np.ndarray:
-    array = read_array(path, option)
-    if array.dtype.kind not in "iufb":
-        raise OptionError(
-            f"{option} {path}: holds {array.dtype} values; save real numbers (float or integer)"
-        )
-    values = array.astype(np.float64).reshape(-1) if array.ndim == 0 else array.astype(np.float64)
+def _vector_from_file(option: str, spec: VectorSpec, channels: int) -> np.ndarray:
+    """The values of a vector's .npy file as float64, its shape and kind checked from the
+    header before anything is read (a huge file is refused, not loaded)."""
+    path = Path(spec.path)
+    with opened_npy(path, option) as (file, header):
+        if header.dtype.kind not in "iufb":
+            raise OptionError(
+                f"{option} {spec.path}: holds {header.dtype} values; save real "
+                "numbers (float or integer)"
+            )
+        if len(header.shape) > 1:
+            raise OptionError(
+                f"{option} '{spec.text}': has shape {header.shape}; save a 1-D array "
+                f"of {channels} values, one per channel"
+            )
+        if header.count != channels:
+            count = f"{header.count} value" + ("s" if header.count != 1 else "")
+            raise OptionError(
+                f"{option} '{spec.text}': gives {count} but the input has "
+                f"{channels} channels; give exactly {channels}"
+            )
+        values = read_data(file, header, dtype=np.dtype(np.float64)).reshape(-1)
     if not np.all(np.isfinite(values)):
-        raise OptionError(f"{option} {path}: contains NaN or Inf; values must be finite")
+        raise OptionError(
+            f"{option} {spec.path}: contains NaN or Inf; values must be finite"
+        )
     return values
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Literal
 
 from bninspect.errors import OptionError
@@ -130,6 +131,18 @@ def parse_vector_spec(option: str, text: str) -> VectorSpec:
     # Reports show the list as parsed: ' 1 , 2 ' reads back as '1,2'.
     canonical = ",".join(p.strip() for p in stripped.split(","))
     return VectorSpec(kind="list", text=canonical, values=tuple(values))
+
+
+def parse_output_path(option: str, text: str) -> Path:
+    """A path to save a file at, as given: refused if it can only name a directory (it ends
+    with '/', or is '.' or '..'), which pathlib would silently drop ('out/' -> 'out')."""
+    last = text.rstrip("/").rsplit("/", 1)[-1]
+    if text == "" or text.endswith("/") or last in ("", ".", ".."):
+        raise OptionError(
+            f"{option} '{text}': names a directory, not a file; give a file path, e.g. "
+            f"{text.rstrip('/') or '.'}/output.npy"
+        )
+    return Path(text)
 
 
 def check_eps(eps: float, who: str = "PyTorch", default: float = 1e-5) -> float:

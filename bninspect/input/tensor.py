@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +15,15 @@ import numpy as np
 from bninspect.dtypes import float_format, format_of
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.input.channel_groups import groups_reproduce_whole
+from bninspect.input.files import OpenFile, open_regular
 from bninspect.input.layout import resolve_axis, shape_forms, to_core_shape, to_user_shape
-from bninspect.input.memory import check_fits, run_bytes
 from bninspect.input.npy_files import (
+    READ_BYTES,
     BackgroundSha256,
+    NpyHeader,
     map_array,
-    read_array,
     read_data,
     read_header,
-    sha256_of,
 )
 from bninspect.input.parsing import MAX_RANK, MIN_RANK
 from bninspect.results.common import InputInfo, Undefined
@@ -35,8 +35,8 @@ NOT_HASHED = Undefined(
     "statistics; run sha256sum on the file"
 )
 # Rows converted at a time when generating with --offset/--scale or another dtype, so the
-# float64 intermediate stays small.
-_GENERATE_BLOCK_BYTES = 64 << 20
+# float64 intermediates stay small (memory.py counts three of them).
+GENERATE_BLOCK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class InputTensor:
     array: np.ndarray
     info: InputInfo
     pending_sha256: Future | None = None
+    # Raises if the file behind a memory-mapped array changed while it was read (--stats-only;
+    # a file read into memory is checked as it is read)
+    check_unchanged: Callable[[], None] = lambda: None
+    mapping: object | None = None  # the mmap behind ``array`` (--stats-only), else None
 
     def finished_info(self) -> InputInfo:
         if self.pending_sha256 is None:
@@ -69,26 +73,26 @@ class PlannedInput:
     """An input checked from its description alone (--shape and --dtype, or a .npy header):
     its shape (the core's, channels on axis 1) and dtype (a name in dtypes.FORMATS) are known,
     and ``obtain()`` generates or reads the values, which is the slow part. ``by_groups``: its
-    shape and layout let PyTorch run over channel groups, and the fit check counted on it.
-    ``channel_axis``: where the user's layout has the channels (non-negative)."""
+    shape and layout let PyTorch run over channel groups. ``channel_axis``: where the user's
+    layout has the channels (non-negative). ``obtaining_bytes``: what obtaining it holds beside
+    the array at its peak (a conversion's buffers); ``mapped``: the array is a memory map
+    (--stats-only), which holds no memory of its own. ``what`` and ``advice`` word a refusal
+    for memory."""
 
     shape: tuple[int, ...]
     dtype: str
     obtain: Callable[[], InputTensor]
     by_groups: bool = False  # PyTorch may run over channel groups (channel_groups.py)
     channel_axis: int = 1
+    obtaining_bytes: int = 0
+    mapped: bool = False
+    what: str = ""
+    advice: str = ""
 
     @property
     def user_shape(self) -> tuple[int, ...]:
         """The shape in the user's layout."""
         return to_user_shape(self.shape, self.channel_axis)
-
-
-def _relayout_bytes(shape: tuple[int, ...], itemsize: int, channel_axis: int) -> int:
-    """With channels elsewhere than axis 1, PyTorch's output may come in another layout than
-    the input's (channels-last kernels exist for rank 4 and 5 only), and is copied into the
-    input's: one more output at most."""
-    return math.prod(shape) * itemsize if channel_axis != 1 else 0
 
 
 def plan_generated(
@@ -98,32 +102,29 @@ def plan_generated(
     offset: float = 0.0,
     scale: float = 1.0,
     may_group: bool = False,
-    eval_pass: bool = False,
     channel_axis: int = 1,
 ) -> PlannedInput:
-    """Check that a generated tensor of ``shape`` (the user's layout, channels on
-    ``channel_axis``) fits in memory (holding one channel group of PyTorch's output at a time
-    where ``may_group`` and the shape allows, and an eval pass's output too where
-    ``eval_pass``: see memory.run_bytes); obtain() generates it (generate_input)."""
-    form = float_format(dtype)
+    """A generated tensor of ``shape`` (the user's layout, channels on ``channel_axis``),
+    planned (nothing built): obtain() generates it (generate_input). ``may_group``: PyTorch
+    may run over channel groups where the shape allows."""
     shape = tuple(shape)
+    form = float_format(dtype)
     axis = resolve_axis(channel_axis, len(shape), f"--shape {shape_text(shape)}")
     core = to_core_shape(shape, axis)
-    elements = int(np.prod(shape))
     by_groups = may_group and axis == 1 and groups_reproduce_whole(core, True)
-    check_fits(
-        run_bytes(core, form.numpy.itemsize, by_groups, eval_pass)
-        + _relayout_bytes(core, form.numpy.itemsize, axis)
-        + elements * 4 * (dtype != "float32"),
-        f"--shape {','.join(map(str, shape))} in {dtype}",
-        "use a smaller --shape",
-    )
+    # Unless the draws are the tensor (float32, offset 0, scale 1), they are held beside it,
+    # with three float64 blocks of the conversion.
+    plain = dtype == "float32" and offset == 0.0 and scale == 1.0
+    obtaining = 0 if plain else math.prod(shape) * 4 + 3 * GENERATE_BLOCK_BYTES
     return PlannedInput(
         core,
         dtype,
         lambda: _generate(shape, seed, dtype, offset, scale, axis),
         by_groups,
         axis,
+        obtaining,
+        what=f"--shape {','.join(map(str, shape))} in {form.name}",
+        advice="use a smaller --shape",
     )
 
 
@@ -153,12 +154,13 @@ def _generate(
         array = z
     else:
         array = np.empty(shape, dtype=form.numpy)
-        rows = max(1, _GENERATE_BLOCK_BYTES // max(1, z[0].nbytes * 2))
+        draws, values = z.reshape(-1), array.reshape(-1)
+        step = GENERATE_BLOCK_BYTES // 8  # float64 values per block, whatever the shape
         with np.errstate(over="ignore"):  # a huge offset overflows float16 to inf, as asked
-            for n in range(0, shape[0], rows):
-                block = z[n : n + rows].astype(np.float64) * scale + offset
-                array[n : n + rows] = block.astype(form.numpy)
-        del z
+            for start in range(0, draws.size, step):
+                block = draws[start : start + step].astype(np.float64) * scale + offset
+                values[start : start + step] = block.astype(form.numpy)
+        del z, draws
     notices = _generated_notices(array, dtype, offset, scale)
     info = InputInfo(
         "generated", tuple(shape), dtype, seed, None, None, notices, offset, scale, axis
@@ -231,13 +233,10 @@ def _conversion_for(dtype: np.dtype, wanted: str | None, path: Path) -> tuple[np
     refuse_non_numeric("--input", dtype, path)
 
 
-def _rounding_note(integers: np.ndarray, target: np.dtype) -> str:
-    """What a notice should add when integers convert to floats inexactly: beyond
-    2**(mantissa bits + 1) not every integer is a float32 (or float64...)."""
-    if integers.dtype.kind not in "iu" or integers.size == 0:
-        return ""
+def _rounding_note(lowest: int, highest: int, target: np.dtype) -> str:
+    """What a notice should add when integers from ``lowest`` to ``highest`` convert to floats
+    inexactly: beyond 2**(mantissa bits + 1) not every integer is a float32 (or float64...)."""
     bits = format_of(target).mantissa_bits + 1
-    lowest, highest = int(integers.min()), int(integers.max())
     if max(-lowest, highest) <= 2**bits:
         return ""
     return (
@@ -246,20 +245,27 @@ def _rounding_note(integers: np.ndarray, target: np.dtype) -> str:
     )
 
 
-def _checked_header(path: Path, channel_axis: int = 1):
-    header = read_header(path, "--input")
-    shape = header.shape
-    if not MIN_RANK <= len(shape) <= MAX_RANK:
-        raise BnInspectError(
-            f"--input {path}: shape {shape} has rank {len(shape)}; batch norm takes rank 2 to 5, "
-            f"{shape_forms(channel_axis)}, with channels on axis {channel_axis}"
-        )
-    if 0 in shape:
-        raise BnInspectError(
-            f"--input {path}: shape {shape} has an empty axis, so there is nothing to inspect; "
-            "give an array with at least one value on every axis"
-        )
-    return header
+def _opened_input(path: Path, channel_axis: int = 1) -> tuple[OpenFile, NpyHeader]:
+    """--input opened (held open until it is read, so the header and the data are one file's)
+    and its header checked for batch norm: rank 2 to 5, no empty axis."""
+    file = open_regular(path, "--input")
+    try:
+        header = read_header(file)
+        shape = header.shape
+        if not MIN_RANK <= len(shape) <= MAX_RANK:
+            raise file.error(
+                f"shape {shape} has rank {len(shape)}; batch norm takes rank 2 to 5, "
+                f"{shape_forms(channel_axis)}, with channels on axis {channel_axis}"
+            )
+        if 0 in shape:
+            raise file.error(
+                f"shape {shape} has an empty axis, so there is nothing to inspect; give an "
+                "array with at least one value on every axis"
+            )
+    except BaseException:
+        file.close()
+        raise
+    return file, header
 
 
 def load_input(path: Path, dtype: str | None = None, channel_axis: int = 1) -> InputTensor:
@@ -270,67 +276,65 @@ def load_input(path: Path, dtype: str | None = None, channel_axis: int = 1) -> I
 
 
 def plan_file(
-    path: Path,
-    dtype: str | None = None,
-    may_group: bool = False,
-    eval_pass: bool = False,
-    channel_axis: int = 1,
+    path: Path, dtype: str | None = None, may_group: bool = False, channel_axis: int = 1
 ) -> PlannedInput:
-    """Check a .npy file's header (rank, dtype, that it fits in memory, holding one channel
-    group of PyTorch's output at a time where ``may_group`` and its shape and layout allow, and
-    an eval pass's output too where ``eval_pass``: see memory.run_bytes); obtain() loads it as
-    load_input does. The file holds the channels on ``channel_axis``."""
-    header = _checked_header(path, channel_axis)
+    """Check a .npy file's header (rank, dtype), holding the file open; obtain() loads it as
+    load_input does. ``may_group``: PyTorch may run over channel groups where the shape and
+    layout allow. The file holds the channels on ``channel_axis``."""
+    file, header = _opened_input(path, channel_axis)
+    try:
+        axis = resolve_axis(channel_axis, len(header.shape), f"--input {path}")
+        target, notice = _conversion_for(header.dtype, dtype, path)
+    except BaseException:
+        file.close()
+        raise
     shape = header.shape
-    axis = resolve_axis(channel_axis, len(shape), f"--input {path}")
     core = to_core_shape(tuple(shape), axis)
-    target, notice = _conversion_for(header.dtype, dtype, path)
-    elements = int(np.prod(shape))
     by_groups = (
         may_group and axis == 1 and groups_reproduce_whole(core, not header.fortran_order)
     )
-    # A converted input is the file's array and its copy at first, then the copy alone beside
-    # PyTorch's output in the new dtype.
-    converted = target != header.dtype
-    converting = elements * (header.dtype.itemsize + target.itemsize) if converted else 0
-    check_fits(
-        max(
-            run_bytes(core, target.itemsize, by_groups, eval_pass)
-            + _relayout_bytes(core, target.itemsize, axis),
-            converting,
-        ),
-        f"--input {path} ({shape_text(shape)} {header.dtype.name})",
-        "inspect a slice of it saved as a smaller .npy, or use --stats-only",
-    )
-    name = format_of(target).name
+    # A conversion reads the file block by block into the new dtype's array.
+    obtaining = min(header.nbytes, READ_BYTES) if target != header.dtype else 0
     return PlannedInput(
-        core, name, lambda: _load(path, header, target, notice, axis), by_groups, axis
+        core,
+        format_of(target).name,
+        lambda: _load(file, header, target, notice, axis),
+        by_groups,
+        axis,
+        obtaining,
+        what=f"--input {path} ({shape_text(shape)} {header.dtype.name})",
+        advice="inspect a slice of it saved as a smaller .npy, or use --stats-only",
     )
 
 
-def _load(path: Path, header, target: np.dtype, notice: str | None, axis: int) -> InputTensor:
+def _load(
+    file: OpenFile, header: NpyHeader, target: np.dtype, notice: str | None, axis: int
+) -> InputTensor:
     # Read in large reads (3x faster than np.load here), each hashed from memory as it lands:
-    # the hash names exactly the bytes inspected, and nothing writes to them. np.load for
-    # Fortran order, which needs its transposed view.
-    if header.fortran_order:
-        hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-        pending = hasher.submit(sha256_of, path)
-        hasher.shutdown(wait=False)  # the thread finishes the hash; nothing else is queued
-        array = read_array(path, "--input")
-    else:
-        digest = BackgroundSha256()
-        array = read_data(path, header, "--input", digest.feed)
+    # the hash names exactly the bytes inspected, and nothing writes to them.
+    digest = BackgroundSha256()
+    extremes: list[tuple[int, int]] = []
+
+    def note_extremes(values: np.ndarray) -> None:  # for the rounding notice of integers
+        if values.dtype.kind in "iu" and values.size:
+            extremes.append((int(values.min()), int(values.max())))
+
+    try:
+        array = read_data(
+            file, header, digest.feed, target if notice is not None else None, note_extremes
+        )
+    finally:
         pending = digest.hexdigest()
-    if notice is not None:
-        notice += _rounding_note(array, target)
-        with np.errstate(over="ignore"):  # values beyond a smaller dtype's range become inf
-            array = array.astype(target)
+        file.close()
+    if notice is not None and extremes:
+        lowest, highest = min(e[0] for e in extremes), max(e[1] for e in extremes)
+        notice += _rounding_note(lowest, highest, target)
     info = InputInfo(
         "file",
         tuple(array.shape),
         format_of(target).name,
         None,
-        str(path),
+        str(file.path),
         None,
         (notice,) if notice else (),
         channel_axis=axis,
@@ -343,28 +347,58 @@ def _dtype_text(dtype: np.dtype) -> str:
     return dtype.name if dtype.isnative else dtype.str
 
 
+def plan_mapped(path: Path, dtype: str | None = None, channel_axis: int = 1) -> PlannedInput:
+    """A .npy tensor to memory-map read-only for streaming statistics (--stats-only), without
+    loading or hashing it; refuses what would need converting. obtain() maps it."""
+    file, header = _opened_input(path, channel_axis)
+    try:
+        axis = resolve_axis(channel_axis, len(header.shape), f"--input {path}")
+        target, notice = _conversion_for(header.dtype, dtype, path)
+        if notice is not None:
+            fix = (
+                "drop --dtype, or drop --stats-only"
+                if dtype is not None and header.dtype.isnative
+                else "drop --stats-only (a full run converts it), or save it in native byte order"
+            )
+            wanted = f"to {dtype}" if dtype is not None else f"({notice})"
+            raise OptionError(
+                f"--stats-only streams {path} as stored ({_dtype_text(header.dtype)}) and converts "
+                f"nothing {wanted}; {fix}"
+            )
+        if header.fortran_order:
+            map_array(file, header)  # refuses it
+    except BaseException:
+        file.close()
+        raise
+
+    def obtain() -> InputTensor:
+        mapped = map_array(file, header)
+        info = InputInfo(
+            "file", header.shape, format_of(target).name, None, str(path), NOT_HASHED,
+            channel_axis=axis,
+        )
+        return InputTensor(
+            np.moveaxis(mapped.array, axis, 1),
+            info,
+            check_unchanged=mapped.check_unchanged,
+            mapping=mapped.mapping,
+        )
+
+    return PlannedInput(
+        to_core_shape(header.shape, axis),
+        format_of(target).name,
+        obtain,
+        channel_axis=axis,
+        mapped=True,
+        what=f"--input {path} ({shape_text(header.shape)} {header.dtype.name})",
+        advice="inspect a slice of it saved as a smaller .npy",
+    )
+
+
 def map_input(
     path: Path, dtype: str | None = None, channel_axis: int = 1
 ) -> tuple[InputTensor, object]:
-    """Memory-map a .npy tensor read-only for streaming statistics, without loading or hashing
-    it; returns the tensor and the mmap (whose pages the reader may release)."""
-    header = _checked_header(path, channel_axis)
-    axis = resolve_axis(channel_axis, len(header.shape), f"--input {path}")
-    target, notice = _conversion_for(header.dtype, dtype, path)
-    if notice is not None:
-        fix = (
-            "drop --dtype, or drop --stats-only"
-            if dtype is not None and header.dtype.isnative
-            else "drop --stats-only (a full run converts it), or save it in native byte order"
-        )
-        wanted = f"to {dtype}" if dtype is not None else f"({notice})"
-        raise OptionError(
-            f"--stats-only streams {path} as stored ({_dtype_text(header.dtype)}) and converts "
-            f"nothing {wanted}; {fix}"
-        )
-    array, mapping = map_array(path, header)
-    info = InputInfo(
-        "file", header.shape, format_of(target).name, None, str(path), NOT_HASHED,
-        channel_axis=axis,
-    )
-    return InputTensor(np.moveaxis(array, axis, 1), info), mapping
+    """Memory-map a .npy tensor read-only for streaming statistics (see plan_mapped): the
+    tensor and the mmap (whose pages the reader may release)."""
+    tensor = plan_mapped(path, dtype, channel_axis).obtain()
+    return tensor, tensor.mapping

@@ -164,6 +164,29 @@ def _num(value: float) -> str:
     return f"{value:.3g}"
 
 
+def nonfinite_words(values: np.ndarray) -> str:
+    """What a vector holds that is not a number: 'NaN', 'Inf' or 'NaN and Inf'."""
+    with np.errstate(invalid="ignore"):
+        kinds = [w for w, hit in (("NaN", np.isnan(values).any()), ("Inf", np.isinf(values).any()))
+                 if hit]  # fmt: skip
+    return " and ".join(kinds)
+
+
+def nonfinite_cause(running_mean, running_var, channel: int | None = None) -> str:
+    """'running_var holds NaN (channel 3): eval mode outputs NaN there'."""
+    bad = [
+        (name, nonfinite_words(v))
+        for name, v in (("running_mean", running_mean), ("running_var", running_var))
+        if v is not None and not np.all(np.isfinite(v))
+    ]
+    if len(bad) == 2 and bad[0][1] == bad[1][1]:
+        held = f"running_mean and running_var hold {bad[0][1]}"
+    else:
+        held = " and ".join(f"{name} holds {words}" for name, words in bad)
+    where = f" (channel {channel})" if channel is not None else ""
+    return f"{held}{where}: eval mode outputs NaN there"
+
+
 def name_cause(
     *,
     flags: tuple[str, ...],
@@ -180,24 +203,29 @@ def name_cause(
     num_batches_tracked: int | None,
     threshold: float,
 ) -> str:
-    """Why the layer's two runs part, from its own evidence, most specific first."""
+    """Why the layer's two runs part, from its own evidence, most specific first. The part
+    before the first ': ' names the cause in a few words (the verdict quotes it); the rest is
+    the evidence."""
     c = channel
     if "nan-buffers" in flags:
         bad = [
-            name
-            for name, v in (("running_mean", running_mean), ("running_var", running_var))
-            if v is not None and not np.all(np.isfinite(v))
+            i
+            for v in (running_mean, running_var)
+            if v is not None
+            for i in np.flatnonzero(~np.isfinite(v))
         ]
-        verb = "holds" if len(bad) == 1 else "hold"
-        return f"{' and '.join(bad)} {verb} NaN or Inf (channel {c}): eval mode outputs NaN"
+        return nonfinite_cause(running_mean, running_var, int(min(bad)) if bad else None)
     if "one-value" in flags:
-        return "one value per channel: train mode cannot run (PyTorch raises)"
+        return (
+            "one value per channel, which PyTorch refuses in train mode: feed 2 or more "
+            "samples per batch (DataLoader drop_last=True), or keep this layer in eval mode"
+        )
     if max_own_gap is not None and max_own_gap < threshold <= max_gap:
         return f"carried from earlier layers: on the same input its own gap is {_num(max_own_gap)}"
     batch = f"the batch has mean {_num(mean[c])} and variance {_num(var_biased[c])} (channel {c})"
     if "untrained" in flags:
         return (
-            f"untrained buffers (num_batches_tracked 0, running_mean 0, running_var 1) but {batch}"
+            f"untrained buffers: num_batches_tracked 0, running_mean 0, running_var 1, but {batch}"
         )
     if (
         "frozen" in flags
@@ -205,7 +233,7 @@ def name_cause(
         and is_default_buffers(running_mean, running_var)
     ):
         return (
-            f"momentum 0 froze the buffers at their initial values over {num_batches_tracked} "
+            f"momentum 0 froze the buffers: at their initial values over {num_batches_tracked} "
             f"batches, but {batch}"
         )
     if "few-values" in flags:
@@ -217,8 +245,8 @@ def name_cause(
         eps_share_train = eps / (var_biased[c] + eps)
     if max(eps_share_eval, eps_share_train) > 0.5:
         return (
-            f"eps {eps:g} sets the normalizer (running_var {_num(running_var[c])}, batch "
-            f"variance {_num(var_biased[c])}, channel {c})"
+            f"eps {eps:g} sets the normalizer: running_var {_num(running_var[c])}, batch "
+            f"variance {_num(var_biased[c])} (channel {c})"
         )
     drift, ratio = float(ev.mean_drift[c]), float(ev.var_ratio[c])
     mean_part = abs(drift)
@@ -230,13 +258,18 @@ def name_cause(
         extra += "; the momentum looks like Keras's meaning"
     if mean_part >= var_part:
         return (
-            f"mean drift: the batch mean is {_num(drift)} running std from running_mean "
-            f"(channel {c}){extra}"
+            f"mean drift in channel {c}: the batch mean is {_num(drift)} running std from "
+            f"running_mean{extra}"
         )
     return (
-        f"variance drift: the batch variance is {_num(ratio)}x running_var (with eps; "
-        f"channel {c}){extra}"
+        f"variance drift in channel {c}: the batch variance is {_num(ratio)}x running_var "
+        f"(with eps){extra}"
     )
+
+
+def short_cause(cause: str) -> str:
+    """The cause in a few words: name_cause's text before its first ': '."""
+    return cause.split(": ", 1)[0]
 
 
 # --- population statistics over several batches -------------------------------------------
@@ -331,5 +364,6 @@ def output_move(mean, var, mean_choice, var_choice, eps) -> np.ndarray:
     sqrt(var (1/s' - 1/s)**2 + ((mean - mean') / s')**2), s = sqrt(var + eps)."""
     with np.errstate(all="ignore"):
         s, s_choice = np.sqrt(var + eps), np.sqrt(var_choice + eps)
-        move = np.sqrt(var * (1 / s_choice - 1 / s) ** 2 + ((mean - mean_choice) / s_choice) ** 2)
-    return np.where(np.isnan(move), np.inf, move)
+        return np.sqrt(
+            var * (1 / s_choice - 1 / s) ** 2 + ((mean - mean_choice) / s_choice) ** 2
+        )  # NaN where a choice holds NaN: shown as NaN, never as an infinite move

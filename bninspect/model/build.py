@@ -3,6 +3,7 @@ divergent layer, the verdict. Pure: formats nothing, runs nothing."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +17,9 @@ from bninspect.model.analysis import (
     layer_flags,
     log_distance,
     name_cause,
+    nonfinite_cause,
     output_move,
+    short_cause,
     worst_index,
 )
 from bninspect.model.probe import LayerMeasure, SiteInfo
@@ -48,8 +51,7 @@ def _max(values: np.ndarray | None, missing: Undefined) -> Number:
         return missing
     if values.size == 0:
         return Undefined("no channels")
-    with np.errstate(invalid="ignore"):
-        return float(np.max(np.where(np.isnan(values), np.inf, values)))
+    return float(np.max(values))  # NaN if a channel is NaN: shown as NaN, never as inf
 
 
 def _details(m: LayerMeasure, ev: LayerEvidence | None, flags_by_channel) -> tuple:
@@ -167,10 +169,11 @@ def layer_report(
     cause = None
     limit = gap_limit(m.count, threshold)
     passes = [g for g in (max_gap, max_own) if not isinstance(g, Undefined)]
-    if (passes and max(passes) >= limit) or "one-value" in flags or "nan-buffers" in flags:
+    above = any(g >= limit or math.isnan(g) for g in passes)
+    if above or "one-value" in flags or "nan-buffers" in flags:
         cause = name_cause(
             flags=flags,
-            max_gap=max_gap if not isinstance(max_gap, Undefined) else 0.0,
+            max_gap=max_gap if isinstance(max_gap, float) and not math.isnan(max_gap) else 0.0,
             max_own_gap=None if isinstance(max_own, Undefined) else max_own,
             channel=0 if isinstance(worst, Undefined) else worst,
             count=m.count,
@@ -226,6 +229,7 @@ def layer_report(
 
 NO_EPS = Undefined("a state_dict holds no eps: the module's setting")
 NO_MOMENTUM = Undefined("a state_dict holds no momentum: the module's setting")
+NO_MODE = Undefined("a state_dict holds no mode: the module's, set by .train() or .eval()")
 
 
 def weights_layer_report(
@@ -241,13 +245,7 @@ def weights_layer_report(
     """A batch norm found in a state_dict alone: its buffers and parameters, no batch."""
     cause = None
     if "nan-buffers" in flags:
-        bad = [
-            n
-            for n, v in (("running_mean", running_mean), ("running_var", running_var))
-            if not np.all(np.isfinite(v))
-        ]
-        verb = "holds" if len(bad) == 1 else "hold"
-        cause = f"{' and '.join(bad)} {verb} NaN or Inf: eval mode outputs NaN"
+        cause = nonfinite_cause(running_mean, running_var)
     return LayerReport(
         index=index,
         name=name,
@@ -258,7 +256,7 @@ def weights_layer_report(
         momentum=NO_MOMENTUM,
         affine=affine,
         track_running_stats=True,
-        mode="eval",
+        mode=NO_MODE,
         num_batches_tracked=Undefined("no num_batches_tracked in the state_dict")
         if num_batches_tracked is None
         else num_batches_tracked,
@@ -286,7 +284,7 @@ def diverges(layer: LayerReport) -> bool:
         return False
     if "nan-buffers" in layer.flags or "one-value" in layer.flags:
         return True
-    return not isinstance(gap, Undefined) and gap >= layer.gap_limit
+    return not isinstance(gap, Undefined) and (math.isnan(gap) or gap >= layer.gap_limit)
 
 
 def first_divergence(layers: Sequence[LayerReport]) -> FirstDivergence | None:
@@ -308,7 +306,20 @@ def _label(layer: LayerReport) -> str:
 
 
 def _gap_text(value: Number) -> str:
-    return "n/a" if isinstance(value, Undefined) else f"{value:.3g}"
+    return "n/a" if isinstance(value, Undefined) else "NaN" if math.isnan(value) else f"{value:.3g}"
+
+
+def _one_value_lines(stuck: list[LayerReport], total: int) -> tuple[str, str]:
+    """The verdict when a layer sees one value per channel: PyTorch's train mode raises
+    there, whatever else the layers show, so it comes first, with the fix."""
+    layer = stuck[0]
+    more = f" and {len(stuck) - 1} more" if len(stuck) > 1 else ""
+    where = _label(layer) if len(stuck) == 1 else "them"
+    return (
+        f"train mode fails at {_label(layer)}{more} (layer {layer.index + 1} of {total}): one "
+        "value per channel (PyTorch raises)",
+        f"fix: 2+ samples per batch (DataLoader drop_last=True) or {where} in eval mode",
+    )
 
 
 def verdict(
@@ -319,6 +330,7 @@ def verdict(
     weights_alone: bool,
     other_norms: Sequence[str],
 ) -> Verdict:
+    """At most two lines: what is wrong first (or that nothing is), then the numbers."""
     if not layers:
         others = (
             f" ({len(other_norms)} other normalizations: no running statistics)"
@@ -337,28 +349,40 @@ def verdict(
     flag_text = ", ".join(
         f"{flag} {n}" for flag, n in sorted(counts.items(), key=lambda kv: -kv[1])
     )
+    stuck = [layer for layer in layers if "one-value" in layer.flags]
+    if stuck:
+        return Verdict("diverges", _one_value_lines(stuck, total))
     if first is not None:
-        position = first.index + 1
         passing = sum(1 for layer in layers if diverges(layer))
-        second = (
-            f"{passing} of {total} layers pass their limit; the network's output differs by "
-            f"{_gap_text(output_gap)} of its scale between the modes"
-        )
-        measured = (
-            f" (gap {_gap_text(first.max_gap)} of its output scale, limit "
-            f"{_gap_text(first.gap_limit)})"
-            if not isinstance(first.max_gap, Undefined)
-            else ""
-        )
+        others = f"{passing} of {total} layers are" if passing > 1 else "the only one"
+        if isinstance(first.max_gap, Undefined):
+            measured = f"{others} above the gap threshold"
+        elif math.isnan(first.max_gap):
+            measured = f"its eval-mode output is NaN ({others} above the gap threshold)"
+        else:
+            measured = (
+                f"gap {_gap_text(first.max_gap)}, above the gap threshold "
+                f"{_gap_text(first.gap_limit)} ({others}); output gap {_gap_text(output_gap)}"
+            )
         return Verdict(
             "diverges",
             (
-                f"train and eval part first at batch norm {position} of {total}, "
-                f"{first.name}{measured}: {first.cause}",
-                second,
+                f"train and eval part first at {first.name} (layer {first.index + 1} of "
+                f"{total}): {short_cause(first.cause)}",
+                measured,
             ),
         )
     if weights_alone:
+        broken = [layer for layer in layers if "nan-buffers" in layer.flags]
+        if broken:
+            more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+            return Verdict(
+                "warnings",
+                (
+                    f"{_label(broken[0])}{more}: {broken[0].cause}",
+                    f"{len(flagged)} of {total} batch norms' buffers raise flags: {flag_text}",
+                ),
+            )
         if flagged:
             return Verdict(
                 "warnings",
@@ -367,21 +391,30 @@ def verdict(
         return Verdict("ok", (f"all {total} batch norms' buffers look healthy",))
     gapped = [layer for layer in layers if not isinstance(layer.max_gap, Undefined)]
     closest = max(gapped, key=lambda layer: layer.max_gap / layer.gap_limit, default=None)
-    where = (
-        f"the closest, {_label(closest)}, has {_gap_text(closest.max_gap)} of its output scale "
-        f"against its limit {_gap_text(closest.gap_limit)}"
+    largest = (
+        f"largest gap: {_label(closest)}, {_gap_text(closest.max_gap)}"
         if closest is not None
         else "no train/eval gap could be measured"
     )
+    threshold_text = f" (threshold {_gap_text(closest.gap_limit)})" if closest is not None else ""
     if flagged:
         return Verdict(
             "warnings",
             (
-                f"no batch norm's train/eval gap passes its limit; {where}",
+                "no train/eval gap above the gap threshold; "
+                + largest.replace("largest gap:", "largest:")
+                + threshold_text,
                 f"{len(flagged)} of {total} layers raise flags: {flag_text}",
             ),
         )
-    return Verdict("ok", (f"all {total} batch norms agree between train and eval mode; {where}",))
+    scale = " of its output scale" if closest is not None else ""
+    return Verdict(
+        "ok",
+        (
+            f"all {total} batch norms agree between train and eval mode",
+            largest + scale + threshold_text,
+        ),
+    )
 
 
 def legend_for(layers: Sequence[LayerReport]) -> dict[str, str]:

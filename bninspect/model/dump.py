@@ -41,10 +41,15 @@ def dump_layer(
     running_var: np.ndarray | None,
     eps: float,
     momentum: float | None,
+    num_batches_tracked: int | None,
+    updated: tuple[np.ndarray, np.ndarray, int] | None,
     affine: bool,
     one_value: bool,
 ) -> DumpRecord:
-    """Write the layer's files into ``root``/NNN_name/ and return what reproduces them."""
+    """Write the layer's files into ``root``/NNN_name/ and return what reproduces them.
+    ``updated``: the running buffers and num_batches_tracked after PyTorch's train-mode step,
+    which the check line compares bninspect's update with. Every value goes through a file,
+    never the command line, so commands.sh is valid shell whatever the buffers hold."""
     folder = root / folder_name(index, name, call)
     folder.mkdir()
     x_saved, as_float32 = _savable(x)
@@ -55,53 +60,88 @@ def dump_layer(
         "weight.npy": weight,
         "bias.npy": bias,
     }
+    finite = running_mean is None or bool(
+        np.all(np.isfinite(running_mean)) and np.all(np.isfinite(running_var))
+    )
     if running_mean is not None:
         arrays["running_mean.npy"] = running_mean
         arrays["running_var.npy"] = running_var
+    if updated is not None and finite:
+        arrays["running_mean_after.npy"] = updated[0]
+        arrays["running_var_after.npy"] = updated[1]
     # The vectors as float64 hold the module's values exactly; run rounds them to the dtype.
     write_arrays([(folder / file, array) for file, array in arrays.items()])
     here = shlex.quote(str(folder))
+    comments = []
     common = [f"--input {here}/input.npy"]
     if as_float32:
         common.append("--dtype bfloat16")
+        comments.append("bfloat16 tensors are saved as float32 (exactly): --dtype bfloat16")
     if affine:
         common += [f"--weight {here}/weight.npy", f"--bias {here}/bias.npy"]
     else:
         common.append("--no-affine")
+    common.append(f"--eps {eps!r}")
+    buffers = []
     reasons = []
     if running_mean is not None:
-        common += [
-            f"--running-mean {here}/running_mean.npy",
-            f"--running-var {here}/running_var.npy",
-        ]
-        finite = np.all(np.isfinite(running_mean)) and np.all(np.isfinite(running_var))
-        if not finite:
-            reasons.append("its running buffers hold NaN or Inf, which bninspect run refuses")
-        elif np.any(running_var < 0):
+        if finite:
+            buffers += [
+                f"--running-mean {here}/running_mean.npy",
+                f"--running-var {here}/running_var.npy",
+                "--momentum none" if momentum is None else f"--momentum {momentum!r}",
+            ]
+            if num_batches_tracked is not None:
+                buffers.append(f"--num-batches-tracked {num_batches_tracked}")
+        else:
+            reasons.append(
+                "its running buffers hold NaN or Inf, which bninspect run refuses: the eval-mode "
+                "output and the update are not reproduced (the train-mode output does not read "
+                "them)"
+            )
+        if finite and np.any(running_var < 0):
             reasons.append("its running_var is negative")
-    common.append(f"--eps {eps!r}")
-    common.append("--momentum none" if momentum is None else f"--momentum {momentum!r}")
-    if not (affine and np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
-        if affine:
-            reasons.append("its weight or bias holds NaN or Inf")
+    if affine and not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
+        reasons.append("its weight or bias holds NaN or Inf")
     base = " ".join(common)
+    train = " ".join([base, *buffers])
     commands = []
     if not one_value:
         commands.append(
-            f"bninspect run {base} --mode train --save-output {here}/reproduced_train.npy"
+            f"bninspect run {train} --mode train --save-output {here}/reproduced_train.npy"
         )
-        commands.append(f"bninspect check {base} --mode train --output {here}/output_train.npy")
+        compare_update = []
+        if "running_mean_after.npy" in arrays:
+            compare_update = [
+                f"--their-running-mean {here}/running_mean_after.npy",
+                f"--their-running-var {here}/running_var_after.npy",
+            ]
+            if num_batches_tracked is not None:
+                compare_update.append(f"--their-num-batches-tracked {updated[2]}")
+        commands.append(
+            " ".join(
+                [f"bninspect check {train} --mode train --output {here}/output_train.npy",
+                 *compare_update]
+            )
+        )  # fmt: skip
     else:
         reasons.append("one value per channel: train mode refuses it")
-    if running_mean is not None:
+    if running_mean is not None and finite:
+        eval_options = " ".join(
+            [base, f"--running-mean {here}/running_mean.npy",
+             f"--running-var {here}/running_var.npy"]
+        )  # fmt: skip
         commands.append(
-            f"bninspect run {base} --mode eval --save-output {here}/reproduced_eval.npy"
+            f"bninspect run {eval_options} --mode eval --save-output {here}/reproduced_eval.npy"
         )
     files = tuple(sorted(arrays))
     note = "; ".join(reasons) if reasons else None
-    (folder / "commands.sh").write_text(
-        "# Reproduce this layer bit for bit: the saved outputs equal what these write.\n"
-        + "\n".join(commands)
-        + "\n"
-    )
+    header = [
+        "# Reproduce this layer bit for bit: the saved outputs equal what the runs write;",
+        "# the check compares the train-mode output and PyTorch's update of the buffers.",
+        *(f"# {line}" for line in comments),
+        *(f"# not reproduced: {reason}" for reason in reasons),
+        "set -e",
+    ]
+    (folder / "commands.sh").write_text("\n".join([*header, *commands]) + "\n")
     return DumpRecord(str(folder), files + ("commands.sh",), tuple(commands), not reasons, note)

@@ -18,15 +18,22 @@ from bninspect.model.network import BATCH_NORM, GRAPH_BATCH_NORMS, ModuleNetwork
 from bninspect.model.probe import per_channel_max
 from bninspect.numerics.agreement import ulp
 from bninspect.pytorch.batchnorm import TORCH_DTYPES
+from bninspect.results.common import Undefined
 from bninspect.results.model import FoldChannel, FoldDtype, FoldReport
 
-CONV_MODULES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+TRANSPOSED_MODULES = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+CONV_MODULES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, *TRANSPOSED_MODULES)
 GRAPH_PRODUCERS = {
     "aten.conv1d.default": "Conv1d",
     "aten.conv2d.default": "Conv2d",
     "aten.conv3d.default": "Conv3d",
+    "aten.conv_transpose1d.default": "ConvTranspose1d",
+    "aten.conv_transpose2d.input": "ConvTranspose2d",
+    "aten.conv_transpose3d.input": "ConvTranspose3d",
     "aten.linear.default": "Linear",
 }
+# aten.conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
+GRAPH_TRANSPOSED_GROUPS = 6
 WORST_CHANNELS = 3
 
 
@@ -41,13 +48,25 @@ def _normalize64(z, rm, rv, gamma, beta, eps):
     return (z - _along_channels(rm, n)) * _along_channels(inv * gamma, n) + _along_channels(beta, n)
 
 
+def fold_weight(weight: torch.Tensor, factor: torch.Tensor, transposed: bool, groups: int):
+    """The producer's weight with each output channel's slice times ``factor`` (C_out,).
+    A convolution's weight is (C_out, C_in / groups, k...): output channels on axis 0. A
+    transposed one's is (C_in, C_out / groups, k...): output channel g * C_out / groups + j
+    is column j of the rows of group g, so the factor goes on axis 1, group by group."""
+    if not transposed:
+        return weight * factor.reshape(-1, *([1] * (weight.dim() - 1)))
+    in_channels, per_group, *kernel = weight.shape
+    grouped = weight.reshape(groups, in_channels // groups, per_group, *kernel)
+    scaled = grouped * factor.reshape(groups, 1, per_group, *([1] * len(kernel)))
+    return scaled.reshape(weight.shape)
+
+
 def _errors(y: torch.Tensor, reference: torch.Tensor, dtype: str) -> np.ndarray:
     """Per channel max |y - reference| in ULPs of ``dtype`` at the channel's max |reference|."""
     difference = per_channel_max((y.double() - reference).abs())
     scale = per_channel_max(reference.abs())
     with np.errstate(divide="ignore", invalid="ignore"):
-        errors = np.where(difference == 0, 0.0, difference / ulp(scale, dtype))
-    return np.where(np.isnan(errors), np.inf, errors)
+        return np.where(difference == 0, 0.0, difference / ulp(scale, dtype))  # NaN stays NaN
 
 
 def measure_fold(
@@ -60,6 +79,8 @@ def measure_fold(
     bn: tuple,  # (gamma, beta, running_mean, running_var, eps), gamma/beta possibly None
     dtypes: list[str],
     fuse,  # fuse(dtype) -> (weight, bias): PyTorch's fold in that dtype
+    transposed: bool = False,
+    groups: int = 1,
 ) -> FoldReport:
     gamma, beta, rm, rv, eps = bn
     channels = rm.shape[0]
@@ -70,7 +91,7 @@ def measure_fold(
     w64 = weight.double()
     bias64 = torch.zeros(channels, dtype=d64) if bias is None else bias.double()
     factor = g64 / torch.sqrt(rv64 + eps)
-    folded_w64 = w64 * factor.reshape(-1, *([1] * (w64.dim() - 1)))
+    folded_w64 = fold_weight(w64, factor, transposed, groups)
     folded_b64 = (bias64 - rm64) * factor + b64
     x64 = x.double()
     unfolded64 = _normalize64(run(x64, w64, bias64), rm64, rv64, g64, b64, eps)
@@ -100,10 +121,23 @@ def measure_fold(
         unfolded_err = _errors(unfolded, reference, name)
         del unfolded
         folded_err = _errors(run(x_d, folded_w64.to(d), folded_b64.to(d)), reference, name)
-        fused_w, fused_b = fuse(d)
-        fused_err = _errors(run(x_d, fused_w, fused_b), reference, name)
+        try:
+            fused_w, fused_b = fuse(d)
+            fused_top: float | Undefined = float(
+                _errors(run(x_d, fused_w, fused_b), reference, name).max()
+            )
+        except RuntimeError as exc:  # PyTorch's fold of a grouped ConvTranspose, for one
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            why = (
+                "it scales the weight's axis 1 by all C_out factors, which holds C_out / "
+                "groups columns in a grouped ConvTranspose; "
+                if transposed and groups > 1
+                else ""
+            )
+            fused_top = Undefined(f"PyTorch's fold fails: {why}RuntimeError: {text}")
         del reference
-        order = np.argsort(-folded_err, kind="stable")[:WORST_CHANNELS]
+        nan_first = np.where(np.isnan(folded_err), np.inf, folded_err)
+        order = np.argsort(-nan_first, kind="stable")[:WORST_CHANNELS]
         worst = tuple(
             FoldChannel(
                 int(c),
@@ -120,7 +154,7 @@ def measure_fold(
                 name,
                 top_unfolded,
                 top_folded,
-                float(fused_err.max()),
+                fused_top,
                 costly=bool(top_folded > 2 and top_folded > 2 * top_unfolded),
                 worst=worst,
             )
@@ -212,9 +246,27 @@ def _fold_module(network: ModuleNetwork, x, dtypes):
             if (bn_name, 1) in reports:
                 return None
             is_linear = isinstance(module, torch.nn.Linear)
+            transposed = isinstance(module, TRANSPOSED_MODULES)
+            if transposed:
+                # the output_padding this call used (forward's output_size may have set it)
+                spatial = module.weight.dim() - 2
+                padding = module._output_padding(
+                    args[0], list(_output.shape[2:]), module.stride, module.padding,
+                    module.kernel_size, spatial, module.dilation,
+                )  # fmt: skip
+                conv_transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[
+                    spatial - 1
+                ]
 
             def run(inp, w, b):
-                return F.linear(inp, w, b) if is_linear else module._conv_forward(inp, w, b)
+                if is_linear:
+                    return F.linear(inp, w, b)
+                if transposed:
+                    return conv_transpose(
+                        inp, w, b, module.stride, module.padding, padding, module.groups,
+                        module.dilation,
+                    )  # fmt: skip
+                return module._conv_forward(inp, w, b)
 
             def fuse(d):
                 # copies of the two modules (the shell's hooks stay with the shell)
@@ -226,7 +278,7 @@ def _fold_module(network: ModuleNetwork, x, dtypes):
                 fused = (
                     fusion.fuse_linear_bn_eval(*pair)
                     if is_linear
-                    else fusion.fuse_conv_bn_eval(*pair)
+                    else fusion.fuse_conv_bn_eval(*pair, transpose=transposed)
                 )
                 return fused.weight, fused.bias
 
@@ -240,6 +292,8 @@ def _fold_module(network: ModuleNetwork, x, dtypes):
                 _bn_tensors(bn),
                 dtypes,
                 fuse,
+                transposed=transposed,
+                groups=1 if is_linear else module.groups,
             )
             return None
 
@@ -283,6 +337,12 @@ def _fold_program(network, x, dtypes):
                 eps = float(bn_node.args[positions[2]])
                 kind = GRAPH_PRODUCERS[str(target)]
                 weight, bias = args[1], args[2]
+                transposed = kind.startswith("ConvTranspose")
+                groups = (
+                    int(args[GRAPH_TRANSPOSED_GROUPS])
+                    if transposed and len(args) > GRAPH_TRANSPOSED_GROUPS
+                    else 1
+                )
 
                 def fuse(
                     d,
@@ -294,6 +354,7 @@ def _fold_program(network, x, dtypes):
                     rm=rm,
                     rv=rv,
                     eps=eps,
+                    transposed=transposed,
                 ):
                     def cast(t):
                         return None if t is None else t.to(d)
@@ -309,8 +370,9 @@ def _fold_program(network, x, dtypes):
                             cast(beta),
                         )
                     return fusion.fuse_conv_bn_weights(
-                        cast(weight), cast(bias), cast(rm), cast(rv), eps, cast(gamma), cast(beta)
-                    )
+                        cast(weight), cast(bias), cast(rm), cast(rv), eps, cast(gamma),
+                        cast(beta), transpose=transposed,
+                    )  # fmt: skip
 
                 reports[(pairs[n], 1)] = measure_fold(
                     _producer_name(n),
@@ -322,6 +384,8 @@ def _fold_program(network, x, dtypes):
                     (gamma, beta, rm, rv, eps),
                     dtypes,
                     fuse,
+                    transposed=transposed,
+                    groups=groups,
                 )
             return result
 

@@ -133,6 +133,7 @@ class _Collector:
         self.calls[site.name] = max(self.calls.get(site.name, 0), site.call)
         self.add_population(site, x, m.stats, m.moments)
         if self.request.dump_dir is not None:
+            update = site.train_update(x)
             self.dumps[site.key] = dump_layer(
                 self.request.dump_dir,
                 len(self.measures) - 1,
@@ -147,6 +148,10 @@ class _Collector:
                 running_var=m.site.running_var,
                 eps=site.eps,
                 momentum=site.momentum,
+                num_batches_tracked=site.num_batches_tracked,
+                updated=None
+                if update is None
+                else (to_numpy(update[0].double()), to_numpy(update[1].double()), update[2]),
                 affine=site.affine,
                 one_value=m.one_value,
             )
@@ -341,7 +346,7 @@ def inspect_weights(request: ModelRequest) -> ModelResult:
         checkpoint=state.notes,
         loaded_tensors=len(tensors),
         dtype=dtype,
-        mode="eval",
+        mode=build.NO_MODE,
         torch_version=torch.__version__,
         other_norms=(),
     )

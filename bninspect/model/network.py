@@ -83,6 +83,19 @@ class Site:
         updating no buffer (none is passed)."""
         return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
+    def train_update(self, x: torch.Tensor):
+        """(running_mean, running_var, num_batches_tracked) after one train-mode step on ``x``,
+        as the module's own forward would leave them (on copies: nothing here is written), or
+        None where the layer tracks no buffers or ``x`` has one value per channel."""
+        if self.running_mean is None or x.numel() // x.shape[1] < 2:
+            return None
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        batches = (self.num_batches_tracked or 0) + 1
+        # momentum None: PyTorch's cumulative average weighs the step 1 / num_batches_tracked
+        factor = 1.0 / batches if self.momentum is None else self.momentum
+        F.batch_norm(x, mean, var, self.weight, self.bias, True, factor, self.eps)
+        return mean, var, batches
+
     def eval_output(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's eval-mode output on ``x``: its running buffers, or the batch's statistics
         where it tracks none."""

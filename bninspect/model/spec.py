@@ -80,6 +80,11 @@ def parse_kwargs(text: str | None) -> dict[str, object]:
         if key in kwargs:
             raise OptionError(f"--kwargs '{text}': {key} is given twice")
         value = value.strip()
+        if not value:
+            raise OptionError(
+                f"--kwargs '{text}': {key} has no value; give {key}=VALUE (a Python literal "
+                f"or a word), or {key}='' for an empty string"
+            )
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -127,6 +132,23 @@ class ModelRequest:
         return self.model is None and self.program is None
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _refuse_npy_weights(path: Path) -> None:
+    """A .npy (or .npz) given to --weights: the buffers of one layer, which run and check take."""
+    head = b""
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    if path.suffix.lower() in (".npy", ".npz") or head == NPY_MAGIC:
+        raise OptionError(
+            f"--weights {path}: a .npy file; --weights takes a state_dict (.pt/.pth from "
+            "torch.save(model.state_dict(), ...)); give one layer's .npy buffers to bninspect "
+            "run or check as --weight, --bias, --running-mean, --running-var"
+        )
+
+
 def check_request(request: ModelRequest) -> ModelRequest:
     """Refuse combinations that cannot work, each with the way out."""
     if request.model is None and request.program is None and request.weights is None:
@@ -138,6 +160,8 @@ def check_request(request: ModelRequest) -> ModelRequest:
         raise OptionError("--model and --program both given; give one network")
     if request.program is not None and request.weights is not None:
         raise OptionError("--program holds its own weights; drop --weights")
+    if request.weights is not None:
+        _refuse_npy_weights(request.weights)
     if request.kwargs and request.model is None:
         raise OptionError("--kwargs are --model's callable's arguments; give --model too")
     if request.inputs and request.shape is not None:

@@ -106,11 +106,15 @@ def exact_sum_needed(moments: Moments) -> np.ndarray:
     So a bound above 32u |sum| means values that cancel beyond what the error-free sums can
     follow (or a mean that moved from chunk to chunk); there the exact recompute makes the
     mean the correctly rounded sum / count. Elsewhere the mean is within half a ULP plus
-    total_err / count. Channels with non-finite values are left alone: their sum is NaN or
-    infinite whatever the finite values' sum."""
+    total_err / count. Channels of finite values whose float64 sum overflows (values near
+    float64's largest) are recomputed too: their mean may be finite. Channels with non-finite
+    values are left alone: their sum is NaN or infinite whatever the finite values' sum."""
     finite = (moments.nan + moments.posinf + moments.neginf == 0) & (moments.count > 0)
     with np.errstate(invalid="ignore", over="ignore"):
-        return finite & ~(moments.total_err <= EXACT_BEYOND * U * np.abs(moments.total))
+        vouched = moments.total_err <= EXACT_BEYOND * U * np.abs(moments.total)
+        # finite values whose float64 sum overflows: their mean may still be finite
+        overflowed = ~np.isfinite(moments.total)
+        return finite & (~vouched | overflowed)
 
 
 # Values per read in the exact recompute: a bounded amount of memory (a Python list of floats

@@ -87,6 +87,27 @@ STRIDED = (
 )
 
 
+# With one value per image, train mode sums each channel's values one at a time, as PyTorch's
+# threads do, in Python with exact rationals: about 0.1 ms a value here. Channels longer than
+# this would take minutes: refused before any work (one_value_cost).
+PYTHON_VALUES_LIMIT = 200_000
+
+
+def one_value_cost(values_per_channel: int, image_size: int, train: bool) -> str | None:
+    """Why emulating a channel of ``values_per_channel`` values (``image_size`` per image)
+    would take too long, or None."""
+    if not train or image_size > 1 or values_per_channel <= PYTHON_VALUES_LIMIT:
+        return None
+    seconds = values_per_channel * 1e-4
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+    return (
+        f"--precision redoes PyTorch's arithmetic for one value per image in Python, one value "
+        f"at a time (about 0.1 ms each): the channel's {values_per_channel} values would take "
+        f"about {took}; explain a batch of at most {PYTHON_VALUES_LIMIT} samples "
+        "(--batch-size, or a slice of the input)"
+    )
+
+
 def claim(dtype: str, path: str) -> str:
     """How closely the emulation follows PyTorch on this dtype and path, as measured."""
     if dtype in ("float16", "bfloat16"):
@@ -101,32 +122,58 @@ def claim(dtype: str, path: str) -> str:
     )
 
 
+def exact(value: float) -> Fraction | float:
+    """``value`` as an exact rational, or as it is if it is infinite or NaN: Python's arithmetic
+    then carries it as IEEE's would (inf + 1 = inf, inf - inf = NaN), so an overflow in the
+    emulated arithmetic is a value in its result, as in PyTorch's, not an exception."""
+    value = float(value)
+    return Fraction(value) if math.isfinite(value) else value
+
+
 def round_to(value: Fraction | float, dtype: str) -> float:
-    """The ``dtype`` number nearest to ``value`` (an exact rational), ties to even."""
+    """The ``dtype`` number nearest to ``value`` (an exact rational, or an infinite or NaN
+    float, which stays as it is), ties to even; beyond the dtype's largest number by half an
+    ULP or more, infinity, as IEEE rounding overflows."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
     target = float_format(dtype).numpy
-    exact = Fraction(value)
-    guess = np.asarray(float(exact)).astype(target)  # within one step of the answer
-    candidates = [
-        np.nextafter(guess, target.type(-np.inf)),
-        guess,
-        np.nextafter(guess, target.type(np.inf)),
-    ]
+    exact_value = Fraction(value)
+    largest = np.nextafter(target.type(np.inf), target.type(0))
+    below = np.nextafter(largest, target.type(0))
+    top = Fraction(float(largest))
+    sign = -1.0 if exact_value < 0 else 1.0  # copysign would take the Fraction as a float
+    if abs(exact_value) >= top + (top - Fraction(float(below))) / 2:
+        return sign * math.inf
+    if abs(exact_value) >= top:
+        return sign * float(largest)
+    with np.errstate(over="ignore"):  # within one step of the answer, which is finite
+        guess = np.asarray(float(exact_value)).astype(target)
+        candidates = [  # a step beyond the largest is infinite, and left out below
+            np.nextafter(guess, target.type(-np.inf)),
+            guess,
+            np.nextafter(guess, target.type(np.inf)),
+        ]
     finite = [c for c in candidates if np.isfinite(c)]
-    if not finite:
-        return float(guess)
 
     def distance(c) -> tuple[Fraction, int]:
         bits = int(np.asarray(c).view(f"u{target.itemsize}"))
-        return abs(Fraction(float(c)) - exact), bits & 1  # nearest, then even
+        return abs(Fraction(float(c)) - exact_value), bits & 1  # nearest, then even
 
     return float(min(finite, key=distance))
+
+
+def divide(a: Fraction | float, b: Fraction | float) -> Fraction | float:
+    """a / b as IEEE divides: by 0, an infinity of a's sign (NaN for 0 / 0)."""
+    if b == 0:
+        return math.nan if a == 0 or a != a else math.copysign(math.inf, a)
+    return a / b
 
 
 def fused(a: float, b: float, c: float, dtype: str, fma: bool) -> float:
     """a * b + c in ``dtype``: one rounding with FMA, else the product rounded first."""
     if fma:
-        return round_to(Fraction(a) * Fraction(b) + Fraction(c), dtype)
-    return round_to(Fraction(round_to(Fraction(a) * Fraction(b), dtype)) + Fraction(c), dtype)
+        return round_to(exact(a) * exact(b) + exact(c), dtype)
+    return round_to(exact(round_to(exact(a) * exact(b), dtype)) + exact(c), dtype)
 
 
 @dataclass(frozen=True)
@@ -147,8 +194,10 @@ class EmulatedChannel:
 
 
 def _sequential_sum(values: np.ndarray) -> float:
-    """A plain float64 loop's sum, in order (numpy's cumsum accumulates sequentially)."""
-    return float(np.cumsum(values.astype(np.float64))[-1])
+    """A plain float64 loop's sum, in order (numpy's cumsum accumulates sequentially); past
+    float64's range, infinite, as the loop's."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.cumsum(values.astype(np.float64))[-1])
 
 
 def _per_thread_sums(
@@ -163,9 +212,9 @@ def _per_thread_sums(
         for v in values[start : start + chunk]:
             v = float(v)
             if square_mean is None:
-                partial = round_to(Fraction(partial) + Fraction(v), dtype)
+                partial = round_to(exact(partial) + exact(v), dtype)
             else:
-                d = round_to(Fraction(v) - Fraction(square_mean), dtype)
+                d = round_to(exact(v) - exact(square_mean), dtype)
                 partial = fused(d, d, partial, dtype, fma)
         total += partial
     return total
@@ -278,8 +327,8 @@ def emulate_channel(
     n = values.size
     if not train:
         mean, var, centre = running_mean, running_var, math.nan
-        var_eps = round_to(Fraction(var) + Fraction(round_to(eps, work)), work)
-        invstd = round_to(1 / Fraction(round_to(math.sqrt(var_eps), work)), work)
+        var_eps = round_to(exact(var) + exact(round_to(eps, work)), work)
+        invstd = round_to(divide(1, exact(round_to(math.sqrt(var_eps), work))), work)
         path, total, var_sum = EVAL, math.nan, math.nan
     elif half:
         path, total, centre, mean, var_sum, var, invstd = _half_statistics(
@@ -294,17 +343,18 @@ def emulate_channel(
             total = _per_thread_sums(values, threads, work, None, fma)
         else:
             total = _sequential_sum(values)
-        mean = centre = round_to(Fraction(total) / n, work)
+        mean = centre = round_to(exact(total) / n, work)
         if path == PER_THREAD:
             var_sum_acc = _per_thread_sums(values, threads, work, mean, fma)
         else:
             wide = values.astype(float_format(work).numpy)
-            deviations = wide - float_format(work).numpy.type(mean)
-            var_sum_acc = _sequential_sum(deviations * deviations)
+            with np.errstate(over="ignore", invalid="ignore"):  # inf or NaN, as in PyTorch
+                deviations = wide - float_format(work).numpy.type(mean)
+                var_sum_acc = _sequential_sum(deviations * deviations)
         var_sum = round_to(var_sum_acc, work)
-        var = round_to(Fraction(var_sum) / Fraction(round_to(n, work)), work)
+        var = round_to(exact(var_sum) / exact(round_to(n, work)), work)
         invstd = round_to(1 / math.sqrt(var + eps), work) if var + eps > 0 else 0.0
-    alpha = round_to(Fraction(invstd) * Fraction(weight), work)
+    alpha = round_to(exact(invstd) * exact(weight), work)
     # Measured, not read: the float16 kernel rounds mean * alpha before subtracting it, while
     # the bfloat16 one fuses the two like float32 (the compiler contracts c10's inline bfloat16
     # arithmetic, not float16's conversions). Only eval mode tells: in train mode, mean, invstd

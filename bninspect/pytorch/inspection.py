@@ -26,16 +26,17 @@ from bninspect.dtypes import is_bfloat16
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.input.channel_groups import groups_reproduce_whole
 from bninspect.input.layout import batch_axis, resolve_axis, to_user_shape
-from bninspect.input.npy_files import check_writable, release_pages, write_arrays
+from bninspect.input.memory import check_fits, run_need
+from bninspect.input.npy_files import check_writable, identity, release_pages, write_arrays
 from bninspect.input.option_effects import batch_notices
 from bninspect.input.parameters import LayerParameters, resolve_parameters
 from bninspect.input.request import InspectRequest
 from bninspect.input.tensor import (
     InputTensor,
     PlannedInput,
-    map_input,
     plan_file,
     plan_generated,
+    plan_mapped,
 )
 from bninspect.numerics import kernels
 from bninspect.numerics.kernels import OutputErrors, Progress, Region
@@ -116,15 +117,26 @@ class Inspection:
     rank_sizes: tuple[int, ...] | None = None
 
 
-def _check_outputs(request: InspectRequest) -> None:
+def _check_outputs(request: InspectRequest, reads: tuple[Path, ...]) -> None:
+    """Refuse save paths that cannot be written, or that name a file this run reads (the
+    input, a vector's file, or the command's own ``reads``), by identity: a link or another
+    name of it is the same file."""
     inputs = [request.input_path] if request.input_path else []
     inputs += [Path(s.path) for s in request.vectors.values() if s.kind == "file"]
+    protected = tuple(filter(None, (identity(path) for path in (*inputs, *reads))))
     targets = [("--save-input", request.save_input), ("--save-output", request.save_output)]
     targets = [(option, path) for option, path in targets if path is not None]
-    if len(targets) == 2 and targets[0][1].resolve() == targets[1][1].resolve():
+    if len(targets) == 2 and _same_place(targets[0][1], targets[1][1]):
         raise OptionError("--save-input and --save-output name the same file; give two paths")
     for option, path in targets:
-        check_writable(path, option, request.force, tuple(inputs))
+        check_writable(path, option, request.force, protected)
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    """Whether two save paths name one file (existing or not)."""
+    if identity(a) is not None and identity(a) == identity(b):
+        return True
+    return identity(a.parent) == identity(b.parent) and a.name == b.name
 
 
 ZERO_EPS_WORDS = "'batch_norm eps must be positive during training'"
@@ -139,7 +151,7 @@ def _check_trainable(
     it cannot run, or None."""
     if mode != "train":
         return None
-    one_value = int(np.prod(batch_shape)) // batch_shape[1] == 1
+    one_value = math.prod(batch_shape) // batch_shape[1] == 1
     if eps == 0 and convention.refuses_zero_eps_in_train:
         raise BnInspectError(
             f"train mode with --eps 0: PyTorch raises {ZERO_EPS_WORDS} (a constant channel would "
@@ -179,7 +191,7 @@ def _batching(request: InspectRequest, rows: int, axis: int = 0) -> tuple[int, i
         )
     if steps is None:
         if rows % size:
-            divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+            divisors = _first_divisors(rows, 9)
             shown = ", ".join(map(str, divisors[:8])) + (", ..." if len(divisors) > 8 else "")
             raise OptionError(
                 f"--batch-size {size} does not divide the {rows} samples of {name}; give a "
@@ -192,6 +204,21 @@ def _batching(request: InspectRequest, rows: int, axis: int = 0) -> tuple[int, i
             f"has {rows}; give at most --steps {rows // size}"
         )
     return size, steps
+
+
+def _first_divisors(n: int, count: int) -> list[int]:
+    """The ``count`` smallest divisors of ``n`` (fewer if it has fewer), in a time bounded
+    whatever n is: trial division up to sqrt(n) but at most a million tries, with the
+    cofactors of those found (past a million tries, some divisors between may be missing)."""
+    small, large = [], []
+    d = 1
+    while d * d <= n and d <= 1_000_000 and len(small) < count:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return sorted(set(small + large))[:count]
 
 
 def _unfed_notice(rows: int, batch_size: int, steps: int, axis: int = 0) -> str | None:
@@ -232,6 +259,9 @@ def prepare(
     request: InspectRequest,
     also_check: Callable[[PlannedInput, Settings], object] | None = None,
     compare_only: bool = False,
+    reads: tuple[Path, ...] = (),
+    extra_need: Callable[[PlannedInput, int, int], int] | None = None,
+    need_words: tuple[str, str] | None = None,
 ) -> Prepared:
     """Check the outputs can be written, check the input from its description, split it into
     batches and resolve the layer's vectors, and call ``also_check`` (a command's own checks,
@@ -243,26 +273,20 @@ def prepare(
     reference (run). Then, over one plain pass of an input whose shape and layout allow it
     (channel_groups.py), PyTorch will run over channel groups, each compared as it comes: the
     whole output is never held (1.4x a large input's size in memory instead of 2.2x), and the
-    fit check counts on that."""
+    fit check counts on that.
+
+    ``reads``: the command's own files (check --output, explain --against), which no save
+    path may name. ``extra_need(planned, batch_size, steps)``: the bytes the command's own
+    work holds beside the run's (memory.run_need), counted in the one fit check;
+    ``need_words``: (what the check's message puts before the input, its advice)."""
     _quiet_openmp()  # on the main thread, before any other starts
-    _check_outputs(request)
+    _check_outputs(request, reads)
     convention = request.convention
-    mapping = None
     may_group = compare_only and _one_plain_pass(request)
-    over_steps = request.steps is not None or request.batch_size is not None
-    eval_pass = over_steps and request.mode == "train"  # the train/eval gap's extra output
     if request.input_path is not None and request.stats_only:
-        mapped, mapping = map_input(request.input_path, request.dtype, request.channel_axis)
-        planned = PlannedInput(
-            mapped.array.shape,
-            mapped.info.dtype,
-            lambda: mapped,
-            channel_axis=mapped.info.channel_axis,
-        )
+        planned = plan_mapped(request.input_path, request.dtype, request.channel_axis)
     elif request.input_path is not None:
-        planned = plan_file(
-            request.input_path, request.dtype, may_group, eval_pass, request.channel_axis
-        )
+        planned = plan_file(request.input_path, request.dtype, may_group, request.channel_axis)
     unfed_notice = None
     if request.input_path is not None:
         samples_axis = batch_axis(planned.channel_axis)
@@ -276,15 +300,13 @@ def prepare(
         whole = list(shape)
         whole[samples_axis] *= steps
         planned = plan_generated(
-            tuple(whole),
-            request.seed,
-            dtype,
-            request.offset,
-            request.scale,
-            may_group,
-            eval_pass,
-            axis,
+            tuple(whole), request.seed, dtype, request.offset, request.scale, may_group, axis
         )
+        if steps > 1:
+            given = ",".join(map(str, shape))
+            planned = dataclasses.replace(
+                planned, what=f"--shape {given} over --steps {steps} in {dtype}"
+            )
     eps, eps_notice = effective_eps(convention, request.eps)
     batch_shape = (batch_size, *planned.shape[1:])
     if request.stats_only:
@@ -297,6 +319,23 @@ def prepare(
         raise BnInspectError(
             f"--save-output writes PyTorch's output, but {no_peer}; drop --save-output"
         )
+    # Everything the run will hold, counted from the description alone, before anything the
+    # size of the input (or of its channels, or steps) is built.
+    check_fits(
+        run_need(
+            planned,
+            batch_size,
+            steps,
+            torch_runs=no_peer is None,
+            eval_pass=request.mode == "train"
+            and (request.steps is not None or request.batch_size is not None or steps > 1),
+            save_input=request.save_input is not None,
+            save_output=request.save_output is not None,
+            command=extra_need,
+        ),
+        (need_words[0] if need_words else "") + planned.what,
+        need_words[1] if need_words else planned.advice,
+    )
     channels = planned.shape[1]
     params = resolve_parameters(
         request.vectors, channels, planned.dtype, request.seed, request.affine
@@ -335,7 +374,7 @@ def prepare(
         tensor,
         settings,
         params,
-        mapping,
+        tensor.mapping,
         convention,
         no_peer,
         torch_runner,
@@ -555,5 +594,6 @@ def save_outputs(request: InspectRequest, inspection: Inspection) -> list[str]:
         array, note = _savable(stacked)
         files.append((request.save_output, array))
         messages.append(f"wrote PyTorch's output to {request.save_output}{note}")
-    write_arrays(files)
+    # The inspected file must still be what was read (a memory map shows a change half made).
+    write_arrays(files, request.force, inspection.tensor.check_unchanged)
     return messages

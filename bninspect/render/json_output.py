@@ -4,6 +4,11 @@ Every dataclass field appears under its own name, in order, so the JSON is the r
 itself. JSON has no NaN or Infinity: such a number, and every ``Undefined`` value, is written as
 ``null`` and its reason recorded in ``null_reasons`` under the field's JSON Pointer
 (e.g. ``/channels/0/var_unbiased``).
+
+Strings are valid Unicode, file names included: a byte of a file name that is not UTF-8 (which
+Python holds as a lone surrogate, and JSON cannot) is written as the four characters ``\\xNN``,
+and so that this stays unambiguous a backslash as two (docs/errors.md shows how to get the
+name's bytes back).
 """
 
 from __future__ import annotations
@@ -25,9 +30,28 @@ _NON_FINITE_REASON = {
 }
 
 
+def _text(value: str) -> str:
+    """``value`` with a backslash doubled and each non-UTF-8 byte (a surrogate from Python's
+    surrogateescape) as \\xNN: faithful, and valid Unicode."""
+    if "\\" not in value and not any("\ud800" <= c <= "\udfff" for c in value):
+        return value  # the usual case
+    out = []
+    for c in value.replace("\\", "\\\\"):
+        code = ord(c)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _plain(value: Any, pointer: str, null_reasons: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, Undefined):
-        null_reasons[pointer] = value.reason
+        null_reasons[pointer] = _text(value.reason)
         return None
     if dataclasses.is_dataclass(value):
         return {
@@ -35,7 +59,7 @@ def _plain(value: Any, pointer: str, null_reasons: dict[str, str]) -> Any:
             for f in dataclasses.fields(value)
         }
     if isinstance(value, dict):
-        return {k: _plain(v, f"{pointer}/{k}", null_reasons) for k, v in value.items()}
+        return {_text(k): _plain(v, f"{pointer}/{k}", null_reasons) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v, f"{pointer}/{i}", null_reasons) for i, v in enumerate(value)]
     if isinstance(value, np.generic):

@@ -36,6 +36,7 @@ def _severity(layer: LayerReport) -> tuple:
 
 
 NAME_WIDTH = 28  # the grid keeps 3 spaces between columns: a 7-column layer table then fits 80
+FOLD_NAME_WIDTH = 16  # the fold table holds two names beside five short columns
 
 
 def _wrap_name(name: str, width: int = NAME_WIDTH) -> str:
@@ -58,6 +59,24 @@ def _table(title: str, headers: list[str], rows: list[list[str]], left=(1,)) -> 
 
 def _label(layer: LayerReport) -> str:
     return _wrap_name(layer.name + (f" #{layer.call}" if layer.call > 1 else ""))
+
+
+def _weights_rows(layers) -> list[list[str]]:
+    """--weights alone: what a state_dict holds, no batch."""
+    return [
+        [
+            str(layer.index + 1),
+            _label(layer),
+            str(layer.channels),
+            "yes" if layer.affine else "no",
+            _fmt(layer.num_batches_tracked),
+            " ".join(layer.flags) or "-",
+        ]
+        for layer in layers
+    ]
+
+
+WEIGHTS_HEADERS = ["#", "batch norm", "channels", "affine", "batches", "flags"]
 
 
 def _layer_rows(layers) -> list[list[str]]:
@@ -88,8 +107,14 @@ def _header(result: ModelResult, width: int = 80) -> Text:
         lines.append(
             labelled("model", f"{s.model}({kwargs}), {s.dtype}, {s.mode} mode as given", width)
         )
+    weights_alone = s.model is None and s.program is None
     if s.weights is not None:
-        lines.append(labelled("weights", f"{s.weights}: {s.loaded_tensors} tensors", width))
+        what = (
+            "a state_dict alone: buffers and parameters, no network run"
+            if weights_alone
+            else "loaded into the model"
+        )
+        lines.append(labelled("weights", f"{s.weights}: {s.loaded_tensors} tensors, {what}", width))
     lines += [labelled("", note, width) for note in s.checkpoint]
     b = result.batches
     if not isinstance(b, Undefined):
@@ -102,7 +127,10 @@ def _header(result: ModelResult, width: int = 80) -> Text:
         lines.append(labelled("batch", f"{shape} {b.dtype}: {what}{more}", width))
     count = len(result.layers)
     layers = (
-        f"{count} batch-norm call{'s' if count != 1 else ''}"
+        f"{count} batch norm{'s' if count != 1 else ''} in the state_dict (each a running_mean "
+        "with its running_var)"
+        if weights_alone
+        else f"{count} batch-norm call{'s' if count != 1 else ''} in one forward"
         + (f"; not batch norm: {', '.join(s.other_norms[:4])}" if s.other_norms else "")
         + (f" and {len(s.other_norms) - 4} more" if len(s.other_norms) > 4 else "")
     )
@@ -142,25 +170,34 @@ def _folds(result: ModelResult, layers, everything: bool) -> RenderableType | No
     if isinstance(result.pairing, Undefined):
         return None
     pairs = [layer for layer in layers if not isinstance(layer.fold, Undefined)]
-    rows = []
-    costly = 0
-    for layer in pairs:
-        for d in layer.fold.dtypes:
-            costly += d.costly
-            rows.append(
-                [
-                    layer.fold.producer,
-                    _label(layer),
-                    d.dtype,
-                    _fmt(d.unfolded_ulp_error_at_scale),
-                    _fmt(d.folded_ulp_error_at_scale),
-                    _fmt(d.fuse_conv_bn_eval_ulp_error_at_scale),
-                    "yes" if d.costly else "no",
-                ]
-            )
-    rows.sort(key=lambda r: -float(r[4]) if r[4] not in ("n/a", "inf", "NaN") else -1e300)
+    found = [(layer, d) for layer in pairs for d in layer.fold.dtypes]
+
+    def worst_first(pair) -> float:
+        folded = pair[1].folded_ulp_error_at_scale
+        if isinstance(folded, Undefined):  # not measured: last
+            return float("inf")
+        return float("-inf") if folded != folded else -folded  # NaN: first
+
+    found.sort(key=worst_first)
     if not everything:
-        rows = rows[:SUMMARY_ROWS]
+        found = found[:SUMMARY_ROWS]
+    costly = sum(d.costly for _, d in found)
+    rows = []
+    for layer, d in found:
+        rows.append(
+            [
+                _wrap_name(layer.fold.producer, FOLD_NAME_WIDTH),
+                _wrap_name(
+                    layer.name + (f" #{layer.call}" if layer.call > 1 else ""),
+                    FOLD_NAME_WIDTH,
+                ),
+                d.dtype,
+                _fmt(d.unfolded_ulp_error_at_scale),
+                _fmt(d.folded_ulp_error_at_scale),
+                _fmt(d.fuse_conv_bn_eval_ulp_error_at_scale),
+                "yes" if d.costly else "no",
+            ]
+        )
     title = (
         f"Folding {len(pairs)} conv/linear + batch norm pairs (found with {result.pairing}), "
         "error in ULP at the output's scale against float64 unfolded"
@@ -183,19 +220,33 @@ def _folds(result: ModelResult, layers, everything: bool) -> RenderableType | No
             + (" ..." if len(result.unpaired) > 6 else "")
         )
     notes.append("fuse_*: torch.nn.utils.fusion.fuse_conv_bn_eval / fuse_linear_bn_eval")
+    failed = {
+        d.fuse_conv_bn_eval_ulp_error_at_scale.reason
+        for _, d in found
+        if isinstance(d.fuse_conv_bn_eval_ulp_error_at_scale, Undefined)
+    }
+    notes += [f"fuse_* n/a: {reason}" for reason in sorted(failed)]
     return Group(table, Text("\n".join(notes), style="dim"))
 
 
 def _layer_detail(layer: LayerReport) -> list[RenderableType]:
     parts: list[RenderableType] = []
-    lines = [
-        f"layer   {layer.index + 1}. {_label(layer)}: {layer.module}, {layer.channels} channels, "
-        f"eps {_fmt(layer.eps, 5)}, momentum {_fmt(layer.momentum, 5)}, "
-        f"{'affine' if layer.affine else 'no affine'}, "
-        f"{'tracks running stats' if layer.track_running_stats else 'no running stats'}, "
-        f"{layer.mode} mode as given, num_batches_tracked {_fmt(layer.num_batches_tracked)}",
-        f"batch   {_fmt(layer.count)} values per channel",
-    ]
+    affine = "affine" if layer.affine else "no affine"
+    if isinstance(layer.mode, Undefined):  # --weights alone: what the state_dict holds
+        lines = [
+            f"layer   {layer.index + 1}. {_label(layer)}: {layer.channels} channels, {affine}, "
+            f"num_batches_tracked {_fmt(layer.num_batches_tracked)} (a state_dict: eps, "
+            "momentum and mode are the module's)"
+        ]
+    else:
+        lines = [
+            f"layer   {layer.index + 1}. {_label(layer)}: {layer.module}, {layer.channels} "
+            f"channels, eps {_fmt(layer.eps, 5)}, momentum {_fmt(layer.momentum, 5)}, {affine}, "
+            f"{'tracks running stats' if layer.track_running_stats else 'no running stats'}, "
+            f"{layer.mode} mode as given, num_batches_tracked "
+            f"{_fmt(layer.num_batches_tracked)}",
+            f"batch   {_fmt(layer.count)} values per channel",
+        ]
     if layer.cause:
         lines.append(f"cause   {layer.cause}")
     parts.append(Text("\n".join(lines)))
@@ -279,9 +330,16 @@ def render_model(
     show_all = show_all or verbose
     parts: list[RenderableType] = [_header(result)]
     layers = result.layers
+    first = result.first_divergence
+    shown_in_full = len(layers) == 1 and layers[0].name == getattr(first, "name", None)
+    if not isinstance(first, Undefined) and first.cause and not shown_in_full:
+        # the verdict's cause in full, with its evidence
+        parts.append(Text(labelled("cause", f"{first.name}: {first.cause}")))
     if not layers:
         return parts
-    single = len(layers) == 1 and not isinstance(layers[0].details, Undefined)
+    single = len(layers) == 1 and (
+        not isinstance(layers[0].details, Undefined) or isinstance(result.batches, Undefined)
+    )
     if single:
         parts += _layer_detail(layers[0])
     else:
@@ -291,7 +349,10 @@ def render_model(
             worst = sorted(layers, key=_severity)[:SUMMARY_ROWS]
             title = f"The worst {len(worst)} of {len(layers)} batch norms (--all shows every one)"
             shown = worst
-        parts.append(_table(title, LAYER_HEADERS, _layer_rows(shown)))
+        if isinstance(result.batches, Undefined):  # --weights alone
+            parts.append(_table(title, WEIGHTS_HEADERS, _weights_rows(shown)))
+        else:
+            parts.append(_table(title, LAYER_HEADERS, _layer_rows(shown)))
         if not isinstance(result.batches, Undefined):
             parts.append(_explain_columns(result))
         population = _population(result, layers if show_all else shown)

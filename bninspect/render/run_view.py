@@ -74,29 +74,59 @@ def _location_digits(result: RunResult) -> int:
     return digits_to_resolve(values, 1e-4 * min(spreads)) if spreads else 5
 
 
+# Past this many channels the tables show the ones nearest their bounds, --verbose every one: a
+# 512-channel layer would otherwise bury the verdict under four tables of 512 rows.
+MOST_CHANNELS_SHOWN = 16
+WORST_CHANNELS_SHOWN = 8
+MEASURED_AGAINST_BOUND = (
+    ("max_ulp_error_at_scale", "bound_ulps"),
+    ("running_mean_ulp_error_at_scale", "running_mean_bound_ulps"),
+    ("running_var_ulp_error_at_scale", "running_var_bound_ulps"),
+)
+
+
+def _closeness(report: ChannelReport) -> float:
+    """How much of its bound the channel's worst measure uses (non-finite channels first)."""
+    if any(getattr(report, name) for name in NON_FINITE_COUNTS):
+        return math.inf
+    used = [
+        error / bound
+        for error, bound in (
+            (getattr(report, e), getattr(report, b)) for e, b in MEASURED_AGAINST_BOUND
+        )
+        if isinstance(error, float) and isinstance(bound, float) and bound > 0
+    ]
+    return max(used, default=0.0)
+
+
+def shown_channels(result: RunResult, verbose: bool) -> list[ChannelReport]:
+    """Every channel, or past MOST_CHANNELS_SHOWN the few nearest their bounds, in channel order."""
+    if verbose or len(result.channels) <= MOST_CHANNELS_SHOWN:
+        return list(result.channels)
+    nearest = sorted(result.channels, key=_closeness, reverse=True)[:WORST_CHANNELS_SHOWN]
+    return sorted(nearest, key=lambda report: report.channel)
+
+
 def _channel_table(group: str, result: RunResult, verbose: bool) -> RenderableType:
     fields = list(_channel_fields(group, result, verbose))
     digits = _location_digits(result)
+    channels = shown_channels(result, verbose)
 
     def cell(report: ChannelReport, f: dataclasses.Field) -> str:
         value = getattr(report, f.name)
         return fmt(value, digits if f.name in LOCATION_FIELDS else 5)
 
-    rows = [[str(report.channel), *(cell(report, f) for f in fields)] for report in result.channels]
+    rows = [[str(report.channel), *(cell(report, f) for f in fields)] for report in channels]
     styles = [
         "red" if any(getattr(report, name) for name in NON_FINITE_COUNTS) else None
-        for report in result.channels
+        for report in channels
     ]
     title = group
     if group in (AGREEMENT, BUFFERS):
         title = f"{group} (ULPs of {result.input.dtype})"
     table = grid(title, ["ch", *(f.metadata["label"] for f in fields)], rows, styles)
     note = reasons_note(
-        [
-            (f.metadata["label"], getattr(report, f.name))
-            for f in fields
-            for report in result.channels
-        ]
+        [(f.metadata["label"], getattr(report, f.name)) for f in fields for report in channels]
     )
     return Group(table, note) if note else table
 
@@ -111,6 +141,16 @@ def render_run(result: RunResult, verbose: bool = False) -> list[RenderableType]
     parts: list[RenderableType] = [
         _channel_table(group, result, verbose) for group in groups if _has_values(group, result)
     ]
+    shown = len(shown_channels(result, verbose))
+    if shown < len(result.channels):
+        parts.insert(
+            0,
+            Text(
+                f"{shown} of {len(result.channels)} channels shown: those nearest their bounds "
+                "(--verbose shows every one; --json has them all)",
+                style="dim",
+            ),
+        )
     if len(result.running_history) > 1:
         if verbose:
             parts += _history_tables(result)

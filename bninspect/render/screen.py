@@ -9,6 +9,7 @@ prints the whole with no trailing spaces. Formats; never computes.
 from __future__ import annotations
 
 import importlib
+import io
 import re
 import sys
 from typing import Any
@@ -69,16 +70,29 @@ def render(result: Any, verbose: bool = False, width: int = 80, **options: Any) 
     return Group(*parts)
 
 
-def print_result(result: Any, detail: str = "normal", **options: Any) -> None:
-    """Print ``result`` for people on stdout: ``detail`` "quiet" (the verdict alone), "normal"
-    or "verbose". Lines end at their last character: rich pads tables to their width."""
-    console = Console()
+def format_result(result: Any, detail: str = "normal", **options: Any) -> str:
+    """``result`` for people, as print_result prints it: rendered in memory as rich would render
+    it on stdout (its width, its colours), so the caller writes it in one checked write."""
+    terminal = Console()  # what stdout is: its width, whether it takes colours
+    text = io.StringIO()
+    console = Console(
+        file=text,
+        width=terminal.width,
+        color_system=terminal.color_system,
+        force_terminal=terminal.is_terminal,
+        no_color=terminal.no_color,
+    )
     if detail == "quiet":
         renderable: RenderableType = verdict_text(result)
     else:
         renderable = render(result, detail == "verbose", console.width, **options)
-    with console.capture() as captured:
-        # crop=False: a table wider than the terminal wraps there instead of losing its edge.
-        # The verdict alone (-q) keeps each of its lines whole: one or two lines, for scripts.
-        console.print(renderable, crop=False, soft_wrap=detail == "quiet")
-    sys.stdout.write(_TRAILING.sub(r"\1", captured.get()))
+    # crop=False: a table wider than the terminal wraps there instead of losing its edge.
+    # The verdict alone (-q) keeps each of its lines whole: one or two lines, for scripts.
+    console.print(renderable, crop=False, soft_wrap=detail == "quiet")
+    return _TRAILING.sub(r"\1", text.getvalue())
+
+
+def print_result(result: Any, detail: str = "normal", **options: Any) -> None:
+    """Print ``result`` for people on stdout: ``detail`` "quiet" (the verdict alone), "normal"
+    or "verbose". Lines end at their last character: rich pads tables to their width."""
+    sys.stdout.write(format_result(result, detail, **options))

@@ -7,6 +7,7 @@ that step, minus the same with one step fewer. The effects add up to PyTorch's t
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -15,9 +16,18 @@ from bninspect.numerics.agreement import output_scale, ulp
 from bninspect.numerics.reference import channel_values, normalize
 from bninspect.pytorch.cpu_emulation import claim, emulate_channel, emulate_output, how_steps
 from bninspect.pytorch.inspection import Inspection
+from bninspect.results.common import Undefined
 from bninspect.results.explain import PrecisionReport, PrecisionStep
 
 _FMA_CAPABLE = ("AVX2", "AVX512", "AVX512_BF16", "AVX512_VNNI", "AMX", "ZVECTOR", "SVE256")
+
+
+def _float(value: Fraction | float) -> float:
+    """The nearest float64; infinite beyond its range (a Fraction's float() raises there)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _sqrt(value: Fraction) -> Fraction:
@@ -25,8 +35,25 @@ def _sqrt(value: Fraction) -> Fraction:
     return Fraction(float(np.sqrt(float(value))))
 
 
-def precision_report(inspection: Inspection, index: tuple[int, ...]) -> PrecisionReport:
-    """PyTorch's arithmetic for output[index], step by step, beside the exact values."""
+def _overflowed(emulated, y_emulated: float, train: bool, how: dict[str, str]) -> str | None:
+    """Where PyTorch's arithmetic for the element left the finite numbers, in words, or
+    None: the first step (in order) whose emulated value is infinite or NaN."""
+    names = ("mean", "var_sum", "var") if train else ()
+    values = [(name, getattr(emulated, name)) for name in names]
+    values += [(name, getattr(emulated, name)) for name in ("invstd", "alpha", "beta")]
+    values.append(("y", y_emulated))
+    for name, value in values:
+        if not math.isfinite(value):
+            return f"{name} = {value} ({how[name]})"
+    return None
+
+
+def precision_report(
+    inspection: Inspection, index: tuple[int, ...]
+) -> PrecisionReport | Undefined:
+    """PyTorch's arithmetic for output[index], step by step, beside the exact values; where
+    that arithmetic overflows (values near the dtype's largest), which step did, as the
+    result: there are then no finite bits to attribute."""
     c, x_arr = index[1], inspection.batch
     dtype = inspection.tensor.info.dtype
     settings, params, stats = inspection.settings, inspection.params, inspection.stats
@@ -52,16 +79,34 @@ def precision_report(inspection: Inspection, index: tuple[int, ...]) -> Precisio
     x = float(x_arr[index])
     y_emulated = emulate_output(x, emulated, dtype, fma)
     y_torch = float(torch_run.output[index])
-    scale_values = normalize(channel_values(x_arr, c), forward.mean[c], forward.std[c], w, b)
+    how = how_steps(dtype, emulated.path, fma)
+    overflow = _overflowed(emulated, y_emulated, train, how)
+    if overflow is not None:
+        return Undefined(
+            f"PyTorch's {dtype} arithmetic for this element overflows: {overflow}, beyond "
+            f"{dtype}'s range (its y is {y_torch!r}, the emulation's {y_emulated!r}), so "
+            "there are no finite bits to attribute to each step"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale_values = normalize(
+            channel_values(x_arr, c), forward.mean[c], forward.std[c], w, b
+        )
+        y_reference = float(normalize(x, forward.mean[c], forward.std[c], w, b))
     scale = output_scale(scale_values, w)
     unit = float(ulp(scale, dtype))
+    reference = {"mean": forward.mean[c], "var": forward.var[c], "y": y_reference}
+    beyond = [f"{name} = {float(v)!r}" for name, v in reference.items() if not np.isfinite(v)]
+    if beyond:
+        return Undefined(
+            f"the float64 reference for this element leaves float64's range ({', '.join(beyond)})"
+            ", so there are no exact values to measure PyTorch's steps against"
+        )
 
     X, W, B, E = Fraction(x), Fraction(w), Fraction(b), Fraction(eps)
-    y_exact = Fraction(float(normalize(x, forward.mean[c], forward.std[c], w, b)))
+    y_exact = Fraction(y_reference)
     mean_exact = Fraction(float(forward.mean[c]))
     var_exact = Fraction(float(forward.var[c]))
     mean_t = Fraction(emulated.mean)
-    how = how_steps(dtype, emulated.path, fma)
     rows = []  # (name, how, PyTorch's value, exact value, y with PyTorch's values so far)
     if train:
         n = values.size
@@ -123,8 +168,8 @@ def precision_report(inspection: Inspection, index: tuple[int, ...]) -> Precisio
     previous = y_exact
     steps = []
     for name, how, value, exact, y_so_far in rows:
-        effect = float(y_so_far - previous) / unit if unit else float("nan")
-        steps.append(PrecisionStep(name, how, float(value), float(exact), effect))
+        effect = _float(y_so_far - previous) / unit if unit else float("nan")
+        steps.append(PrecisionStep(name, how, float(value), _float(exact), effect))
         previous = y_so_far
     exact_match = y_emulated == y_torch or (np.isnan(y_emulated) and np.isnan(y_torch))
     difference = 0.0 if exact_match else (y_emulated - y_torch) / float(ulp(y_torch, dtype))

@@ -29,7 +29,8 @@ class ModelSource:
     checkpoint: tuple[str, ...]  # what was recognised: wrapper key, "module." prefix, ...
     loaded_tensors: int  # tensors loaded from --weights (0 without)
     dtype: str  # of the network's floating parameters, e.g. "float32"
-    mode: str  # "train" or "eval": the network's mode as given (the runs are on copies)
+    mode: str | Undefined  # "train" or "eval": the network's mode as given (the runs are on
+    # copies); undefined for --weights alone (a state_dict has no mode)
     torch_version: str
     other_norms: tuple[str, ...]  # "name (GroupNorm)": normalizations that are not batch norm
 
@@ -148,7 +149,7 @@ class LayerReport:
     momentum: Number  # undefined for None (cumulative average)
     affine: bool
     track_running_stats: bool
-    mode: str  # the layer's mode as given
+    mode: str | Undefined  # the layer's mode as given; undefined for --weights alone
     num_batches_tracked: int | Undefined
     count: int | Undefined  # values per channel in the batch
     max_mean_drift: Number  # max |mean - running_mean| / sqrt(running_var + eps)
