@@ -172,6 +172,11 @@ def check(
                 "--ranks and --rank-sizes name data-parallel mistakes of the forward pass; drop "
                 "them with --grad-input"
             )
+        if allow_nonfinite_mismatch:
+            raise OptionError(
+                "--allow-nonfinite-mismatch belongs to the forward check; with --grad-input, NaN "
+                "and infinities in your gradients are reported (how many, where) and counted"
+            )
         for name, value in (
             ("--their-running-mean", their_running_mean),
             ("--their-running-var", their_running_var),

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bninspect.check.tolerance import inspection_conditioning
+from bninspect.dtypes import float_format
 from bninspect.grad.reference import ReferenceBackward, reference_backward
+from bninspect.grad.tolerance import GradientBounds, gradient_bounds
 from bninspect.numerics.agreement import elementwise_errors, ulp
 from bninspect.pytorch.inspection import Inspection
 from bninspect.results.common import Number, Undefined
@@ -17,11 +20,6 @@ from bninspect.results.grad import CS231N_GOOD, CS231N_WRONG, Cs231nError, GradO
 if TYPE_CHECKING:
     from bninspect.pytorch.autograd import TorchGradients
 
-# An error within this many ULPs of the dtype at the channel's scale is rounding, as for the
-# forward (check/compare.py's ROUNDING_ULPS). Measured: autograd's dx, dweight and dbias on
-# torch 2.13 stay within 3 ULPs at these scales in every dtype, rank and mode
-# (tests/test_grad.py checks it over hypothesis' draws).
-GRAD_ROUNDING_ULPS = 4.0
 GRADIENTS = ("grad_input", "grad_weight", "grad_bias")
 NO_AFFINE = "--no-affine: the layer has no weight or bias, so autograd gives no gradient for them"
 
@@ -29,7 +27,8 @@ NO_AFFINE = "--no-affine: the layer has no weight or bias, so autograd gives no 
 @dataclass(frozen=True)
 class Backward:
     """The reference gradients and autograd's (None, with the reason in ``no_torch``, where
-    PyTorch's module did not run)."""
+    PyTorch's module did not run), and per gradient and channel what a correct backward in
+    the dtype can leave (``bounds``: grad/tolerance.py)."""
 
     reference: ReferenceBackward
     torch: TorchGradients | None
@@ -38,6 +37,11 @@ class Backward:
     grad_output: GradOutputInfo
     dtype: str
     affine: bool
+    bounds: GradientBounds
+
+    def bound_ulps_of(self, name: str) -> np.ndarray:
+        """The bound of gradient ``name`` per channel (C,), in ULPs of the dtype at its scale."""
+        return self.bounds.in_ulps(name)
 
     def scale_of(self, name: str) -> np.ndarray:
         """The per-channel scale (C,) of gradient ``name``."""
@@ -75,10 +79,23 @@ def inspect_backward(inspection: Inspection, dy: np.ndarray, info: GradOutputInf
         torch_gradients = run_backward(
             inspection.batch, dy, settings.module, params, settings.eps, settings.affine, train
         )
+    dtype = inspection.tensor.info.dtype
+    bounds = gradient_bounds(reference, inspection_conditioning(inspection), dtype)
     return Backward(
-        reference, torch_gradients, no_torch, dy, info, inspection.tensor.info.dtype,
-        settings.affine,
-    )  # fmt: skip
+        reference, torch_gradients, no_torch, dy, info, dtype, settings.affine, bounds
+    )
+
+
+def within_range(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` (float64) with those beyond ``dtype``'s range replaced by the infinity they
+    round to: what a correct backward in the dtype returns there (a float16 dweight above
+    65504 is inf in every implementation), so that their infinity agrees with it."""
+    values = np.asarray(values, dtype=np.float64)
+    if dtype == "float64":
+        return values
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = values.astype(float_format(dtype).numpy).astype(np.float64)
+        return np.where(np.isinf(rounded) & np.isfinite(values), rounded, values)
 
 
 def channel_errors_at_scale(
@@ -86,8 +103,8 @@ def channel_errors_at_scale(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per channel (C,), the largest |values - reference| and it in ULPs of ``dtype`` at the
     channel's ``scale`` (NaN where an error meets a scale of 0). Elementwise arrays (N, C, ...)
-    or per-channel ones (C,)."""
-    abs_error, _ = elementwise_errors(values, reference, dtype)
+    or per-channel ones (C,). A reference beyond the dtype's range is its infinity."""
+    abs_error, _ = elementwise_errors(values, within_range(reference, dtype), dtype)
     if abs_error.ndim > 1:
         axes = (0, *range(2, abs_error.ndim))
         largest = np.max(abs_error, axis=axes, initial=0.0)
@@ -102,6 +119,29 @@ def channel_errors_at_scale(
 def as_number(value: float, reason: str) -> Number:
     """A float, or Undefined(reason) where it is NaN."""
     return Undefined(reason) if np.isnan(value) else float(value)
+
+
+NO_BOUND = (
+    "no finite bound: the channel's spread is below what the dtype's statistics resolve (a "
+    "correct x_hat can be anything), so any value passes"
+)
+EXACT_ONLY = "the channel's statistics are not finite: only an exact agreement passes"
+
+
+def bound_number(value: float) -> Number:
+    """A bound in ULPs as a JSON number, or why there is none (infinite, or NaN)."""
+    if np.isfinite(value):
+        return float(value)
+    return Undefined(EXACT_ONLY if np.isnan(value) else NO_BOUND)
+
+
+def within_bounds(at_scale: np.ndarray, bound_ulps: np.ndarray) -> bool:
+    """Whether every channel's error (ULPs at scale) is within its bound in the same ULPs: a NaN
+    error (an error where the scale is 0) is not, a NaN bound (statistics not finite) admits
+    only 0."""
+    with np.errstate(invalid="ignore"):
+        limit = np.where(np.isnan(bound_ulps), 0.0, bound_ulps)
+        return bool(np.all(at_scale <= limit))
 
 
 NO_SCALE = "no scale to count the error at: the gradient and its terms are 0 in this channel"

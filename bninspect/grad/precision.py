@@ -17,7 +17,7 @@ from bninspect.grad.cpu_backward import (
 from bninspect.pytorch.cpu_emulation import STRIDED, emulate_channel
 from bninspect.pytorch.inspection import Inspection
 from bninspect.results.common import Undefined
-from bninspect.results.grad import GradPrecision, GradPrecisionStep
+from bninspect.results.grad import GradPrecision, GradPrecisionStep, GradValues
 
 # Measured with scripts/measure_grad_emulation.py --trials 300 --seed 1 on torch 2.13, AVX512
 # kernel, 2 threads: 49,173 dx and 1,043 channels' dweight and dbias; all matched but 56 of the
@@ -125,16 +125,23 @@ def grad_precision(
     if torch_dw is not None:
         exact_match = exact_match and channel.grad_weight == float(torch_dw[c])
         exact_match = exact_match and channel.grad_bias == float(torch_db[c])
+    no_affine = Undefined("--no-affine: the layer has no weight or bias")
+    affine = torch_dw is not None
     return GradPrecision(
         path=channel.path,
         claim=claim(dtype, channel.path, train),
         cpu_capability=capability,
         threads=threads,
-        steps=tuple(steps),
-        grad_input_emulated=dx,
-        grad_weight_emulated=channel.grad_weight if torch_dw is not None else Undefined(
-            "--no-affine"),  # fmt: skip
-        grad_bias_emulated=channel.grad_bias if torch_db is not None else Undefined(
-            "--no-affine"),  # fmt: skip
+        emulation=tuple(steps),
+        emulated=GradValues(
+            dx,
+            channel.grad_weight if affine else no_affine,
+            channel.grad_bias if affine else no_affine,
+        ),
+        torch=GradValues(
+            torch_dx,
+            float(torch_dw[c]) if affine else no_affine,
+            float(torch_db[c]) if affine else no_affine,
+        ),
         bit_exact=bool(exact_match),
     )

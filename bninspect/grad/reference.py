@@ -47,14 +47,17 @@ class ReferenceBackward:
     elementwise ones the batch's (N, C, ...).
 
     ``input_scale``, ``weight_scale`` and ``bias_scale`` are the magnitudes each gradient's
-    error is judged at (in ULPs of the dtype, as the forward's output at the channel's
-    scale): the size of the terms that make it, with x_hat's magnitude taken as
-    xi = (|x| + |mean|) * inv_std, since a rounding of x or of the mean moves x_hat by that
-    much times the unit roundoff (the mean's rounding dominates where |mean| >> std).
+    error is judged at (in ULPs of the dtype, as the forward's output at the channel's scale):
+    the size of the terms each gradient is the sum of, so that a scale never collapses where
+    the terms cancel (dx of an element near the mean, dx = 0 for a constant dy):
 
-    - dx: max over the channel of |weight| * inv_std * (|dy| + sum|dy| / M + xi * sum|dy xi| / M)
-      (train), of |weight * inv_std * dy| (eval);
-    - dweight: sum |dy| * xi;  dbias: sum |dy|.
+    - dx: |weight| * inv_std * T, T = max over the channel of |dy| + |sum dy| / M
+      + |x_hat| * |sum(dy * x_hat)| / M, the three terms' sizes (eval mode: T = max |dy|);
+    - dweight: sum |dy * x_hat|;  dbias: sum |dy|.
+
+    ``input_terms`` (T), ``grad_output_rms``, ``grad_output_x_hat_rms`` (RMS of dy and of
+    dy * x_hat over the channel), ``sum_abs_grad_output`` and ``sum_abs_grad_output_x_hat``
+    feed the bound on what a correct backward can leave (grad/tolerance.py).
     """
 
     train: bool
@@ -71,6 +74,11 @@ class ReferenceBackward:
     input_scale: np.ndarray
     weight_scale: np.ndarray
     bias_scale: np.ndarray
+    input_terms: np.ndarray  # T: dx's terms' size over |weight| * inv_std
+    grad_output_rms: np.ndarray
+    grad_output_x_hat_rms: np.ndarray
+    sum_abs_grad_output: np.ndarray  # sum |dy|
+    sum_abs_grad_output_x_hat: np.ndarray  # sum |dy * x_hat|
     passes_through: bool = False  # the layer copies x to y (Paddle, one value per channel)
 
 
@@ -107,25 +115,36 @@ def reference_backward(
         sum_dy = channel_sums(dy)
         sum_dy_x_hat = channel_sums(dy * x_hat)
         w, k = per_channel(weight, ndim), per_channel(inv_std, ndim)
-        xi = (np.abs(np.asarray(x, dtype=np.float64)) + np.abs(per_channel(mean, ndim))) * k
         abs_dy = np.abs(dy)
+        abs_dy_x_hat = np.abs(dy * x_hat)
+        sum_abs_dy = channel_sums(abs_dy)
+        sum_abs_dy_x_hat = channel_sums(abs_dy_x_hat)
+        rms_dy = np.sqrt(channel_sums(dy * dy) / count)
+        rms_dy_x_hat = np.sqrt(channel_sums(abs_dy_x_hat * abs_dy_x_hat) / count)
+        axes = (0, *range(2, ndim))
         if passes_through:  # y = x: dx = dy, and weight and bias play no part
             grad_input = dy.copy()
-            input_terms = abs_dy
+            terms = abs_dy
         elif train:
             grad_input = (w * k / count) * (
                 count * dy - per_channel(sum_dy, ndim) - x_hat * per_channel(sum_dy_x_hat, ndim)
             )
-            abs_sum = per_channel(channel_sums(abs_dy), ndim)
-            xi_sum = per_channel(channel_sums(abs_dy * xi), ndim)
-            input_terms = np.abs(w) * k * (abs_dy + abs_sum / count + xi * xi_sum / count)
+            terms = (
+                abs_dy
+                + per_channel(np.abs(sum_dy), ndim) / count
+                + np.abs(x_hat) * per_channel(np.abs(sum_dy_x_hat), ndim) / count
+            )
         else:
             grad_input = w * k * dy
-            input_terms = np.abs(grad_input)
-        axes = (0, *range(2, ndim))
-        input_scale = np.max(np.nan_to_num(input_terms, nan=0.0), axis=axes, initial=0.0)
-        weight_scale = channel_sums(abs_dy * xi)
-        bias_scale = channel_sums(abs_dy)
+            terms = abs_dy
+        input_terms = np.max(np.nan_to_num(terms, nan=0.0), axis=axes, initial=0.0)
+        if passes_through:
+            input_scale = input_terms
+        else:
+            input_scale = np.abs(np.asarray(weight, dtype=np.float64)) * inv_std * input_terms
+            input_scale = np.where(input_terms == 0, 0.0, input_scale)  # 0 * inf: no scale
+        weight_scale = sum_abs_dy_x_hat
+        bias_scale = sum_abs_dy
     zeros = np.zeros_like(sum_dy)
     return ReferenceBackward(
         train=train,
@@ -142,5 +161,10 @@ def reference_backward(
         input_scale=input_scale,
         weight_scale=weight_scale,
         bias_scale=bias_scale,
+        input_terms=input_terms,
+        grad_output_rms=rms_dy,
+        grad_output_x_hat_rms=rms_dy_x_hat,
+        sum_abs_grad_output=sum_abs_dy,
+        sum_abs_grad_output_x_hat=sum_abs_dy_x_hat,
         passes_through=passes_through,
     )

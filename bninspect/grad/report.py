@@ -9,13 +9,14 @@ import math
 import numpy as np
 
 from bninspect.grad.backward import (
-    GRAD_ROUNDING_ULPS,
     GRADIENTS,
     NO_SCALE,
     Backward,
     as_number,
+    bound_number,
     channel_errors_at_scale,
     cs231n,
+    within_bounds,
 )
 from bninspect.input.layout import to_user_index
 from bninspect.numerics.agreement import compare_value
@@ -63,6 +64,7 @@ def build_grad_run(inspection: Inspection, backward: Backward) -> GradRun:
     autograd's beside them, and autograd's errors at each channel's scale."""
     ref = backward.reference
     errors = {name: _errors(backward, name) for name in GRADIENTS}
+    bounds = {name: backward.bound_ulps_of(name) for name in GRADIENTS}
     torch_dx = backward.torch_of("grad_input")
     no_torch = torch_dx if isinstance(torch_dx, Undefined) else None
     channels = []
@@ -81,6 +83,13 @@ def build_grad_run(inspection: Inspection, backward: Backward) -> GradRun:
 
         param = (lambda v: float(v)) if backward.affine else (lambda v: Undefined(
             "--no-affine: the layer has no weight or bias"))  # fmt: skip
+
+        def bound(name: str, c=c) -> Number:
+            missing = backward.torch_of(name)
+            if isinstance(missing, Undefined) and name != "grad_input":
+                return missing
+            return bound_number(bounds[name][c])
+
         channels.append(
             GradChannel(
                 channel=c,
@@ -98,6 +107,9 @@ def build_grad_run(inspection: Inspection, backward: Backward) -> GradRun:
                 grad_input_ulp_error_at_scale=at("grad_input"),
                 grad_weight_ulp_error_at_scale=at("grad_weight"),
                 grad_bias_ulp_error_at_scale=at("grad_bias"),
+                grad_input_bound_ulps=bound("grad_input"),
+                grad_weight_bound_ulps=bound("grad_weight"),
+                grad_bias_bound_ulps=bound("grad_bias"),
                 grad_input_cs231n=cs231n(torch_dx[:, c], ref.grad_input[:, c])
                 if no_torch is None
                 else cs231n(np.array([]), np.array([])),
@@ -115,10 +127,9 @@ def build_grad_run(inspection: Inspection, backward: Backward) -> GradRun:
         if not isinstance(backward.torch_of(name), Undefined)
     }
     return GradRun(
-        verdict=_run_verdict(backward, maxima, scores),
+        verdict=_run_verdict(backward, errors, bounds, scores),
         grad_output=backward.grad_output,
         mode=inspection.settings.mode,
-        rounding_ulps=GRAD_ROUNDING_ULPS,
         channels=tuple(channels),
         max_grad_input_ulp_error_at_scale=maxima["grad_input"],
         max_grad_weight_ulp_error_at_scale=maxima["grad_weight"],
@@ -130,34 +141,58 @@ def build_grad_run(inspection: Inspection, backward: Backward) -> GradRun:
     )
 
 
-def _run_verdict(backward: Backward, maxima: dict[str, Number], scores) -> Verdict:
+def _largest_with_bound(at_scale: np.ndarray, bounds: np.ndarray) -> str:
+    """'22.1 (bound 1.08e+03)': the largest error over the channels beside that channel's
+    bound."""
+    if not at_scale.size or np.isnan(at_scale).all():
+        return "n/a"
+    c = int(np.nanargmax(at_scale))
+    limit = bounds[c]
+    limit_text = f"{limit:.3g}" if np.isfinite(limit) else "n/a"
+    return f"{fmt(at_scale[c])} (bound {limit_text})"
+
+
+def _run_verdict(backward: Backward, errors, bounds, scores) -> Verdict:
+    """Whether autograd's dx, dweight and dbias are, on every channel, within what a correct
+    backward in the dtype can leave (grad/tolerance.py)."""
     dtype = backward.dtype
     if backward.torch is None:
         return Verdict(
             "not-compared",
             (f"the float64 reference gradients alone: PyTorch was not run ({backward.no_torch})",),
         )
-    given = [n for n in GRADIENTS if not isinstance(backward.torch_of(n), Undefined)]
-    shown = {SHORT[n]: maxima[n] for n in given}
-    worst = [v for v in shown.values() if isinstance(v, float)]
-    unscaled = [k for k, v in shown.items() if isinstance(v, Undefined)]
-    within = not unscaled and all(v <= GRAD_ROUNDING_ULPS for v in worst)
-    listed = ", ".join(f"{k} {fmt(v)}" for k, v in shown.items() if isinstance(v, float))
+    given = [n for n in GRADIENTS if errors[n] is not None]
+    unscaled = [SHORT[n] for n in given if np.isnan(errors[n][1]).any()]
+    within = not unscaled and all(within_bounds(errors[n][1], bounds[n]) for n in given)
+    listed = ", ".join(f"{SHORT[n]} {_largest_with_bound(errors[n][1], bounds[n])}" for n in given)
     dx_score = scores.get("grad_input")
     cs = ""
     if dx_score is not None and not isinstance(dx_score.rel_error, Undefined):
         cs = f"; CS231n relative error of dx {fmt(dx_score.rel_error)} ('{dx_score.reading}')"
+    where = (
+        f"ULP of {dtype} at each channel's scale (the bound: what a correct backward in "
+        f"{dtype} can leave there)"
+    )
+    unbounded = sum(
+        bool(np.isinf(bounds["grad_input"][c]) or np.isinf(bounds["grad_weight"][c]))
+        for c in range(len(bounds["grad_input"]))
+    )
+    if unbounded:  # a pass that says nothing there: say so
+        where += (
+            f"; on {unbounded} of {len(bounds['grad_input'])} channels the data's spread is below "
+            f"what {dtype}'s statistics resolve, so any dx and dweight agree there"
+        )
     if within:
         first = (
-            f"autograd's gradients agree with the float64 reference to rounding: {listed} ULP "
-            f"of {dtype} at each channel's scale (rounding is up to {GRAD_ROUNDING_ULPS:g})"
+            f"autograd's gradients agree with the float64 reference to rounding: {listed} "
+            f"{where}"
         )
         if dx_score is not None and dx_score.reading != "good":
             cs += ": that reading misleads here, see the caveat"
         return Verdict("agrees", (first, cs.lstrip("; ")) if cs else (first,))
     first = (
-        f"autograd's gradients differ from the float64 reference beyond rounding: {listed} ULP "
-        f"of {dtype} at each channel's scale (rounding is up to {GRAD_ROUNDING_ULPS:g})"
+        f"autograd's gradients differ from the float64 reference beyond rounding: {listed} "
+        f"{where}"
     )
     if unscaled:
         first += f"; {', '.join(unscaled)} differ where the gradient is 0"
@@ -178,7 +213,8 @@ def _comparison(backward: Backward, name: str, label: str, where, c: int) -> Com
     torch_value = torch_values if isinstance(torch_values, Undefined) else float(
         torch_values[where])  # fmt: skip
     scale = float(backward.scale_of(name)[c])
-    return compare_value(label, reference, torch_value, backward.dtype, scale, GRAD_ROUNDING_ULPS)
+    bound = bound_number(backward.bound_ulps_of(name)[c])
+    return compare_value(label, reference, torch_value, backward.dtype, scale, bound)
 
 
 def build_grad_explain(
@@ -296,7 +332,11 @@ def build_grad_explain(
 
         precision_report = grad_precision(inspection, backward, index)
     return GradExplain(
-        verdict=_explain_verdict(backward, comparisons),
+        verdict=_explain_verdict(
+            backward,
+            comparisons,
+            [float(backward.bound_ulps_of(n)[c]) for n in GRADIENTS[: len(comparisons)]],
+        ),
         grad_output=backward.grad_output,
         index=index,
         channel=c,
@@ -315,7 +355,12 @@ def build_grad_explain(
     )
 
 
-def _explain_verdict(backward: Backward, comparisons: list[Comparison]) -> Verdict:
+def _explain_verdict(
+    backward: Backward, comparisons: list[Comparison], limits: list[float]
+) -> Verdict:
+    """autograd's dx, dweight, dbias against the reference, each beside its channel's bound
+    (``limits``, in ULPs at scale: inf where any finite value passes, NaN where only an exact
+    agreement does)."""
     dtype = backward.dtype
     if backward.torch is None:
         return Verdict(
@@ -323,14 +368,15 @@ def _explain_verdict(backward: Backward, comparisons: list[Comparison]) -> Verdi
             (f"the float64 reference gradients alone: PyTorch was not run ({backward.no_torch})",),
         )
     parts, ok = [], True
-    for cmp in comparisons:
-        value = cmp.ulp_error_at_scale
+    for cmp, limit in zip(comparisons, limits, strict=True):
+        value, bound = cmp.ulp_error_at_scale, cmp.bound_ulps
         if isinstance(value, Undefined):
             ok = False
             parts.append(f"{cmp.name} differs where its scale is 0")
             continue
-        ok = ok and value <= GRAD_ROUNDING_ULPS
-        parts.append(f"{cmp.name} {fmt(value)}")
+        ok = ok and within_bounds(np.array([value]), np.array([limit]))
+        bound_text = "n/a" if isinstance(bound, Undefined) else f"{bound:.3g}"
+        parts.append(f"{cmp.name} {fmt(value)} (bound {bound_text})")
     exact = all(c.correctly_rounded is True for c in comparisons)
     status = ("exact" if exact else "within-rounding") if ok else "differs"
     how = "agree with" if ok else "differ from"
@@ -339,8 +385,8 @@ def _explain_verdict(backward: Backward, comparisons: list[Comparison]) -> Verdi
         (
             f"autograd's values {how} the float64 reference: "
             + ", ".join(parts)
-            + f" ULP of {dtype} at the channel's scale (rounding is up to "
-            f"{GRAD_ROUNDING_ULPS:g})",
+            + f" ULP of {dtype} at the channel's scale (the bound: what a correct backward in "
+            f"{dtype} can leave there)",
         ),
     )
 

@@ -1,7 +1,15 @@
 """The catalogue of known backward-pass mistakes: each recomputes (dx, dweight, dbias) as a
 mistaken backward would, in float64, so ``check --grad-input`` can see which one their
 gradients follow. Plain data and pure functions of the pass; a variant returns None where it
-does not apply (e.g. the train formula in train mode)."""
+does not apply (e.g. the train formula in train mode).
+
+A student writes a backward one of two ways: staged, through the graph (dx_hat, dvar, dmean
+with its part through the variance, then dx; Kratzert's, CS231n's ``batchnorm_backward``), or
+the compact formula w * inv_std / M * (M dy - sum dy - x_hat sum(dy x_hat)) (CS231n's
+``batchnorm_backward_alt``). They agree wherever the deviations from the mean sum to 0 over
+dx's sums; under a mistake where they do not (the running mean in the train formula, sums over
+the batch axis only) they differ, and the variant gives both forms, so either is recognised.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ class Pass:
 
 
 Gradients = tuple[np.ndarray, np.ndarray, np.ndarray]  # dx, dweight, dbias
+Forms = dict[str, Gradients]  # the ways of writing a mistake: form name -> its gradients
+STAGED, COMPACT, ONE_FORM = "staged", "compact", "formula"
 
 
 def backward(
@@ -51,6 +61,7 @@ def backward(
     var_term: bool = True,
     weight_in_dx: bool = True,
     batch_axis_only: bool = False,
+    compact: bool = False,
 ) -> Gradients:
     """The train-mode backward through the graph (x_hat, var, mean) for normalizing with
     ``mean`` (default the pass's) and ``std``, with the switches a mistake flips: the divisor
@@ -59,7 +70,9 @@ def backward(
 
     The mean's gradient keeps its part through the variance, dvar * (-2 / M) * sum(x - mean),
     which vanishes only where ``mean`` is the batch's own (so this equals the compact formula
-    there); with the running mean, or per-position sums, it does not."""
+    there); with the running mean, or per-position sums, it does not. ``compact``: without
+    that part, which is the compact formula w * inv_std / M * (M dy - sum dy - x_hat *
+    sum(dy x_hat)) with the same switches."""
     mean = p.mean if mean is None else mean
     x_hat = normalized_input(p.x, mean, std)
     with np.errstate(all="ignore"):
@@ -83,7 +96,8 @@ def backward(
         dx = dx_hat * inv
         if var_term:
             dx = dx + 2.0 * deviation * dvar / divisor
-            dmean = dmean - 2.0 * dvar * total(deviation) / divisor
+            if not compact:
+                dmean = dmean - 2.0 * dvar * total(deviation) / divisor
         if mean_term:
             dx = dx - mean_sign * dmean / M
         return dx, channel_sums(p.dy * x_hat), channel_sums(p.dy)
@@ -92,6 +106,20 @@ def backward(
 def _std(var: np.ndarray, eps: float, outside: bool = False) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return np.sqrt(var) + eps if outside else np.sqrt(var + eps)
+
+
+def _one(gradients: Gradients) -> Forms:
+    return {ONE_FORM: gradients}
+
+
+def _forms(p: Pass, std: np.ndarray, **switches) -> Forms:
+    """The staged backward with ``switches``, and the compact formula beside it where the two
+    differ: where the deviations from the mean that normalizes do not sum to 0 over dx's sums
+    (eval mode's running mean, sums over the batch axis only)."""
+    staged = backward(p, std, **switches)
+    if p.train and not switches.get("batch_axis_only"):
+        return _one(staged)
+    return {STAGED: staged, COMPACT: backward(p, std, compact=True, **switches)}
 
 
 def _stated(p: Pass) -> Gradients:
@@ -108,40 +136,40 @@ def _eval(p: Pass, weight_in_dx: bool = True) -> Gradients:
         return k * p.dy, channel_sums(p.dy * x_hat), channel_sums(p.dy)
 
 
-def _train_only(make: Callable[[Pass], Gradients | None]):
+def _train_only(make: Callable[[Pass], Forms | None]):
     return lambda p: make(p) if p.train else None
 
 
 def _mean_term_dropped(p):
-    return backward(p, _std(p.var, p.eps), mean_term=False)
+    return _forms(p, _std(p.var, p.eps), mean_term=False)
 
 
 def _variance_term_dropped(p):
-    return backward(p, _std(p.var, p.eps), var_term=False)
+    return _forms(p, _std(p.var, p.eps), var_term=False)
 
 
 def _statistics_constant(p):
-    return backward(p, _std(p.var, p.eps), mean_term=False, var_term=False)
+    return _forms(p, _std(p.var, p.eps), mean_term=False, var_term=False)
 
 
 def _unbiased_forward(p):
     if p.count < 2:
         return None
-    return backward(p, _std(p.var_unbiased, p.eps), var_divisor=p.count - 1)
+    return _forms(p, _std(p.var_unbiased, p.eps), var_divisor=p.count - 1)
 
 
 def _unbiased_backward(p):
     if p.count < 2:
         return None
-    return backward(p, _std(p.var, p.eps), var_divisor=p.count - 1)
+    return _forms(p, _std(p.var, p.eps), var_divisor=p.count - 1)
 
 
 def _no_eps(p):
     if p.eps == 0:
         return None
     if not p.train:
-        return _eval(replace(p, eps=0.0))
-    return backward(p, _std(p.var, 0.0))
+        return _one(_eval(replace(p, eps=0.0)))
+    return _forms(p, _std(p.var, 0.0))
 
 
 def _eps_outside(p):
@@ -150,58 +178,58 @@ def _eps_outside(p):
         x_hat = normalized_input(p.x, p.mean, std)
         with np.errstate(all="ignore"):
             dx = p.along(p.weight / std) * p.dy
-        return dx, channel_sums(p.dy * x_hat), channel_sums(p.dy)
-    return backward(p, std)
+        return _one((dx, channel_sums(p.dy * x_hat), channel_sums(p.dy)))
+    return _forms(p, std)
 
 
 def _weight_divided(p):
     dx, dw, db = _stated(p)
-    return dx, dw / p.count, db
+    return _one((dx, dw / p.count, db))
 
 
 def _bias_divided(p):
     dx, dw, db = _stated(p)
-    return dx, dw, db / p.count
+    return _one((dx, dw, db / p.count))
 
 
 def _batch_axis_only(p):
     """dx with its sums over axis 0 only, per channel and position, and N for M."""
     if p.x.ndim < 3 or p.x.size // (p.x.shape[0] * p.x.shape[1]) < 2:
         return None
-    return backward(p, _std(p.var, p.eps), batch_axis_only=True)
+    return _forms(p, _std(p.var, p.eps), batch_axis_only=True)
 
 
 def _x_for_x_hat(p):
     dx, _, db = _stated(p)
-    return dx, channel_sums(p.dy * np.asarray(p.x, dtype=np.float64)), db
+    return _one((dx, channel_sums(p.dy * np.asarray(p.x, dtype=np.float64)), db))
 
 
 def _train_in_eval(p):
     if p.train:
         return None
-    return backward(p, _std(p.var, p.eps))
+    return _forms(p, _std(p.var, p.eps))
 
 
 def _weight_left_out(p):
     if np.all(p.weight == 1):
         return None
     if not p.train:
-        return _eval(p, weight_in_dx=False)
-    return backward(p, _std(p.var, p.eps), weight_in_dx=False)
+        return _one(_eval(p, weight_in_dx=False))
+    return _forms(p, _std(p.var, p.eps), weight_in_dx=False)
 
 
 def _mean_sign(p):
-    return backward(p, _std(p.var, p.eps), mean_sign=1.0)
+    return _forms(p, _std(p.var, p.eps), mean_sign=1.0)
 
 
 @dataclass(frozen=True)
 class Mistake:
-    """One known backward mistake: its name, what it does, and the gradients it produces (or
-    None where it does not apply)."""
+    """One known backward mistake: its name, what it does, and the gradients it produces in
+    each of the forms a student writes it in (or None where it does not apply)."""
 
     name: str
     description: str
-    compute: Callable[[Pass], Gradients | None]
+    compute: Callable[[Pass], Forms | None]
 
 
 CATALOGUE = (
@@ -250,13 +278,14 @@ CATALOGUE = (
     Mistake(
         "batch-axis-only",
         "sums over the batch axis only, per channel and position, instead of every axis but "
-        "the channel (dx's sums and M)",
+        "the channel (dx's sums, and N for M: CS231n's backward applied to NCHW)",
         _train_only(_batch_axis_only),
     ),
     Mistake("x-instead-of-x-hat", "uses x instead of x_hat in dweight: sum(dy * x)", _x_for_x_hat),
     Mistake(
         "train-formula-in-eval",
-        "uses the train-mode formula in eval mode, as if the running statistics depended on x",
+        "uses the train-mode formula in eval mode, with the running statistics, as if they "
+        "depended on x",
         _train_in_eval,
     ),
     Mistake(

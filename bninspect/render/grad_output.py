@@ -54,6 +54,13 @@ def _cs231n_text(scores: dict[str, Cs231nError]) -> Text:
     )
 
 
+def _with_bound(value, bound) -> str:
+    """'22.1 (1.08e+03)': an error beside its bound, three digits each."""
+    if isinstance(value, Undefined):
+        return "n/a"
+    return f"{fmt(value, 3)} ({fmt(bound, 3)})"
+
+
 def render_grad_run(result: GradRun, dtype: str) -> list[RenderableType]:
     """The backward's verdict, then one table per channel, then the CS231n figures."""
     parts: list[RenderableType] = [
@@ -64,22 +71,25 @@ def render_grad_run(result: GradRun, dtype: str) -> list[RenderableType]:
         "ch",
         "sum dy\n(= dbias)",
         "sum dy*x_hat\n(= dweight)",
-        "dx ULP\nat scale",
-        "dweight ULP\nat scale",
-        "dbias ULP\nat scale",
+        "dx ULP\n(bound)",
+        "dweight ULP\n(bound)",
+        "dbias ULP\n(bound)",
     ]
     rows = [
         [
             str(c.channel),
             fmt(c.sum_grad_output),
             fmt(c.sum_grad_output_x_hat),
-            fmt(c.grad_input_ulp_error_at_scale),
-            fmt(c.grad_weight_ulp_error_at_scale),
-            fmt(c.grad_bias_ulp_error_at_scale),
+            _with_bound(c.grad_input_ulp_error_at_scale, c.grad_input_bound_ulps),
+            _with_bound(c.grad_weight_ulp_error_at_scale, c.grad_weight_bound_ulps),
+            _with_bound(c.grad_bias_ulp_error_at_scale, c.grad_bias_bound_ulps),
         ]
         for c in result.channels
     ]
-    title = f"Backward ({result.mode} mode): autograd's error in ULP of {dtype} at scale"
+    title = (
+        f"Backward ({result.mode} mode): autograd's error in ULP of {dtype} at scale, and "
+        "what a correct backward can leave"
+    )
     parts.append(grid(title, headers, rows))
     reasons = dict.fromkeys(
         value.reason
@@ -110,7 +120,7 @@ def _precision_table(report: GradPrecision, dtype: str) -> RenderableType:
         f"Autograd's CPU backward redone ({report.path}; {report.cpu_capability} kernel, "
         f"{report.threads} threads)"
     )
-    rows = [[s.name, s.how, repr(s.torch_value), f"{s.exact:.9g}"] for s in report.steps]
+    rows = [[s.name, s.how, repr(s.torch), f"{s.reference:.9g}"] for s in report.emulation]
     table = grid(title, ["step", "how PyTorch computes it", "PyTorch", "exact"], rows,
                  left=(0, 1))  # fmt: skip
     if report.bit_exact:
@@ -167,10 +177,15 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
         f"{status} your {SHORT[g.name]}: {g.mismatches} of {g.elements} beyond tolerance"
     )
     rows = [
-        [str(c.channel), fmt(c.max_abs_error), fmt(c.ulp_error_at_scale), str(c.mismatches),
-         fmt(c.scale)]  # fmt: skip
+        [str(c.channel), fmt(c.max_abs_error), fmt(c.ulp_error_at_scale), fmt(c.bound_ulps, 3),
+         str(c.mismatches), fmt(c.scale)]  # fmt: skip
         for c in g.channels
     ]
+    headers = ["ch", "max |err|", "ULP at\nscale", "bound", "mismatches", "scale"]
+    if any(c.non_finite for c in g.channels):
+        for row, c in zip(rows, g.channels, strict=True):
+            row.insert(4, str(c.non_finite))
+        headers.insert(4, "NaN/Inf\nof yours")
     tol = g.tolerance
     if tol.per_channel_atol is not None:
         tolerance = f"tolerance {tol.source}"
@@ -183,10 +198,20 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
             f"{tolerance}\n"
             f"yours   {g.path} ({g.dtype}, sha256 {g.sha256[:16]}...): max "
             f"{fmt(g.max_ulp_error_at_scale)} ULP of {dtype} at scale (autograd's "
-            f"{fmt(g.torch_max_ulp_error_at_scale)})"
+            f"{fmt(g.torch_max_ulp_error_at_scale)}; a correct backward can leave up to "
+            f"{fmt(g.max_bound_ulps, 3)})"
         ),
-        grid(title, ["ch", "max |err|", "ULP at scale", "mismatches", "scale"], rows),
+        grid(title, headers, rows),
     ]
+    if not isinstance(g.non_finite, Undefined):
+        nf = g.non_finite
+        where = ", ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
+        parts.append(
+            Text(
+                f"NaN/Inf on one side only: {nf.reference_only} where the reference is, "
+                f"{nf.theirs_only} where yours is (first at {where}): {nf.reason}"
+            )
+        )
     worst = [e for e in g.worst if e.abs_error != 0]
     if worst:
         rows = [
@@ -202,9 +227,13 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
     if not isinstance(g.suggested, Undefined) and not g.passed:
         parts.append(Text(f"to pass as it is (vs {g.suggested.expected}):\n"
                           f"  {g.suggested.assert_close}", style="dim"))  # fmt: skip
-    parts.append(
-        Text(f"CS231n relative error {fmt(g.cs231n.rel_error)} ({g.cs231n.reading})", style="dim")
+    score = g.cs231n.rel_error
+    cs = (
+        f"CS231n relative error n/a: {score.reason}"
+        if isinstance(score, Undefined)
+        else f"CS231n relative error {fmt(score)} ({g.cs231n.reading})"
     )
+    parts.append(Text(cs, style="dim"))
     return parts
 
 
@@ -218,13 +247,17 @@ def render_grad_check(result: GradCheckResult, verbose: bool = False) -> list[Re
     hypotheses = result.diagnosis.hypotheses
     explaining = [h for h in hypotheses if h.explains]
     rejected = [h for h in hypotheses if not h.explains]
+    nothing_wrong = all(v <= 1 for v in result.diagnosis.stated_over_bound.values())
+    if nothing_wrong and not verbose:  # nothing to explain: the ranking would be noise
+        parts.append(Text(result.diagnosis.conclusion, style="bold"))
+        return parts
     shown = explaining + (rejected if verbose else rejected[:SHOWN_HYPOTHESES])
     names = [g.name for g in result.gradients]
     rows = [
-        [h.name, *(fmt(h.left[n]) for n in names),
-         ", ".join(SHORT[n] for n in h.explains) or "-"]  # fmt: skip
+        [h.name + ("" if isinstance(h.form, Undefined) else f" ({h.form})"),
+         *(fmt(h.left[n]) for n in names), ", ".join(SHORT[n] for n in h.explains) or "-"]
         for h in shown
-    ]
+    ]  # fmt: skip
     table = grid(
         "Known backward mistakes, best first",
         ["mistake", *(f"{SHORT[n]}\nleft" for n in names), "explains"],
@@ -235,7 +268,7 @@ def render_grad_check(result: GradCheckResult, verbose: bool = False) -> list[Re
     if len(shown) < len(hypotheses):
         more = len(hypotheses) - len(shown)
         parts.append(Text(f"{more} more rejected: --verbose shows them", style="dim"))
-    parts.append(Text(result.diagnosis.summary, style="bold"))
+    parts.append(Text(result.diagnosis.conclusion, style="bold"))
     return parts
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bninspect.results.check import SuggestedTolerance, Tolerance
+from bninspect.results.check import NonFinite, SuggestedTolerance, Tolerance
 from bninspect.results.common import (
     Comparison,
     InputInfo,
@@ -75,6 +75,11 @@ class GradChannel:
     grad_weight_ulp_error_at_scale: Number
     grad_bias_ulp_error_at_scale: Number
     grad_input_cs231n: Cs231nError  # autograd's dx against the reference, this channel
+    # What a correct backward in the dtype can leave on this channel, in the same ULPs at each
+    # gradient's scale (grad/tolerance.py): autograd's error is rounding within it
+    grad_input_bound_ulps: Number
+    grad_weight_bound_ulps: Number
+    grad_bias_bound_ulps: Number
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,7 @@ class GradRun:
     verdict: Verdict
     grad_output: GradOutputInfo
     mode: str
-    rounding_ulps: float  # an error within this many ULPs at scale is rounding
-    channels: tuple[GradChannel, ...]
+    channels: tuple[GradChannel, ...]  # each with its bounds: channels[].grad_*_bound_ulps
     max_grad_input_ulp_error_at_scale: Number
     max_grad_weight_ulp_error_at_scale: Number
     max_grad_bias_ulp_error_at_scale: Number
@@ -112,12 +116,21 @@ class DxTerm:
 @dataclass(frozen=True)
 class GradPrecisionStep:
     """One step of PyTorch's CPU backward for the element, as PyTorch holds it (emulated) and
-    without rounding."""
+    without rounding (as explain --precision's PrecisionStep)."""
 
     name: str
     how: str
-    torch_value: float
-    exact: float
+    torch: float  # as PyTorch holds it (emulated)
+    reference: float  # the same quantity without rounding (float64)
+
+
+@dataclass(frozen=True)
+class GradValues:
+    """dx at the element, and dweight and dbias of its channel."""
+
+    grad_input: float
+    grad_weight: Number
+    grad_bias: Number
 
 
 @dataclass(frozen=True)
@@ -130,11 +143,10 @@ class GradPrecision:
     claim: str
     cpu_capability: str
     threads: int
-    steps: tuple[GradPrecisionStep, ...]
-    grad_input_emulated: float
-    grad_weight_emulated: Number
-    grad_bias_emulated: Number
-    bit_exact: bool
+    emulation: tuple[GradPrecisionStep, ...]  # PyTorch's arithmetic, step by step
+    emulated: GradValues  # as the emulation computes them
+    torch: GradValues  # as autograd computed them
+    bit_exact: bool  # emulated == torch, all three
 
 
 @dataclass(frozen=True)
@@ -179,10 +191,14 @@ class GradChannelCheck:
     """One channel of one of their gradients."""
 
     channel: int
-    max_abs_error: Number
+    max_abs_error: Number  # over the elements finite on both sides
     ulp_error_at_scale: Number
     mismatches: int
     scale: float
+    # What a correct backward in the dtype can leave here, in ULPs at the scale (the derived
+    # tolerance's per_channel_atol in these units; grad/tolerance.py)
+    bound_ulps: Number
+    non_finite: int  # elements NaN or infinite in theirs where the reference is finite
 
 
 @dataclass(frozen=True)
@@ -196,41 +212,52 @@ class GradientCheck:
     tolerance: Tolerance  # derived per channel unless --atol/--rtol given
     passed: bool
     elements: int
-    mismatches: int
-    max_abs_error: Number
+    mismatches: int  # non-finite disagreements included
+    max_abs_error: Number  # over the elements finite on both sides (non_finite: the others)
     max_ulp_error_at_scale: Number
     torch_max_ulp_error_at_scale: Number  # autograd's own, for scale
     cs231n: Cs231nError
     worst: tuple[GradElement, ...]
     channels: tuple[GradChannelCheck, ...]
     suggested: SuggestedTolerance | Undefined
+    # the largest of channels[].bound_ulps: what a correct backward can leave
+    max_bound_ulps: Number
+    # elements NaN or infinite on one side only (check's NonFinite: counts, first indices)
+    non_finite: NonFinite | Undefined
 
 
 @dataclass(frozen=True)
 class GradHypothesis:
     """One known backward mistake tried against their gradients: the error left under it, in
-    ULPs of the dtype at each channel's scale, per gradient given and the max over them.
-    ``explains`` lists the gradients it explains: wrong under the stated formulas, within
-    rounding under the mistake, while every gradient right under the stated formulas stays
-    right under it."""
+    ULPs of the dtype at each channel's scale, per gradient given and the max over them, over
+    the elements of theirs that are finite. ``over_bound``: per gradient, the worst channel's
+    error over what a correct implementation of the mistake can leave (at most 1: within
+    rounding). ``explains`` lists the gradients it explains: wrong under the stated formulas,
+    within rounding under the mistake, while every gradient right under the stated formulas
+    stays right under it. ``form``: which way of writing the mistake fits best, where the
+    staged backward and the compact formula differ under it."""
 
     name: str
     description: str
     max_ulp_error_at_scale: Number
     left: dict[str, Number]  # per gradient given
     explains: tuple[str, ...]
+    over_bound: dict[str, Number]
+    form: str | Undefined
 
 
 @dataclass(frozen=True)
 class GradDiagnosis:
     """The catalogue tried, best first. ``explained``: every gradient that is wrong has a
-    mistake explaining it; ``best`` names it per gradient (or why none)."""
+    mistake explaining it; ``explained_by`` names it per gradient (or why none)."""
 
     explained: bool
-    summary: str
+    conclusion: str
     stated: dict[str, Number]  # per gradient given: the error under the stated formulas
-    best: dict[str, str | Undefined]
+    explained_by: dict[str, str | Undefined]
     hypotheses: tuple[GradHypothesis, ...]
+    # per gradient given: the stated formulas' error over the bound (above 1: wrong)
+    stated_over_bound: dict[str, Number]
 
 
 @dataclass(frozen=True)
@@ -247,7 +274,6 @@ class GradCheckResult:
     grad_output: GradOutputInfo
     torch_version: str | Undefined
     torch_module: str  # what PyTorch's module ran as, or why it could not
-    rounding_ulps: float
     passed: bool
     gradients: tuple[GradientCheck, ...]
     diagnosis: GradDiagnosis
