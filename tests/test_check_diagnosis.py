@@ -158,7 +158,10 @@ def test_bfloat16_data_saved_as_float32_points_to_dtype(cli, tmp_path):
     args = ("check", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
     result = cli(*args, code=3)
     assert "give --dtype bfloat16" in result.stderr
-    assert "every value of the input and of your output is a bfloat16" in result.stderr
+    assert (
+        "every value of the input and of your output is exactly representable in bfloat16"
+        in result.stderr
+    )
     # With --dtype it passes, and nothing points there.
     passed = cli(*args, "--dtype", "bfloat16")
     assert "--dtype bfloat16 to judge" not in passed.stderr

@@ -352,3 +352,19 @@ def test_a_correct_output_at_an_offset_reads_exact_per_channel():
     assert result.passed and result.max_ulp_error_at_scale > 4
     assert [c.pattern for c in result.channels] == ["exact"] * 4
     assert all(c.max_ulp_error_at_scale <= c.bound_ulps for c in result.channels)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+@pytest.mark.parametrize("value", [0.0, -3.3, 1e2, 1e4])
+def test_a_constant_channel_still_fails_a_wrong_output(dtype, value):
+    """A constant channel far from 0 has |mean| / std infinite: the tolerance from the sums'
+    error was unbounded there and an output of all 5s passed for inputs of all 10000. Every
+    sum of a few equal numbers is exact, so the mean is, x - mean is 0 and y = bias up to the
+    normalization's own rounding: PyTorch's output passes, one off by 0.5 fails."""
+    x = np.full((4, 3, 2, 2), value, dtype=DTYPES[dtype])
+    x[:, 1] = np.asarray(-value / 2, dtype=DTYPES[dtype])  # another constant
+    weight, bias = np.array([1.0, 0.5, 2.0]), np.array([0.0, 0.25, -1.0])
+    torch_y = torch_output(x, weight, bias)
+    assert checked(x, torch_y, weight, bias).passed
+    wrong = torch_y + 0.5 * np.array([1.0, 1.0, 1.0])[None, :, None, None]
+    assert not checked(x, wrong, weight, bias).passed

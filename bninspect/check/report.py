@@ -242,9 +242,10 @@ def narrower_dtype_hint(x: np.ndarray, theirs: np.ndarray, dtype: str) -> str | 
         return None
     names = " and ".join(held)
     return (
-        f"every value of the input and of your output is a {names} number: if they come from a "
-        f"{held[0]} batch norm saved as float32 (.npy holds no bfloat16), give --dtype "
-        f"{held[0]} to judge it by {held[0]}'s rounding"
+        f"every value of the input and of your output is exactly representable in {names}: if "
+        f"they come from a {held[0]} batch norm saved as float32"
+        + (" (.npy holds no bfloat16)" if held[0] == "bfloat16" else "")
+        + f", give --dtype {held[0]} to judge it by {held[0]}'s rounding"
     )
 
 
