@@ -48,6 +48,21 @@ def short(value: float) -> str:
     return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """'1 rank', '0 ranks', '4 ranks': the plural only where the count is not 1 (``plural``
+    for nouns that do not take an s: 'process', 'processes')."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def items_verb(noun: str, items: list, singular_verb: str, plural_verb: str) -> str:
+    """'channel 1 holds', 'channels 1, 4 hold': a list of indices with its noun and verb agreeing
+    (more than 8 end in '...')."""
+    shown = ", ".join(map(str, items[:8])) + (", ..." if len(items) > 8 else "")
+    if len(items) == 1:
+        return f"{noun} {shown} {singular_verb}"
+    return f"{noun}s {shown} {plural_verb}"
+
+
 # Characters a terminal would act on or that reorder what it shows, besides C0 and C1 controls
 # (ESC starts colour and cursor sequences, a newline would split a one-line message): Unicode's
 # line and paragraph separators and its bidirectional overrides, which can make a name read as

@@ -29,11 +29,12 @@ def inspect_array(
     convention: Convention = PYTORCH,
     batch_size: int | None = None,
     compare_only: bool = False,
+    num_batches_tracked: int = 0,
 ):
     """Run PyTorch and the reference on ``x`` with per-channel vectors given as sequences
     (rounded to x's dtype, as the module stores them), under ``convention``, in consecutive
     training steps of ``batch_size`` samples (default: one step over all of x); ``compare_only``
-    as in inspection.prepare."""
+    as in inspection.prepare; ``num_batches_tracked`` PyTorch's counter before the pass."""
     channels = x.shape[1]
 
     def vector(values, default):
@@ -59,8 +60,12 @@ def inspect_array(
         training_steps=x.shape[0] // batch_size,
         batch_size=batch_size,
         torch_momentum=Undefined("not used by the tests"),
+        num_batches_tracked=num_batches_tracked,
     )
-    request = InspectRequest(None, 0, None, eps, momentum, True, mode, {}, convention=convention)
+    request = InspectRequest(
+        None, 0, None, eps, momentum, True, mode, {}, convention=convention,
+        num_batches_tracked=num_batches_tracked,
+    )  # fmt: skip
     tensor = InputTensor(x, info)
     # As prepare decides: one pass (no batch size given), a shape and layout that allow it.
     by_groups = (

@@ -64,9 +64,16 @@ def test_missing_file(cli, tmp_path):
 
 
 def test_directory(cli, tmp_path):
-    assert (
-        cli.error("run", "--input", tmp_path, code=1) == f"--input {tmp_path}: is a "
-        "directory; give a .npy file"
+    """A directory is never read whole: the message names the pattern of its files."""
+    assert cli.error("run", "--input", tmp_path, code=1) == (
+        f"--input {tmp_path}: is a directory; give a .npy file, or to stream its files (run "
+        f"--stats-only) a quoted pattern: --input '{tmp_path}/*.npy'"
+    )
+    output = tmp_path / "y.npy"
+    np.save(output, np.zeros((1, 2), np.float32))
+    assert cli.error("check", "--input", tmp_path, "--output", output, code=1) == (
+        f"--input {tmp_path}: is a directory; give a .npy file, or to stream its files (run "
+        f"--stats-only) a quoted pattern: --input '{tmp_path}/*.npy'"
     )
 
 

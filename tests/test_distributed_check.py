@@ -43,6 +43,21 @@ def averaged_variances(x: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
     return ((x - mean) / np.sqrt(weighted / total + np.float32(1e-5))).astype(np.float32)
 
 
+def equal_weight_variances(x: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """A SyncBatchNorm that all-reduces each non-empty rank's variance and divides by their
+    number, whatever their sizes: the batch mean, and sum var_r / K, in float32."""
+    axes = (0, 2, 3)
+    mean = x.mean(axis=axes, keepdims=True, dtype=np.float32)
+    variances, first = [], 0
+    for size in sizes:
+        if size:
+            block = x[first : first + size]
+            variances.append(block.var(axis=axes, keepdims=True, dtype=np.float32))
+        first += size
+    variance = sum(variances) / np.float32(len(variances))
+    return ((x - mean) / np.sqrt(variance + np.float32(1e-5))).astype(np.float32)
+
+
 def diagnose(cli, tmp_path, x, theirs, *options) -> dict:
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "theirs.npy", theirs)
@@ -77,11 +92,28 @@ def test_averaged_variances_are_named(cli, tmp_path):
     assert not per_rank["explains"]
 
 
+@pytest.mark.parametrize("sizes", [(3, 5), (1, 0, 7)])
+def test_equal_weight_variances_are_named_apart_from_count_weighted(cli, tmp_path, sizes):
+    """On uneven ranks the plain equal-weight average is its own mistake, named as such, and
+    the count-weighted one does not explain it (nor the reverse)."""
+    x = batch()
+    split = ",".join(map(str, sizes))
+    found = diagnose(cli, tmp_path, x, equal_weight_variances(x, sizes), "--rank-sizes", split)
+    first = found["hypotheses"][0]
+    assert (first["name"], first["explains"]) == ("equal-weight-variances", True), found
+    by_count = next(h for h in found["hypotheses"] if h["name"] == "averaged-variances")
+    assert not by_count["explains"]
+    found = diagnose(cli, tmp_path, x, averaged_variances(x, sizes), "--rank-sizes", split)
+    assert found["hypotheses"][0]["name"] == "averaged-variances", found
+    equal = next(h for h in found["hypotheses"] if h["name"] == "equal-weight-variances")
+    assert not equal["explains"]
+
+
 def test_without_ranks_the_data_parallel_mistakes_are_not_tried(cli, tmp_path):
     x = batch()
     found = diagnose(cli, tmp_path, x, ddp_without_sync(x, (4, 4)))
     names = {h["name"] for h in found["hypotheses"]}
-    assert not names & {"per-rank-statistics", "averaged-variances"}
+    assert not names & {"per-rank-statistics", "averaged-variances", "equal-weight-variances"}
     assert not found["explained"]
 
 

@@ -148,6 +148,14 @@ def test_run_split_by_hand(cli, tmp_path, private_tmp):
         expected = np.abs(y_avg - full[:, k]).max() / scale[k]
         # a shift is a difference of close outputs: its rounding is relative to the scale
         assert channel["averaged_max_shift"] == pytest.approx(expected, abs=1e-12)
+        # the plain mistake: the non-empty ranks' variances, each weighing 1/3
+        equal_var = np.mean(
+            [wide[first:end, k].var() for first, end in blocks(sizes) if end > first]
+        )
+        assert channel["equal_weight_var"] == pytest.approx(equal_var, rel=1e-12)
+        y_equal = bn(wide, mean, np.where(np.arange(2) == k, equal_var, var))[:, k]
+        expected = np.abs(y_equal - full[:, k]).max() / scale[k]
+        assert channel["equal_weight_max_shift"] == pytest.approx(expected, abs=1e-12)
 
     running = ((1 - m) * rm0 + m * mean, (1 - m) * rv0 + m * wide.var(axis=axes, ddof=1))
 
@@ -164,6 +172,15 @@ def test_run_split_by_hand(cli, tmp_path, private_tmp):
         for name, buffers in (("broadcast", own[0]), ("averaged", averaged)):
             expected = np.abs(eval_out(buffers)[:, k] - y_eval[:, k]).max() / eval_scale[k]
             assert buffer[f"{name}_eval_shift"] == pytest.approx(expected, abs=1e-12), name
+        # SyncBatchNorm's update with the equal-weight variance (global Bessel factor 54/53)
+        equal_var = np.mean(
+            [wide[first:end, k].var() for first, end in blocks(sizes) if end > first]
+        )
+        equal_rv = (1 - m) * rv0 + m * equal_var * 54 / 53
+        assert buffer["equal_weight_running_var"] == pytest.approx(equal_rv, rel=1e-12)
+        y_equal = (wide[:, k] - running[0][k]) / np.sqrt(equal_rv + eps) * weight[k] + bias[k]
+        expected = np.abs(y_equal - y_eval[:, k]).max() / eval_scale[k]
+        assert buffer["equal_weight_eval_shift"] == pytest.approx(expected, abs=1e-12)
         worst = max(np.abs(eval_out(o)[:, k] - y_eval[:, k]).max() / eval_scale[k] for o in own)
         assert buffer["own_eval_shift"] == pytest.approx(worst, abs=1e-12)
     ranks = doc["rank_reports"]
@@ -178,8 +195,26 @@ def test_run_fits_80_columns_and_leads_with_the_verdict(cli, tmp_path, monkeypat
     monkeypatch.setenv("COLUMNS", "80")
     result = cli("run", "--ranks", "2", "--shape", "4,3,2,2")
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("SyncBatchNorm over 2 ranks (samples 2,2) reproduces the full")
+    assert lines[0].startswith("SyncBatchNorm over 2 ranks reproduces the full batch (")
+    assert lines[1].startswith("without sync, rank ")
+    assert lines[2] == ""  # the answer in two lines, then the rest
     assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
+    quiet = cli("run", "--ranks", "2", "--shape", "4,3,2,2", "-q").stdout
+    assert quiet.splitlines() == lines[:2]
+
+
+def test_one_rank_speaks_of_no_split_effect(cli, monkeypatch, private_tmp):
+    """--ranks 1: one rank, one process, and no 'without sync' effect (there is none)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = cli("run", "--ranks", "1", "--shape", "4,3,2,2").stdout
+    assert out.splitlines()[:2] == [
+        out.splitlines()[0],
+        "with one rank, DDP without sync and its buffer broadcast are the full batch",
+    ]
+    assert out.startswith("SyncBatchNorm over 1 rank reproduces the full batch (")
+    assert "1 local process," in out and "1 ranks" not in out and "1 local processes" not in out
+    assert "without sync, rank" not in out and "Train-mode output shift" not in out
+    assert "Eval-mode output shift" not in out and "One rank: " in out
 
 
 def test_explain_by_hand(cli, tmp_path, private_tmp):
@@ -200,6 +235,8 @@ def test_explain_by_hand(cli, tmp_path, private_tmp):
         "rank 1 alone": (element - block.mean()) / np.sqrt(block.var() + eps),
         "var averaged": (element - full.mean())
         / np.sqrt((3 * wide[0:3, 1].var() + 4 * block.var()) / 7 + eps),
+        "var equal": (element - full.mean())
+        / np.sqrt((wide[0:3, 1].var() + block.var()) / 2 + eps),
     }
     for name, value in expected.items():
         assert regimes[name]["reference"] == pytest.approx(value, rel=1e-12, abs=1e-12), name
@@ -208,7 +245,7 @@ def test_explain_by_hand(cli, tmp_path, private_tmp):
         mine = torch.nn.BatchNorm2d(2)(torch.from_numpy(x[3:7]))[1, 1, 0, 2].item()
     assert regimes["rank 1 alone"]["torch"] == mine
     assert doc["verdict"]["status"] == "within-rounding"
-    assert doc["verdict"]["summary"][0].startswith("rank 1 (samples 3 to 6) alone gives")
+    assert doc["verdict"]["summary"][0].startswith("rank 1 alone gives ")
 
 
 def shards(folder: Path) -> list[np.ndarray]:
@@ -413,5 +450,51 @@ def test_rendering_needs_no_terminal_width_beyond_80(tmp_path):
         console = Console(width=80, record=True, file=sink)
         console.print(render(result, width=80))
     lines = console.export_text().splitlines()
-    assert lines[0].startswith("3 channels over 9 files")
+    assert lines[0].startswith("3 channels of 363 values each, from 9 files (")
     assert max(map(len, lines)) <= 80
+
+
+@pytest.mark.parametrize("ranks", [(), ("--ranks", "2")])
+def test_a_directory_as_stats_only_input_is_refused_with_its_pattern(cli, tmp_path, ranks):
+    """A directory is not read whole (a --save-output beside the shards would join them): one
+    line saying which quoted pattern names its files, exit 1, before any rank starts."""
+    shards(tmp_path)
+    message = cli.error("run", "--stats-only", "--input", tmp_path, *ranks, code=1)
+    assert message.count("\n") <= 1, message
+    assert f"--input {tmp_path}: is a directory;" in message
+    assert f"quoted pattern: --input '{tmp_path / '*.npy'}'" in message
+
+
+def test_population_counts_agree_with_their_nouns(tmp_path):
+    """One channel holding NaN, one file: 'channel 1 holds', '1 file', never '1 files'."""
+    from bninspect.distributed.files import build_population_result
+    from bninspect.distributed.population import population
+
+    x = np.ones((2, 3, 2), np.float32)
+    x[0, 1, 0] = np.nan
+    np.save(tmp_path / "one.npy", x)
+    files = [tmp_path / "one.npy"]
+    result = build_population_result(population(files, "x"), files, "x", "one process")
+    line = result.verdict.summary[0]
+    assert line.startswith("3 channels of 4 values each, from 1 file ("), line
+    assert line.endswith(": channel 1 holds NaN or Inf, so its statistics are not finite")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("run", "--ranks", "2", "--grad"), "--grad inspects one process's batch norm; --ranks "
+         "splits the forward pass and the running buffers over ranks, not the backward pass "
+         "(whose sums are all-reduced across ranks): drop --grad or --ranks"),
+        (("run", "--rank-sizes", "4,4", "--var-method"), "--var-method inspects one process's "
+         "batch norm; --rank-sizes splits the forward pass and the running buffers over ranks: "
+         "drop --var-method or --rank-sizes"),
+        (("explain", "--ranks", "2", "--index", "1,1", "--precision", "--grad"), "--precision "
+         "and --grad inspect one process's batch norm; --ranks splits the forward pass and the "
+         "running buffers over ranks, not the backward pass (whose sums are all-reduced across "
+         "ranks): drop --precision and --grad or --ranks"),
+    ],
+)  # fmt: skip
+def test_one_process_options_with_ranks_are_refused_by_name(cli, args, expected):
+    """Only the options given are named, and --grad's refusal says what the split covers."""
+    assert cli.error(*args, "--shape", "8,3", code=2) == expected

@@ -18,6 +18,7 @@ from bninspect.distributed.sharding import batch_split, file_split, parse_rank_s
 from bninspect.errors import OptionError
 from bninspect.numerics.pooling import (
     averaged_variance,
+    equal_weight_variance,
     even_sizes,
     pooled_statistics,
     rank_moments,
@@ -108,6 +109,30 @@ def test_rank_statistics_and_the_averaged_variance_by_hand(case):
     np.testing.assert_allclose(
         (within + between) / total, wide.var(axis=axes), rtol=1e-9, atol=1e-12 * size
     )
+
+
+@given(split_batches())
+def test_equal_weight_variance_by_hand(case):
+    """The plain mistake: numpy's variance of each non-empty rank's block, averaged with
+    equal weights (all_reduce(var) / K), whatever the ranks' sizes."""
+    x, sizes = case
+    wide = x.astype(np.float64)
+    axes = (0, *range(2, x.ndim))
+    blocks = [wide[first:end] for first, end in shard_bounds(sizes) if end > first]
+    by_hand = np.mean([block.var(axis=axes) for block in blocks], axis=0)
+    size = 1 + float(np.max(wide.mean(axis=axes) ** 2))
+    found = equal_weight_variance(rank_statistics(x, sizes))
+    np.testing.assert_allclose(found, by_hand, rtol=1e-9, atol=1e-12 * size)
+
+
+def test_equal_weights_differ_from_count_weights_on_uneven_ranks():
+    """Ranks of 1 and 3 samples: (var_0 + var_1) / 2, not (n_0 var_0 + n_1 var_1) / 4."""
+    x = np.array([[0.0, 0.0], [10.0, 0.0], [12.0, 0.0], [14.0, 0.0]]).reshape(4, 1, 2)
+    own = rank_statistics(x, (1, 3))
+    # rank 0: 0, 0 -> var 0; rank 1: 10, 0, 12, 0, 14, 0 -> mean 6, var 218/6 - 36
+    var_1 = (100 + 144 + 196) / 6 - 36
+    np.testing.assert_allclose(equal_weight_variance(own), [var_1 / 2])
+    np.testing.assert_allclose(averaged_variance(own), [6 * var_1 / 8])
 
 
 def test_splits():
@@ -270,7 +295,7 @@ def test_syncbn_drops_empty_ranks_and_takes_the_global_bessel_factor():
             ["run", "--stats-only", "--input", "{folder}/*.npy", "--rank-sizes", "1,2"],
             "for files give --ranks K",
         ),
-        (["explain", "--ranks", "2", "--index", "0,0", "--precision"], "drop them or --ranks"),
+        (["explain", "--ranks", "2", "--index", "0,0", "--precision"], "drop --precision or"),
         (["run", "--ranks", "2", "--shape", "4,3", "--var-method"], "--var-method"),
     ],
 )

@@ -461,11 +461,11 @@ def test_emulated_backward_reproduces_autograd(dtype, shape, train):
 
 
 def test_run_grad_says_when_nothing_can_be_told_apart(cli):
-    """float16 at offset 1e4 with spread 1: every value is 10000 (float16's ULP there is 8), the
+    """float16 at offset 1e4 with spread 2: a few values 8 apart (float16's ULP there), the
     spread is below what float16's statistics resolve, and the backward's verdict says any dx
     and dweight agree there rather than reading as a plain agreement."""
     doc = cli.json("run", "--shape", "8,3,4,4", "--dtype", "float16", "--offset", "10000",
-                   "--grad")  # fmt: skip
+                   "--scale", "2", "--grad")  # fmt: skip
     summary = " ".join(doc["grad"]["verdict"]["summary"])
     assert "on 3 of 3 channels the data's spread is below what float16's statistics" in summary
     assert all(c["grad_input_bound_ulps"] is None for c in doc["grad"]["channels"])

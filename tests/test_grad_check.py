@@ -74,7 +74,7 @@ def test_each_mistake_is_named(cli, tmp_path, name):
     wrong = [g for g, v in diagnosis["stated_over_bound"].items() if v is None or v > 1]
     assert wrong, diagnosis
     for gradient in wrong:  # named first for every gradient it made wrong
-        assert diagnosis["best"][gradient] == name, (gradient, diagnosis["summary"])
+        assert diagnosis["explained_by"][gradient] == name, (gradient, diagnosis["conclusion"])
     assert diagnosis["explained"] is True
     assert name in doc["verdict"]["summary"][1] or any(
         m.description in doc["verdict"]["summary"][1] for m in CATALOGUE if m.name == name
@@ -91,7 +91,7 @@ def test_a_correct_backward_passes_and_names_nothing(cli, tmp_path, dtype, mode)
     assert doc["verdict"]["status"] == "pass" and doc["passed"] is True
     assert all(h["explains"] == [] for h in doc["diagnosis"]["hypotheses"])
     assert doc["diagnosis"]["explained"] is False
-    assert "nothing to explain" in doc["diagnosis"]["summary"]
+    assert "nothing to explain" in doc["diagnosis"]["conclusion"]
     for g in doc["gradients"]:
         assert g["max_ulp_error_at_scale"] <= g["max_bound_ulps"]
         for channel in g["channels"]:
@@ -173,7 +173,7 @@ def test_mean_term_dropped_fails_at_offset_300(cli, tmp_path):
                          "0.5,2,-1.5", "--json", code=3).stdout)  # fmt: skip
     assert doc["verdict"]["status"] == "fail"
     assert doc["gradients"][0]["mismatches"] > 0.9 * x.size
-    assert doc["diagnosis"]["best"]["grad_input"] == "mean-term-dropped"
+    assert doc["diagnosis"]["explained_by"]["grad_input"] == "mean-term-dropped"
 
 
 @pytest.mark.parametrize(
@@ -191,7 +191,7 @@ def test_mistakes_fail_and_are_named_at_large_offsets(name, offset):
     dx, dw, db, mode = written_mistake(name, x, dy, W, RM, RV)
     result = _library_check(x, dy, dx, dw, db, mode)
     assert not result.passed
-    assert result.diagnosis.best["grad_input"] == name, result.diagnosis.summary
+    assert result.diagnosis.explained_by["grad_input"] == name, result.diagnosis.conclusion
 
 
 @pytest.mark.parametrize("offset", [0.0, 30.0, 300.0])
@@ -212,8 +212,8 @@ def test_every_distinguishable_mistake_is_named(offset):
             assert not result.passed, mistake.name
             wrong = [n for n, v in stated.items() if v > 1]
             for gradient in wrong:
-                assert result.diagnosis.best[gradient] == mistake.name, (
-                    mistake.name, gradient, result.diagnosis.summary)  # fmt: skip
+                assert result.diagnosis.explained_by[gradient] == mistake.name, (
+                    mistake.name, gradient, result.diagnosis.conclusion)  # fmt: skip
             named.add(mistake.name)
         elif max(stated.values()) <= 1:
             assert result.passed, mistake.name
@@ -257,7 +257,7 @@ def test_compact_train_formula_in_eval_is_named(cli, tmp_path):
                          tmp_path / "dy.npy", "--grad-input", tmp_path / "dx.npy", "--mode",
                          "eval", "--running-mean", "0.1,-0.2,0.3", "--running-var", "0.8,1.2,2",
                          "--json", code=3).stdout)  # fmt: skip
-    assert doc["diagnosis"]["best"]["grad_input"] == "train-formula-in-eval"
+    assert doc["diagnosis"]["explained_by"]["grad_input"] == "train-formula-in-eval"
     (hypothesis,) = [h for h in doc["diagnosis"]["hypotheses"] if h["explains"]]
     assert hypothesis["form"] == "compact"
     assert "compact form" in doc["verdict"]["summary"][1]
@@ -271,7 +271,9 @@ def test_compact_batch_axis_only_is_named(t):
     dx, dw, db = compact_batch_axis_only(x, dy, W, t=t)
     result = _library_check(x, dy, dx, dw, db)
     assert not result.passed
-    assert result.diagnosis.best["grad_input"] == "batch-axis-only", result.diagnosis.summary
+    assert result.diagnosis.explained_by["grad_input"] == "batch-axis-only", (
+        result.diagnosis.conclusion
+    )
     (hypothesis,) = [h for h in result.diagnosis.hypotheses if h.explains]
     assert hypothesis.form == "compact"
 
@@ -282,7 +284,7 @@ def test_staged_forms_still_named_staged():
     for name in ("batch-axis-only", "train-formula-in-eval"):
         dx, dw, db, mode = written_mistake(name, x, dy, W, RM, RV)
         result = _library_check(x, dy, dx, dw, db, mode)
-        assert result.diagnosis.best["grad_input"] == name
+        assert result.diagnosis.explained_by["grad_input"] == name
         (hypothesis,) = [h for h in result.diagnosis.hypotheses if h.explains]
         assert hypothesis.form == "staged"
 
@@ -348,7 +350,7 @@ def test_nan_beside_a_mistake_still_names_the_mistake(tmp_path):
     dx[0, 1, 2, 3] = np.nan
     result = _library_check(x, dy, dx, dw, db, mode)
     assert "1 NaN" in result.verdict.summary[0]
-    assert result.diagnosis.best["grad_input"] == "mean-term-dropped"
+    assert result.diagnosis.explained_by["grad_input"] == "mean-term-dropped"
     assert "mean" in result.verdict.summary[1]
 
 
@@ -370,14 +372,31 @@ def test_check_grad_human_output_leads_with_the_verdict(cli, tmp_path):
         (["--grad-input", "{dx}"], 2, ["--grad-output"]),
         (["--grad-output", "{dy}"], 2, ["--grad-input"]),
         (["--grad-input", "{dx}", "--grad-output", "{dy}", "--output", "{dx}"], 2, ["one at"]),
-        (["--grad-input", "{dx}", "--grad-output", "{dy}", "--grad-weight", "{dx}"], 1,
-         ["--grad-weight", "4x3x5x6", "(3,)"]),  # fmt: skip
+        (
+            ["--grad-input", "{dx}", "--grad-output", "{dy}", "--grad-weight", "{dx}"],
+            1,
+            ["--grad-weight", "4x3x5x6", "(3,)"],
+        ),  # fmt: skip
         (["--grad-input", "{dw}", "--grad-output", "{dy}"], 1, ["--grad-input", "shape 3"]),
-        (["--grad-input", "{dx}", "--grad-output", "{dy}", "--grad-weight", "{dw}",
-          "--no-affine"], 2, ["--no-affine"]),  # fmt: skip
+        (
+            [
+                "--grad-input",
+                "{dx}",
+                "--grad-output",
+                "{dy}",
+                "--grad-weight",
+                "{dw}",
+                "--no-affine",
+            ],
+            2,
+            ["--no-affine"],
+        ),  # fmt: skip
         ([], 2, ["--output", "--grad-input"]),
-        (["--grad-input", "{dx}", "--grad-output", "{dy}", "--allow-nonfinite-mismatch"], 2,
-         ["--allow-nonfinite-mismatch", "forward"]),  # fmt: skip
+        (
+            ["--grad-input", "{dx}", "--grad-output", "{dy}", "--allow-nonfinite-mismatch"],
+            2,
+            ["--allow-nonfinite-mismatch", "forward"],
+        ),  # fmt: skip
     ],
 )
 def test_check_grad_bad_input(cli, tmp_path, args, code, words):
@@ -391,12 +410,15 @@ def test_check_grad_bad_input(cli, tmp_path, args, code, words):
 
 
 def test_unresolved_spread_says_nothing_can_be_told_apart():
-    """float16 data at 1e4 with a spread of 1 is constant in float16 (ULP 8): the statistics a
-    correct float16 backward may hold leave x_hat unbounded, so any dx passes, and the verdict
-    says so rather than reading as a plain pass; a hypothesis whose dx is not finite is never
-    within (its over_bound is inf, not NaN)."""
-    x, dy = offset_data(np.float16, 1e4)
-    dy = dy.astype(np.float16)
+    """float16 data at 1e4 with a spread of 2 takes a few values in float16 (ULP 8): the
+    statistics a correct float16 backward may hold leave x_hat unbounded, so any dx passes, and
+    the verdict says so rather than reading as a plain pass; a hypothesis whose dx is not finite
+    is never within (its over_bound is inf, not NaN). (A spread of 1 makes most channels
+    constant, whose mean every correct implementation has exactly: those are resolved.)"""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((8, 3, 4, 4)) * 2 + 1e4).astype(np.float16)
+    assert all(len(np.unique(x[:, c])) > 1 for c in range(3))
+    dy = rng.standard_normal(x.shape).astype(np.float16)
     result = _library_check(x, dy, np.zeros(x.shape))
     assert result.passed
     assert "below what float16's statistics resolve" in result.verdict.summary[0]

@@ -69,8 +69,7 @@ def test_a_mapped_file_rewritten_in_place_is_detected(server, tmp_path, big_inpu
 
 
 @pytest.mark.parametrize("option", ["--input", "--output", "--weight"])
-def test_a_file_rewritten_while_read_into_memory_is_detected(server, tmp_path, big_input,
-                                                             option):
+def test_a_file_rewritten_while_read_into_memory_is_detected(server, tmp_path, big_input, option):
     target = tmp_path / "other.npy"
     if option == "--weight":
         np.save(target, np.ones(8, np.float32))
@@ -81,8 +80,9 @@ def test_a_file_rewritten_while_read_into_memory_is_detected(server, tmp_path, b
     else:
         target = big_input
         args = ["run", "--input", big_input]
-    result = server.run(args, tmp_path, inject="rewrite-while-read",
-                        inject_arg={"path": str(target), "offset": 130})
+    result = server.run(
+        args, tmp_path, inject="rewrite-while-read", inject_arg={"path": str(target), "offset": 130}
+    )
     assert one_error(result, 1) == (
         f"{option} {target}: changed while it was read (it was written to meanwhile), so the "
         "values read may mix old and new ones; run again when nothing is writing to it"
@@ -177,8 +177,20 @@ def test_a_signal_from_outside(tmp_path):
     """The real thing: SIGINT to a real process, half-way through a run that saves files."""
     env = {**os.environ, "PYTHONPATH": ROOT}
     process = subprocess.Popen(
-        [sys.executable, "-m", "bninspect", "run", "--shape", "64,64,64,64", "--steps", "4",
-         "--save-output", "y.npy", "--save-input", "x.npy"],
+        [
+            sys.executable,
+            "-m",
+            "bninspect",
+            "run",
+            "--shape",
+            "64,64,64,64",
+            "--steps",
+            "4",
+            "--save-output",
+            "y.npy",
+            "--save-input",
+            "x.npy",
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -227,14 +239,23 @@ def test_a_closed_stdout_at_start_in_a_real_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     done = subprocess.run(
         [sys.executable, "-m", "bninspect", "run", "--shape", "2,3,4", "--json"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=env, timeout=60, pass_fds=(), close_fds=True,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=60,
+        pass_fds=(),
+        close_fds=True,
         preexec_fn=lambda: os.close(1),
     )
-    assert (done.returncode, done.stderr) == (1, (
-        "Error: stdout is closed, so the result cannot be printed; run again with stdout open "
-        "(redirect it to a file to keep the result)\n"
-    ))
+    assert (done.returncode, done.stderr) == (
+        1,
+        (
+            "Error: stdout is closed, so the result cannot be printed; run again with stdout open "
+            "(redirect it to a file to keep the result)\n"
+        ),
+    )
 
 
 # --- Memory: refused before anything the shape's size is built (item 1) -------------------
@@ -258,12 +279,18 @@ TRUNCATED = "--input large.npy: truncated: the header promises "
         (["explain", "--input", "huge.npy", "--index", "0,0,0"], HUGE),
         (["run", "--input", "large.npy"], TRUNCATED),
         (["run", "--input", "large.npy", "--stats-only"], TRUNCATED),
-        (["run", "--shape", "2097152,1000000000,2"], "--shape 2097152,1000000000,2 in float32 "
-         "needs about"),
-        (["run", "--shape", "2097152,10000000,2"], "--shape 2097152,10000000,2 in float32 "
-         "needs about"),
-        (["run", "--shape", "2,2", "--steps", "1000000000"], "--shape 2,2 over --steps "
-         "1000000000 in float32 needs about"),
+        (
+            ["run", "--shape", "2097152,1000000000,2"],
+            "--shape 2097152,1000000000,2 in float32 needs about",
+        ),
+        (
+            ["run", "--shape", "2097152,10000000,2"],
+            "--shape 2097152,10000000,2 in float32 needs about",
+        ),
+        (
+            ["run", "--shape", "2,2", "--steps", "1000000000"],
+            "--shape 2,2 over --steps 1000000000 in float32 needs about",
+        ),
     ],
 )
 def test_what_cannot_fit_is_refused_at_once(server, tmp_path, args, message):
@@ -274,3 +301,45 @@ def test_what_cannot_fit_is_refused_at_once(server, tmp_path, args, message):
     result = server.run(args, tmp_path, memory=1 << 30, timeout=10)
     assert one_error(result, 1).startswith(message)
     assert result["seconds"] < 5
+
+
+def _real_process(args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return [sys.executable, "-m", "bninspect", *args], dict(cwd=ROOT, env=env, **kwargs)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["--version"]])
+def test_help_to_a_full_or_closed_stdout_is_an_error(args):
+    """click writes --help and --version itself: they used to be an internal error on a full
+    stdout and a silent exit 0 on a closed one."""
+    command, options = _real_process(args)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=60, **options)  # fmt: skip
+    assert (done.returncode, done.stderr) == (1, (
+        "Error: could not write the result to stdout (No space left on device); check where "
+        "stdout goes (a closed pipe, a full disk)\n"
+    ))  # fmt: skip
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=60, preexec_fn=lambda: os.close(1), **options)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: stdout is closed")
+
+
+@pytest.mark.parametrize("json_output", [True, False])
+def test_a_reader_that_leaves_half_way_is_an_error(json_output):
+    """A result far larger than a pipe holds, its reader gone after one byte: the kernel
+    reports the part written, and Python's buffered stdout used to drop the rest silently
+    (exit 0, the result cut short)."""
+    args = ["run", "--shape", "4,300,8", "--json" if json_output else "--verbose"]  # ~0.1-1 MB
+    command, options = _real_process(args)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          **options) as process:  # fmt: skip
+        assert len(process.stdout.read(1)) == 1
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=120) == 1
+    assert stderr == (
+        "Error: could not write the result to stdout (Broken pipe); check where stdout goes "
+        "(a closed pipe, a full disk)\n"
+    )

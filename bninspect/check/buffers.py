@@ -25,7 +25,13 @@ import numpy as np
 
 from bninspect.errors import BnInspectError
 from bninspect.input.npy_files import read_array, read_header
-from bninspect.results.check import BufferCheck, BufferComparison, Hypothesis
+from bninspect.results.check import (
+    BufferCheck,
+    BufferComparison,
+    ChannelGroup,
+    Hypothesis,
+    TrackedComparison,
+)
 from bninspect.results.common import Number, Undefined
 
 
@@ -150,44 +156,61 @@ def _updates(inspection) -> tuple[_Update, list[_Update]]:
     return right, mistakes
 
 
+def update_bound(
+    take: float | np.ndarray,
+    batch: np.ndarray,
+    new: np.ndarray,
+    batch_error: np.ndarray,
+    dtype: str,
+) -> np.ndarray:
+    """What a correct update keep * old + take * batch can leave on a buffer held in
+    ``dtype``, absolute, per channel (the module's derivation): ``batch`` the batch statistic
+    folded in (as the buffer stores it), ``new`` the buffer after the update, ``batch_error``
+    how far a correct implementation's batch statistic can be from ``batch``."""
+    from bninspect.check.tolerance import unit_roundoff, working_precision
+    from bninspect.numerics.agreement import ulp
+
+    working = working_precision(dtype)
+    u = unit_roundoff(working)
+    with np.errstate(invalid="ignore", over="ignore"):
+        old_term = np.abs(new - take * batch)
+        bound = take * batch_error + 2 * u * (old_term + take * np.abs(batch) + np.abs(new))
+        if dtype != working:
+            # Buffers held in the dtype are updated in it too (PyTorch's float16/bfloat16
+            # modules do: each product and the sum round to the buffer's dtype), so each of
+            # the update's three roundings is the dtype's, not the working precision's; and
+            # the factors 1 - momentum and momentum are the dtype's too (bfloat16 holds 0.9 as
+            # 0.8984375): each product rounds twice, its factor and itself.
+            held = unit_roundoff(dtype)
+            bound = bound + 2 * held * (old_term + take * np.abs(batch)) + 0.5 * ulp(new, dtype)
+    return bound
+
+
+def stored_variance_error(var_error: np.ndarray, count: int) -> np.ndarray:
+    """A biased variance's error carried to the unbiased one a buffer stores (times
+    count / (count - 1); unchanged for one value, where nothing is divided)."""
+    return var_error * (count / (count - 1) if count > 1 else 1.0)
+
+
 def buffer_bounds(inspection, cond, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """What a correct update can leave on each buffer, absolute, per channel (the module's
     derivation)."""
-    from bninspect.check.tolerance import (
-        statistics_errors,
-        unit_roundoff,
-        working_precision,
-    )
-    from bninspect.numerics.agreement import ulp
+    from bninspect.check.tolerance import statistics_errors
 
     forward, stats = inspection.forward, inspection.stats
     update = forward.update
     if update is None:
         zero = np.zeros_like(forward.before.stored_mean)
         return zero, zero
-    working = working_precision(dtype)
-    u = unit_roundoff(working)
     dm, dvar = statistics_errors(cond, dtype)
     after = update.after
     take = update.batch_weight * after.scale_factor
-    count = stats.count
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        dvar_stored = dvar * (count / (count - 1) if count > 1 else 1.0)
-        bounds = []
-        for new, batch, d in (
-            (after.stored_mean, update.batch_mean, dm),
-            (after.stored_var, update.batch_var, dvar_stored),
-        ):
-            old_term = np.abs(new - take * batch)
-            bound = take * d + 2 * u * (old_term + take * np.abs(batch) + np.abs(new))
-            if dtype != working:
-                # Buffers held in the dtype are updated in it too (PyTorch's float16/bfloat16
-                # modules do: each product and the sum round to the buffer's dtype), so each of
-                # the update's three roundings is the dtype's, not the working precision's.
-                held = unit_roundoff(dtype)
-                bound = bound + held * (old_term + take * np.abs(batch)) + 0.5 * ulp(new, dtype)
-            bounds.append(bound)
-    return bounds[0], bounds[1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        dvar_stored = stored_variance_error(dvar, stats.count)
+    return (
+        update_bound(take, update.batch_mean, after.stored_mean, dm, dtype),
+        update_bound(take, update.batch_var, after.stored_var, dvar_stored, dtype),
+    )
 
 
 def buffer_scales(inspection, dtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -256,45 +279,44 @@ def check_buffers(inspection, theirs: TheirBuffers, cond) -> BufferCheck:
         return out
 
     stated = judged(right)
-    stated_fits = all(np.all(e <= limit) for e, limit in stated)
-    hypotheses = []
+    channels = inspection.batch.shape[1]
+    stated_fit = _channel_fits(stated, channels)
+    stated_fits = bool(stated_fit.all())
+    tried = []  # (hypothesis, per-channel fit)
     for mistake in mistakes:
         if all(np.array_equal(getattr(mistake, attr), getattr(right, attr)) for *_, attr in given):
             continue  # the same update as the stated one here
         measured = judged(mistake)
+        fit = _channel_fits(measured, channels)
         worst = max((_max(e) for e, _ in measured), default=0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             over = max(
                 (_max(np.where(e == 0, 0.0, e / limit)) for e, limit in measured), default=0.0
             )
-        explains = bool(
-            not stated_fits and given and all(np.all(e <= limit) for e, limit in measured)
+        # Explains: every buffer given within what a correct update can leave, on every
+        # channel (the error left over the bound at most 1), where the stated update is not.
+        explains = bool(not stated_fits and given and fit.all() and over <= 1.0)
+        hypothesis = Hypothesis(
+            mistake.name, mistake.description, dtype, worst, explains, None, False, None, over
         )
-        hypotheses.append(
-            Hypothesis(
-                mistake.name,
-                mistake.description,
-                dtype,
-                worst,
-                explains,
-                None,
-                False,
-                None,
-                over,
-            )  # fmt: skip
-        )
-    hypotheses.sort(key=lambda h: (not h.explains, h.max_over_bound))
+        tried.append((hypothesis, fit))
+    tried.sort(key=lambda t: (not t[0].explains, t[0].max_over_bound))
+    hypotheses = [h for h, _ in tried]
     explaining = [h for h in hypotheses if h.explains]
+    best: list[str | Undefined] = []
+    for c in range(channels):
+        if stated_fit[c]:
+            best.append(STATED)
+            continue
+        fits = [h.name for h, fit in tried if fit[c]]
+        best.append(fits[0] if fits else Undefined("no known buffer mistake fits this channel"))
+    if explaining:  # one mistake explains every channel: name it on all of them
+        best = [explaining[0].name] * channels
+    described = {h.name: h.description for h in hypotheses}
+    groups = _groups(best, described, "the stated update")
     comparisons = []
     for (name, values, path, _, _, attr), (errors, limits) in zip(given, stated, strict=True):
         fits = bool(np.all(errors <= limits))
-        named: str | Undefined = (
-            explaining[0].name
-            if explaining and not fits
-            else Undefined(
-                "matches the stated update" if fits else "no known buffer mistake explains it"
-            )
-        )
         comparisons.append(
             BufferComparison(
                 name,
@@ -304,42 +326,108 @@ def check_buffers(inspection, theirs: TheirBuffers, cond) -> BufferCheck:
                 _max(errors),
                 _max(limits),
                 fits,
-                named,
+                _explained_by(errors > limits, best, channels)
+                if not fits
+                else Undefined("matches the stated update"),
                 f"{_max(errors):.3g} ULP of {dtype} at the buffer's scale; a correct update can "
                 f"leave {_max(limits):.3g}",
             )
         )
+    tracked: TrackedComparison | Undefined = Undefined("not given: --their-num-batches-tracked")
     tracked_ok = True
     if theirs.num_batches_tracked is not None:
         update = inspection.forward.update
-        expected = (update.after if update else inspection.forward.before).num_batches_tracked
+        expected = int((update.after if update else inspection.forward.before).num_batches_tracked)
         tracked_ok = theirs.num_batches_tracked == expected
-        comparisons.append(
-            BufferComparison(
-                "num_batches_tracked",
-                None,
-                (float(expected),),
-                (float(theirs.num_batches_tracked),),
-                0.0 if tracked_ok else float("inf"),
-                0.0,
-                tracked_ok,
-                Undefined("an integer: equal or not"),
-                f"theirs {theirs.num_batches_tracked}, the reference's {expected}"
-                + ("" if tracked_ok else " (each training pass adds 1)"),
-            )
+        tracked = TrackedComparison(
+            expected,
+            int(theirs.num_batches_tracked),
+            tracked_ok,
+            f"theirs {theirs.num_batches_tracked}, the reference's {expected}"
+            + ("" if tracked_ok else " (each training pass adds 1)"),
         )
     passed = stated_fits and tracked_ok
+    unexplained = [g for g in groups if isinstance(g.name, Undefined)]
     if passed:
-        summary = "your running buffers match the stated update"
+        conclusion = "your running buffers match the stated update"
     elif not stated_fits and explaining:
-        summary = f"your running buffers: {explaining[0].description}"
+        conclusion = f"your running buffers: {explaining[0].description}"
+    elif not stated_fits and len(unexplained) < len(groups):
+        conclusion = "your running buffers: " + _mixed(groups, channels)
     elif not stated_fits:
-        summary = (
+        conclusion = (
             "your running buffers differ from the stated update; no known buffer mistake "
             "explains them"
         )
     else:
-        summary = "your num_batches_tracked differs from the reference's"
+        conclusion = "your num_batches_tracked differs from the reference's"
     if not tracked_ok and not stated_fits:
-        summary += "; and num_batches_tracked differs"
-    return BufferCheck(passed, summary, tuple(comparisons), tuple(hypotheses))
+        conclusion += "; and num_batches_tracked differs"
+    explained = bool(not stated_fits and not unexplained)
+    return BufferCheck(
+        passed, conclusion, tuple(comparisons), tuple(hypotheses), groups, tracked, explained
+    )
+
+
+STATED = "stated settings"
+
+
+def _channel_fits(measured, channels: int) -> np.ndarray:
+    """Per channel, whether every given buffer is within its limit there."""
+    fit = np.ones(channels, dtype=bool)
+    for errors, limits in measured:
+        fit &= errors <= limits
+    return fit
+
+
+def _groups(best, described: dict[str, str], stated_text: str) -> tuple[ChannelGroup, ...]:
+    """The channels of each explanation: mistakes in the order of their first channel, then the
+    stated update's, then those nothing explains."""
+    order: dict[str | None, list[int]] = {}
+    for c, name in enumerate(best):
+        order.setdefault(None if isinstance(name, Undefined) else name, []).append(c)
+    names = [n for n in order if n not in (STATED, None)]
+    names += [n for n in (STATED, None) if n in order]
+    nothing = Undefined("no known buffer mistake explains these channels")
+    return tuple(
+        ChannelGroup(
+            nothing if n is None else n,
+            described.get(n, stated_text if n == STATED else "no known buffer mistake"),
+            tuple(order[n]),
+        )
+        for n in names
+    )
+
+
+def _mixed(groups, channels: int) -> str:
+    """The per-channel explanations in a line: "stores the biased variance in running_var on
+    channel 3; channels 0-2 and 4-7 match the stated update"."""
+    from bninspect.check.diagnosis import channel_list
+
+    parts = []
+    for g in groups:
+        where = channel_list(g.channels, channels)
+        if g.name == STATED:
+            parts.append(
+                f"{where} {'matches' if len(g.channels) == 1 else 'match'} the stated update"
+            )
+        elif isinstance(g.name, Undefined):
+            parts.append(f"no known buffer mistake explains {where}")
+        else:
+            parts.append(f"{g.description} on {where}")
+    return "; ".join(parts)
+
+
+def _explained_by(failing: np.ndarray, best, channels: int) -> str | Undefined:
+    """What explains a buffer on the channels where it fails: a mistake's name, with its
+    channels where they are not all of them, or why nothing does."""
+    from bninspect.check.diagnosis import channel_list
+
+    names = {best[c] for c in np.flatnonzero(failing) if not isinstance(best[c], Undefined)}
+    if any(isinstance(best[c], Undefined) for c in np.flatnonzero(failing)) or not names:
+        return Undefined("no known buffer mistake explains it")
+    parts = []
+    for name in sorted(names, key=lambda n: best.index(n)):
+        on = [c for c in range(channels) if best[c] == name]
+        parts.append(name if len(on) == channels else f"{name} on {channel_list(on, channels)}")
+    return "; ".join(parts)

@@ -78,9 +78,12 @@ def _number(value: float) -> Number:
     return float(value)
 
 
-def element(index: int, shape, theirs, reference, torch_out, abs_error, dtype: str) -> ElementError:
+def element(
+    index: int, shape, theirs, reference, torch_out, abs_error, dtype: str, scales=None
+) -> ElementError:
     """The flat ``index`` as an ElementError (its relative and ULP errors as
-    relative_error and ulp_error give them)."""
+    relative_error and ulp_error give them; with ``scales``, each channel's output scale, its
+    error in ULPs at its channel's scale)."""
     at = tuple(int(i) for i in np.unravel_index(index, shape))
     e, r = abs_error[at], reference[at]
     torch_value: Number = (
@@ -94,7 +97,18 @@ def element(index: int, shape, theirs, reference, torch_out, abs_error, dtype: s
         float(e),
         float(relative_error(e, r)),
         float(ulp_error(e, r, dtype)),
+        _at_scale(float(e), scales[at[1]], dtype)
+        if scales is not None
+        else Undefined("no scale given"),
     )
+
+
+def _at_scale(error: float, scale: float, dtype: str) -> float:
+    """|error| in ULPs of ``dtype`` at ``scale`` (as scaled_errors counts it)."""
+    if scale > 0:
+        with np.errstate(over="ignore"):
+            return float(error / float(ulp(scale, dtype)))
+    return 0.0 if error == 0 else math.inf
 
 
 def channel_chunks(shape: tuple[int, ...]) -> list[slice]:
@@ -276,7 +290,7 @@ def channel_checks(
                 pattern=pattern,
                 factor=factor,
                 offset=offset,
-                best_variant=best_variants[c],
+                explained_by=best_variants[c],
             )
         )
     return tuple(checks)

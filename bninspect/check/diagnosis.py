@@ -13,6 +13,8 @@ output) can mimic specific ones, so they rank after those.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from bninspect.check.tolerance import Judge
@@ -113,23 +115,40 @@ def diagnose(
     tried = _try(CATALOGUE, inspection, theirs, judge, needed, tell)
     if needed.any() and not any(h.explains for h, *_ in tried):
         tried += _try(PAIRS, inspection, theirs, judge, needed, None)
-    tried.sort(key=lambda t: (not t[0].explains, t[0].fitted, "+" in t[0].name, _ratio(t[0])))
+    tried = _without_freedom(tried, needed)
+    # Those that explain: the specific before the fitted, one mistake before a pair, then by
+    # what they leave against the bound; those that do not: by that alone (the closest first),
+    # the ones whose fitted values no such mistake can produce last.
+    tried.sort(
+        key=lambda t: (
+            (False, t[0].fitted, "+" in t[0].name, 0, _ratio(t[0]))
+            if t[0].explains
+            else (True, False, False, not t[3], _ratio(t[0]))
+        )
+    )
     hypotheses = [t[0] for t in tried]
+    # Per channel: the stated settings if they fit, else the first that fits it, specific
+    # mistakes before fitted ones (a fitted mistake fits many channels by its freedom).
+    by_specificity = sorted(
+        tried, key=lambda t: (not t[0].explains, t[0].fitted, "+" in t[0].name, _ratio(t[0]))
+    )
     best: list[str | Undefined] = []
     for c in range(channels):
         if stated_fits[c]:
             best.append(STATED)
             continue
-        fits = [h.name for h, e, limit, ok in tried if ok and e[c] <= limit[c]]
+        fits = [h.name for h, e, limit, ok in by_specificity if ok and e[c] <= limit[c]]
         best.append(fits[0] if fits else Undefined("no known variant fits this channel"))
     groups = _groups(best, hypotheses)
     stated_max = float(np.max(stated)) if stated.size else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        stated_ratio = float(np.max(np.where(stated == 0, 0.0, stated / stated_limits)))
+        ratios = np.where(stated == 0, 0.0, stated / stated_limits)
+        stated_ratio = float(np.max(ratios)) if ratios.size else 0.0
     limit_max = float(np.max(stated_limits)) if stated_limits.size else 0.0
     explaining = [h for h in hypotheses if h.explains]
     unexplained = [g for g in groups if isinstance(g.name, Undefined)]
     at_scale = f"ULP of {dtype} at the channel's scale"
+    note: str | Undefined = Undefined("no known mistake fits the output markedly better")
     if not needed.any():
         summary = (
             f"matches the stated settings on {channel_list(range(channels), channels)}: "
@@ -140,6 +159,7 @@ def diagnose(
             f"correct {dtype} implementation can leave up to {limit_max:.3g} on this data): "
             "nothing to explain"
         )
+        note = _better_fit(tried, stated_ratio) or note
     elif explaining:
         first = explaining[0]
         summary = f"{_what(first)} on {channel_list(range(channels), channels)}"
@@ -166,9 +186,12 @@ def diagnose(
             "variant): " + summary
         )
     else:
-        closest = next((h for h in hypotheses if _ratio(h) < stated_ratio), None)
+        closest = next(
+            (h for h, *_, ok in tried if ok and not h.explains and _ratio(h) < stated_ratio),
+            None,
+        )
         near = (
-            f"; the closest, {closest.name}, leaves {closest.max_ulp_error_at_scale:.3g} ULP"
+            f"; the closest, {closest.name}, leaves {_ratio(closest):.3g} times the bound"
             if closest is not None
             else ""
         )
@@ -178,7 +201,57 @@ def diagnose(
         )
         detail = summary + "; see the per-channel evidence"
     explained = bool(needed.any() and not unexplained)
-    return Diagnosis(explained, summary, tuple(hypotheses), detail, groups), best
+    return Diagnosis(explained, summary, tuple(hypotheses), detail, groups, note), best
+
+
+# A passing output is fitted "markedly better" by a mistake when the stated settings leave at
+# least this share of the bound and the mistake at most MARKEDLY times what they leave.
+NOTABLE_SHARE, MARKEDLY = 0.25, 0.1
+
+
+def _better_fit(tried, stated_ratio: float) -> str | None:
+    """For an output within the bound: the one line that says a specific known mistake fits it
+    markedly better than the stated settings (the error a fair share of the bound, the
+    mistake leaving a tenth of it or less), or None. Fitted mistakes are left out: their
+    freedom fits a correct output's rounding too."""
+    if stated_ratio < NOTABLE_SHARE:
+        return None
+    better = [
+        h for h, *_, ok in tried if ok and not h.fitted and _ratio(h) <= MARKEDLY * stated_ratio
+    ]
+    if not better:
+        return None
+    h = min(better, key=_ratio)
+    return (
+        f"{h.name} fits it markedly better: {_ratio(h):.2g} of the bound left, against "
+        f"{stated_ratio:.2g}"
+    )
+
+
+def _without_freedom(tried, needed: np.ndarray):
+    """A fitted mistake that explains every channel only because its freedom lets it equal the
+    stated settings where they fit, while specific mistakes explain each channel that needs
+    explaining, explains nothing: the channels are named with their specific mistakes."""
+    if not any(h.explains and h.fitted for h, *_ in tried):
+        return tried
+    if any(h.explains and not h.fitted for h, *_ in tried):
+        return tried  # a specific mistake explains every channel: it ranks first anyway
+    specific = [(e, limit) for h, e, limit, ok in tried if ok and not h.fitted]
+    covered = all(any(e[c] <= limit[c] for e, limit in specific) for c in np.flatnonzero(needed))
+    if not covered:
+        return tried
+    out = []
+    for h, e, limit, ok in tried:
+        if h.explains and h.fitted:
+            why = (
+                "fits every channel by its freedom, but specific mistakes explain each channel "
+                "that needs explaining"
+            )
+            h = dataclasses.replace(
+                h, explains=False, detail=f"{h.detail}; {why}" if h.detail else why
+            )
+        out.append((h, e, limit, ok))
+    return out
 
 
 def _ratio(h: Hypothesis) -> float:

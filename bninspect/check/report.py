@@ -139,6 +139,9 @@ def build_check_result(
     diagnosis, best = diagnose(inspection, theirs, stated, limits, judge, tell)
     shape = theirs.shape
     passed_output = bool(not mismatch.any())
+    hint = narrower_dtype_hint(inspection.batch, theirs, dtype) if not passed_output else None
+    if hint is not None:
+        output = dataclasses.replace(output, notices=(*output.notices, hint))
     non_finite = non_finite_report(theirs, reference, not allow_nonfinite)
     buffers = (
         check_buffers(inspection, their_buffers, cond)
@@ -170,14 +173,14 @@ def build_check_result(
     if not isinstance(buffers, Undefined) and not buffers.passed:
         if passed_output:
             output_part = summary.split(": ", 1)[1]
-            summary = f"FAIL: {buffers.summary}; your output {output_part}"
+            summary = f"FAIL: {buffers.conclusion}; your output {output_part}"
         else:
-            summary += f"; {buffers.summary}"
-    named = diagnosis  # its summary says what, without PASS/FAIL
-    diagnosis = dataclasses.replace(diagnosis, summary=summary)
+            summary += f"; {buffers.conclusion}"
+    named = diagnosis  # its conclusion says what, without PASS/FAIL
+    diagnosis = dataclasses.replace(diagnosis, conclusion=summary)
 
     def at(flat: int):
-        return element(flat, shape, theirs, reference, torch_out, abs_error, dtype)
+        return element(flat, shape, theirs, reference, torch_out, abs_error, dtype, scales)
 
     order = worst_indices(abs_error, top)
     found = largest_errors(abs_error, reference, dtype) if abs_error.size else {}
@@ -232,6 +235,7 @@ def build_check_result(
             torch_out,
             tolerance,
             inspection,
+            buffers,
         ),  # fmt: skip
         histogram=histogram(abs_error),
         torch_max_ulp_error_at_scale=torch_error,
@@ -242,6 +246,38 @@ def build_check_result(
     )
 
 
+def narrower_dtype_hint(x: np.ndarray, theirs: np.ndarray, dtype: str) -> str | None:
+    """For float32 data whose every value, input and output, is a bfloat16 (or float16)
+    number: the likely story (a batch norm in that dtype, saved as float32 because .npy holds
+    no bfloat16) and the option that judges it by that dtype's rounding. None otherwise."""
+    if dtype != "float32":
+        return None
+    held = [
+        name for name in ("bfloat16", "float16") if _all_held(x, name) and _all_held(theirs, name)
+    ]
+    if not held:
+        return None
+    names = " and ".join(held)
+    return (
+        f"every value of the input and of your output is exactly representable in {names}: if "
+        f"they come from a {held[0]} batch norm saved as float32"
+        + (" (.npy holds no bfloat16)" if held[0] == "bfloat16" else "")
+        + f", give --dtype {held[0]} to judge it by {held[0]}'s rounding"
+    )
+
+
+def _all_held(a: np.ndarray, name: str) -> bool:
+    """Whether every finite value of ``a`` is exactly a number of dtype ``name``."""
+    narrow = float_format(name).numpy
+    for s in channel_chunks(a.shape):
+        part = np.asarray(a[:, s], dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            back = part.astype(narrow).astype(np.float64)
+            if not np.all((back == part) | ~np.isfinite(part)):
+                return False
+    return True
+
+
 def _summary(passed, given, diagnosis, needed, non_finite, mismatch, elements) -> str:
     """check's one-line verdict: PASS or FAIL, and why (the diagnosis' summary behind it)."""
     mismatches = int(mismatch.sum())
@@ -250,33 +286,39 @@ def _summary(passed, given, diagnosis, needed, non_finite, mismatch, elements) -
         more = "" if count == mismatches else f", {mismatches - count} more beyond the tolerance"
         return (
             f"FAIL: {count} of {elements} elements are NaN or infinite on one side only{more}; "
-            + diagnosis.summary
+            + diagnosis.conclusion
         )
     if passed and not needed:
-        return f"PASS: {diagnosis.summary}"
+        return f"PASS: {diagnosis.conclusion}"
     if passed:
         which = "the given tolerance" if given else "the derived tolerance"
-        return f"PASS within {which}, but {diagnosis.summary}"
+        return f"PASS within {which}, but {diagnosis.conclusion}"
     if diagnosis.explained:
-        return f"FAIL: {diagnosis.summary}; fix that, not the tolerance"
+        return f"FAIL: {diagnosis.conclusion}; fix that, not the tolerance"
     if not needed and given:
         return (
             "FAIL under the given tolerance, though the error is at the level of rounding: "
-            + diagnosis.summary
+            + diagnosis.conclusion
         )
-    return f"FAIL: {diagnosis.summary}"
+    return f"FAIL: {diagnosis.conclusion}"
 
 
 def _suggestion(
     passed, needed, diagnosis, dtype, stated, limits,
-    theirs, output, reference, abs_error, torch_out, tolerance, inspection,
+    theirs, output, reference, abs_error, torch_out, tolerance, inspection, buffers,
 ):  # fmt: skip
     """The assert_close line, only where the output passes or its error is at the level of
-    rounding; for a named mistake, why not (fix it, not the test)."""
+    rounding, and their buffers (if given) pass; for a named mistake, why not (fix it, not
+    the test)."""
+    if not isinstance(buffers, Undefined) and not buffers.passed:
+        return Undefined(
+            f"{buffers.conclusion}: fix that; an assert_close line on the output would pass "
+            "the wrong buffers"
+        )
     if needed and not passed and np.all(np.isfinite(abs_error)):
         if diagnosis.explained:
             return Undefined(
-                f"your output {diagnosis.summary}: fix that, not the tolerance; a tolerance "
+                f"your output {diagnosis.conclusion}: fix that, not the tolerance; a tolerance "
                 "that passes it would hide the mistake"
             )
         return Undefined(
@@ -309,10 +351,7 @@ def check_verdict(
     tolerance; ``allowed``: elements NaN or infinite on one side only that
     --allow-nonfinite-mismatch let pass, which are not "within" anything."""
     if tolerance.per_channel_atol is not None:
-        bound = (
-            "what a correct implementation can leave on each channel (the derived tolerance, "
-            "docs/check.md)"
-        )
+        bound = "the derived tolerance (docs/check.md)"
     else:
         bound = f"atol {tolerance.atol:.3g} + rtol {tolerance.rtol:.3g} * |reference|"
         bound += f" ({tolerance.source})"

@@ -41,6 +41,7 @@ in float16 and bfloat16 (their working precision has 13 or 16 bits to spare).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,9 @@ class Conditioning:
     weight: np.ndarray
     bias: np.ndarray
     from_batch: bool
+    # Channels whose batch mean every correct implementation computes exactly (constant_exact);
+    # None where the values were not looked at (then no channel is assumed exact).
+    exact_mean: np.ndarray | None = None
 
     def only(self, c: int) -> Conditioning:
         """Channel c's conditioning alone (arrays of one value)."""
@@ -93,7 +97,26 @@ class Conditioning:
         return Conditioning(
             self.count, self.mean[one], self.var[one], self.eps, self.rms[one],
             self.x_hat_max[one], self.weight[one], self.bias[one], self.from_batch,
+            None if self.exact_mean is None else self.exact_mean[one],
         )  # fmt: skip
+
+
+def constant_exact(low: np.ndarray, high: np.ndarray, count: int, dtype: str) -> np.ndarray:
+    """Per channel: every value is the same number c, and every sum of up to ``count`` copies
+    of c is exact in the working precision (count * M < 2**p, c = M * 2**k with M odd, p the
+    precision's significand bits), so a sum in any order, and then the mean, is exactly c. The
+    deviations x - mean are then exactly 0 and y = bias whatever the variance: without this, a
+    constant channel far from 0 had an unbounded tolerance (|mean| / std is infinite) and any
+    output passed."""
+    bits = float_format(working_precision(dtype)).mantissa_bits + 1
+    exact = np.zeros(len(low), dtype=bool)
+    for c, (a, b) in enumerate(zip(np.asarray(low, float), np.asarray(high, float), strict=True)):
+        if a != b or not math.isfinite(a):
+            continue
+        mantissa = abs(int(math.frexp(a)[0] * 2**53))
+        odd = mantissa >> max((mantissa & -mantissa).bit_length() - 1, 0) if mantissa else 0
+        exact[c] = count * odd < 2**bits
+    return exact
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,8 @@ def statistics_errors(cond: Conditioning, dtype: str) -> tuple[np.ndarray, np.nd
             # The mean held in the dtype may be the one the deviations are taken from (PyTorch's
             # float16 module on strided input is): its rounding enters the variance as dm^2.
             dm = (sum_reach(cond.count, working) + 2 * u) * cond.rms + held * np.abs(cond.mean)
+            if cond.exact_mean is not None:
+                dm = np.where(cond.exact_mean, 0.0, dm)
             dvar = (sum_reach(cond.count, working) + 4 * u) * (cond.var + dm * dm) + dm * dm
         else:
             dm = held * np.abs(cond.mean)
@@ -129,15 +154,22 @@ def statistics_errors(cond: Conditioning, dtype: str) -> tuple[np.ndarray, np.nd
     return dm, dvar
 
 
-def channel_bound(cond: Conditioning, scale: np.ndarray, dtype: str) -> Bound:
+def channel_bound(
+    cond: Conditioning,
+    scale: np.ndarray,
+    dtype: str,
+    statistics: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Bound:
     """Per channel, the largest |y' - y| a correct implementation in ``dtype`` can leave, at
     output ``scale`` (the channel's largest |y|, or |w|). NaN where the statistics are not
     finite (only an exact agreement matches there); inf where the spread is below what the
-    dtype's sums resolve (sqrt(var + eps - dvar) is 0: a correct output can be anything)."""
+    dtype's sums resolve (sqrt(var + eps - dvar) is 0: a correct output can be anything).
+    ``statistics``: (|dm|, dvar) of a way of computing the statistics other than one pass over
+    the batch (SyncBatchNorm's pooling, distributed/bounds.py), instead of statistics_errors."""
     working = working_precision(dtype)
     u = unit_roundoff(working)
     held = unit_roundoff(dtype) if dtype != working else 0.0
-    dm, dvar = statistics_errors(cond, dtype)
+    dm, dvar = statistics if statistics is not None else statistics_errors(cond, dtype)
     w, b, x_hat = np.abs(cond.weight), np.abs(cond.bias), cond.x_hat_max
     scale = np.asarray(scale, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -148,8 +180,13 @@ def channel_bound(cond: Conditioning, scale: np.ndarray, dtype: str) -> Bound:
         spread_part = np.where((x_hat == 0) | (s == s_low), 0.0, x_hat * (s / s_low - 1))
         mean_part = np.where(dm == 0, 0.0, dm / s_low)
         statistics = np.where(w == 0, 0.0, w * (spread_part + mean_part))
+        # A mean held in the dtype is off by its rounding, unless it is exact (a constant
+        # channel's mean is one of its values).
+        held_mean = (
+            mean_to_std if cond.exact_mean is None else np.where(cond.exact_mean, 0, mean_to_std)
+        )
         arithmetic = u * (3 * mean_to_std * w + 2 * x_hat * w + b + scale) + held * (
-            mean_to_std * w + x_hat * w + b
+            held_mean * w + x_hat * w + b
         )
         before = statistics + arithmetic
         rounding = np.zeros_like(before) if dtype == working else 0.5 * ulp(scale + before, dtype)
@@ -236,7 +273,7 @@ def inspection_conditioning(inspection) -> Conditioning:
         inspection.params,
     )
     low, high = channel_extremes(x, channel_chunks(x.shape))
-    return conditioning(
+    cond = conditioning(
         count=stats.count,
         mean=forward.mean,
         var=forward.var,
@@ -249,6 +286,8 @@ def inspection_conditioning(inspection) -> Conditioning:
         bias=params.bias,
         from_batch=inspection.settings.mode == "train",
     )
+    exact = constant_exact(low, high, stats.count, inspection.tensor.info.dtype)
+    return dataclasses.replace(cond, exact_mean=exact)
 
 
 class Judge:

@@ -421,6 +421,24 @@ def _averaged_variances(inspection, theirs, judge=None):
     )
 
 
+def _equal_weight_variances(inspection, theirs, judge=None):
+    """SyncBatchNorm done wrong plainly: the batch mean, but the per-rank variances averaged
+    with equal weights (all_reduce(var) / K over the ranks holding values), losing the spread
+    of the rank means and the ranks' counts. The same as by count on equal ranks: tried only
+    where the ranks' counts differ."""
+    from bninspect.numerics.pooling import equal_weight_variance, rank_statistics
+
+    x, stats, p, eps, train = _layer(inspection)
+    sizes = inspection.rank_sizes
+    if not train or sizes is None or len({s for s in sizes if s}) < 2:
+        return None
+    variance = equal_weight_variance(rank_statistics(x, sizes))
+    return Outcome(
+        normalized(x, stats.mean, variance, eps, p.weight, p.bias),
+        f"{len(sizes)} ranks of {','.join(map(str, sizes))} samples",
+    )
+
+
 def _in_dtype(dtype: str):
     def compute(inspection, theirs, judge=None):
         if inspection.tensor.info.dtype in ("float16", "bfloat16") or dtype == (
@@ -511,9 +529,16 @@ CATALOGUE = (
     ),
     Variant(
         "averaged-variances",
-        "averages the per-rank variances instead of pooling them, losing the spread of the "
-        "rank means",
+        "averages the per-rank variances weighted by count (sum m2_k / N) instead of pooling "
+        "them: the spread of the rank means is missing",
         _averaged_variances,
+    ),
+    Variant(
+        "equal-weight-variances",
+        "averages the per-rank variances with equal weights (all_reduce(var) / K) instead of "
+        "pooling them: the spread of the rank means is missing and small ranks weigh as much "
+        "as large ones",
+        _equal_weight_variances,
     ),
     Variant("float16", "computes in float16", _in_dtype("float16"), precision="float16"),
     Variant("bfloat16", "computes in bfloat16", _in_dtype("bfloat16"), precision="bfloat16"),

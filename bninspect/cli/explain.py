@@ -32,6 +32,7 @@ from bninspect.cli.ranks import (
     RankSizes,
     RankTimeout,
     notice_unused_timeout,
+    refuse_one_process_options,
 )
 from bninspect.errors import OptionError
 from bninspect.input.layout import batch_axis, to_core_index, to_user_index
@@ -102,11 +103,9 @@ def explain(
     wanted = parse_index(index)
     notice_unused_timeout(ranks, rank_sizes, rank_timeout)
     if ranks is not None or rank_sizes is not None:
-        if precision or against is not None or against_value is not None or grad:
-            raise OptionError(
-                "--precision, --against, --against-value and --grad explain one process's "
-                "element; drop them or --ranks"
-            )
+        given = [("--precision", precision), ("--against", against is not None),
+                 ("--against-value", against_value is not None), ("--grad", grad)]  # fmt: skip
+        refuse_one_process_options([name for name, hit in given if hit], ranks)
         from bninspect.distributed.batch import run_split
         from bninspect.distributed.explain import build_explain_result
 

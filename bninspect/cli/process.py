@@ -22,6 +22,7 @@ Set up first thing (``install``), before anything else is imported or any thread
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -110,6 +111,7 @@ def install() -> None:
         return
     _installed = True
     _reopen_closed_streams()
+    sys.stdout = _ResultStream()
     if not sys.warnoptions:
         warnings.simplefilter("ignore", RuntimeWarning)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -132,22 +134,64 @@ def require_stdout() -> None:
 
 
 def write_result(text: str) -> None:
-    """Write the result to stdout and flush it; a failure (a closed pipe, a full disk) raises
+    """Write the result to stdout, all of it; a failure (a closed pipe, a full disk) raises
     StreamError, and stdout is pointed at /dev/null so nothing fails again at exit."""
     require_stdout()
     stream = sys.stdout
-    try:
-        if stream is None:
-            raise OSError("stdout is not open")
+    if stream is None or isinstance(stream, _ResultStream) or stream is sys.__stdout__:
+        _write_stdout_fd(text)
+        return
+    try:  # a stream put in place of stdout (a test runner's): its own writes
         stream.write(text)
         stream.flush()
     except (OSError, ValueError) as exc:
-        _silence_stdout()
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise StreamError(
-            f"could not write the result to stdout ({reason}); check where stdout goes (a "
-            "closed pipe, a full disk)"
-        ) from None
+        raise _stream_error(exc) from None
+
+
+def _stream_error(exc: BaseException) -> StreamError:
+    _silence_stdout()
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return StreamError(
+        f"could not write the result to stdout ({reason}); check where stdout goes (a "
+        "closed pipe, a full disk)"
+    )
+
+
+def _write_stdout_fd(text: str) -> None:
+    """Write to file descriptor 1 until every byte is out. Not through Python's buffered
+    stdout: when a pipe's reader leaves half way through a large write, the kernel reports the
+    part written, and the buffered writer then drops the rest without an error (exit 0 with the
+    result cut short)."""
+    try:
+        if sys.__stdout__ is not None:
+            sys.__stdout__.flush()  # anything written the ordinary way goes first
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        while data:
+            written = os.write(1, data)
+            data = data[written:]
+    except (OSError, ValueError) as exc:
+        raise _stream_error(exc) from None
+
+
+class _ResultStream(io.TextIOBase):
+    """sys.stdout for the command line: what the libraries print there (click's --help and
+    --version) goes through the same checked writes as a result, so a closed or full stdout is
+    a one-line error, never a traceback or a silent exit 0."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        write_result(text)
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return 1
+
+    def isatty(self) -> bool:
+        return os.isatty(1)
 
 
 def _silence_stdout() -> None:

@@ -61,3 +61,22 @@ def notice_unused_timeout(ranks: int | None, rank_sizes: str | None, timeout: fl
             "(one process waits for no other)",
             file=sys.stderr,
         )
+
+
+def refuse_one_process_options(given: list[str], ranks: int | None) -> None:
+    """Options that inspect one process's batch norm, given with a split over ranks: refused
+    naming exactly those given, and why (only the forward pass and the running buffers are
+    split; the backward across ranks, SyncBatchNorm's all-reduced sum(dy) and
+    sum(dy * (x - mean)), is not inspected)."""
+    from bninspect.errors import OptionError
+
+    if not given:
+        return
+    split = "--ranks" if ranks is not None else "--rank-sizes"
+    names = " and ".join(given) if len(given) <= 2 else ", ".join(given[:-1]) + f" and {given[-1]}"
+    verb = "inspects" if len(given) == 1 else "inspect"
+    why = f"{names} {verb} one process's batch norm; {split} splits the forward pass and "
+    why += "the running buffers over ranks"
+    if any(name.startswith("--grad") for name in given):
+        why += ", not the backward pass (whose sums are all-reduced across ranks)"
+    raise OptionError(f"{why}: drop {names} or {split}")

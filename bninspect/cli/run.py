@@ -32,6 +32,7 @@ from bninspect.cli.ranks import (
     RankSizes,
     RankTimeout,
     notice_unused_timeout,
+    refuse_one_process_options,
 )
 from bninspect.errors import OptionError
 from bninspect.input.request import InspectRequest
@@ -94,10 +95,9 @@ def run(
             "--stats-only (population statistics), or give one .npy file"
         )
     if ranks is not None or rank_sizes is not None:
-        if var_method or grad or grad_output is not None:
-            raise OptionError(
-                "--var-method and --grad inspect one process's batch norm; drop them or --ranks"
-            )
+        given = [("--var-method", var_method), ("--grad", grad),
+                 ("--grad-output", grad_output is not None)]  # fmt: skip
+        refuse_one_process_options([name for name, hit in given if hit], ranks)
         from bninspect.distributed.batch import run_split
         from bninspect.distributed.report import build_run_result as build_split_result
 

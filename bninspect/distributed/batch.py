@@ -29,6 +29,7 @@ from bninspect.numerics.reference import channel_statistics, reference_forward
 from bninspect.numerics.running import initial_state
 from bninspect.pytorch.inspection import Inspection, prepare, run_inspection
 from bninspect.results.common import Settings
+from bninspect.text import counted
 
 
 def refuse_unsplittable(request: InspectRequest, option: str) -> None:
@@ -71,7 +72,7 @@ class RankRun:
     messages: list[str]  # one per file written
 
 
-def _channel_extremes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def channel_extremes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Smallest and largest value of each channel, NaN ignored (float64; NaN for a channel of
     NaN alone, whose outputs are NaN whatever the regime)."""
     axes = (0, *range(2, x.ndim))
@@ -194,10 +195,10 @@ def run_split(
                 path = local.path(f"rank{rank}.0.output.npy")
                 outputs.append(np.array(load_batch(path, x.dtype.name)))
     messages = _save_files(request, x, outputs)
-    minimum, maximum = _channel_extremes(x)
+    minimum, maximum = channel_extremes(x)
     launcher = (
-        f"{len(sizes)} local processes, one gloo group over loopback (file:// rendezvous in a "
-        "private temporary directory)"
+        f"{counted(len(sizes), 'local process', 'local processes')}, one gloo group over "
+        "loopback (file:// rendezvous in a private temporary directory)"
     )
     weight_of_batch = task["batch_weight"]
     run = RankRun(inspection, sizes, reports, launcher, weight_of_batch, minimum, maximum, messages)

@@ -21,6 +21,7 @@ from bninspect.input.memory import human_bytes
 from bninspect.numerics.reference import statistics_from_moments
 from bninspect.results.common import Number, Undefined, Verdict
 from bninspect.results.distributed import PopulationChannel, PopulationResult, RankShare
+from bninspect.text import counted, items_verb
 
 LOCAL = "{world} local processes, one gloo group over loopback (file:// rendezvous)"
 
@@ -80,7 +81,7 @@ def _under_torchrun(pattern: str, timeout: float, launched) -> PopulationResult:
     except BnInspectError as exc:
         raise type(exc)(f"{who}: {exc}") from None
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-    launcher = f"torchrun: {launched.world} ranks, env:// rendezvous at {where} as given"
+    launcher = f"torchrun: {counted(launched.world, 'rank')}, env:// rendezvous at {where} as given"
     return build_population_result(found, files, pattern, launcher)
 
 
@@ -141,23 +142,27 @@ def build_population_result(
 
 
 def _verdict(channels, files: int, nbytes: int, found: Population, launcher: str) -> Verdict:
-    by = "one process" if launcher == "one process" else f"{len(found.shares)} ranks"
+    """At most two lines of 80 (the answer first): what was read and whether every channel's
+    statistics exist; who streamed it is in the context under it."""
     head = (
-        f"{len(channels)} channels over {files} file{'s' * (files != 1)} "
-        f"({human_bytes(nbytes)}, {found.values:,} values per channel), streamed by {by}"
+        f"{counted(len(channels), 'channel')} of {found.values:,} values each, from "
+        f"{counted(files, 'file')} ({human_bytes(nbytes)})"
     )
     bad = [c.channel for c in channels if c.nan_count or c.posinf_count or c.neginf_count]
     if bad:
-        shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+        holding = items_verb("channel", bad, "holds", "hold")
         return Verdict(
             "statistics",
-            (f"{head}: channels {shown} hold NaN or Inf, so their statistics are not finite",),
+            (
+                f"{head}: {holding} NaN or Inf, so {'its' if len(bad) == 1 else 'their'} "
+                "statistics are not finite",
+            ),
         )
     if found.values < 2:
         return Verdict("statistics", (f"{head}: one value per channel has no unbiased variance",))
     constant = [c.channel for c in channels if c.var_biased == 0]
     tail = (
-        f"; channels {', '.join(map(str, constant[:8]))} are constant (variance 0)"
+        f"; {items_verb('channel', constant, 'is', 'are')} constant (variance 0)"
         if constant
         else ""
     )
@@ -165,7 +170,6 @@ def _verdict(channels, files: int, nbytes: int, found: Population, launcher: str
         "statistics",
         (
             f"{head}: every channel finite{tail}",
-            "for precise batch-norm statistics load mean into running_mean and var_unbiased "
-            "into running_var (PyTorch stores the unbiased variance)",
+            "precise BN statistics: load mean as running_mean, var_unbiased as running_var",
         ),
     )

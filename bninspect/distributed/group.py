@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from bninspect.distributed.environment import LostRanks
+from bninspect.text import counted
 
 
 def join(rank: int, world: int, init_method: str, timeout: float) -> None:
@@ -32,7 +33,7 @@ def join(rank: int, world: int, init_method: str, timeout: float) -> None:
         )
     except (RuntimeError, ValueError) as exc:  # a store that timed out, an address refused
         raise LostRanks(
-            f"could not join the process group of {world} ranks within {timeout:g} s "
+            f"could not join the process group of {counted(world, 'rank')} within {timeout:g} s "
             f"({_first_line(exc)})"
         ) from None
 

@@ -27,6 +27,7 @@ from bninspect.input.npy_files import map_array, read_header, release_pages
 from bninspect.input.parsing import MAX_RANK, MIN_RANK
 from bninspect.numerics import kernels
 from bninspect.numerics.kernels import Moments, Region
+from bninspect.text import counted
 
 # gather(array, what): every rank's float64 ``array``, stacked (world, *shape), in rank order.
 Gather = Callable[[np.ndarray, str], np.ndarray]
@@ -147,7 +148,8 @@ def population(
     if len(channels) > 1:
         a, b = (next(i for i in mine if i.shape[1] == c) for c in sorted(channels)[:2])
         failure = BnInspectError(
-            f"--input: {a.path} has {a.shape[1]} channels (axis 1) and {b.path} {b.shape[1]}; "
+            f"--input: {a.path} has {counted(a.shape[1], 'channel')} (axis 1) and {b.path} "
+            f"{b.shape[1]}; "
             "population statistics need the same channels in every file"
         )
     codes = {name: k for k, name in enumerate(FILE_DTYPES)}
@@ -166,7 +168,8 @@ def population(
     if len(counts) > 1:
         owners = [next(r for r in range(world) if summaries[r, 1] == c) for c in counts[:2]]
         named = [
-            f"{files[bounds[r][0]]} ({c} channels)" for r, c in zip(owners, counts, strict=False)
+            f"{files[bounds[r][0]]} ({counted(c, 'channel')})"
+            for r, c in zip(owners, counts, strict=False)
         ]
         raise BnInspectError(
             f"--input: files disagree on the channels (axis 1): {named[0]} and {named[1]}; "

@@ -13,13 +13,18 @@ import math
 
 import numpy as np
 
-from bninspect.check.compare import ROUNDING_ULPS
-from bninspect.check.tolerance import channel_bound, conditioning, in_ulps, statistics_errors
+from bninspect.check.tolerance import Conditioning, conditioning
+from bninspect.distributed import bounds
 from bninspect.distributed.batch import RankRun
 from bninspect.distributed.exchange import array_to_moments
 from bninspect.numerics import kernels
 from bninspect.numerics.agreement import channel_scale, running_mean_scale, ulp
-from bninspect.numerics.pooling import averaged_variance, shard_bounds, statistics_of
+from bninspect.numerics.pooling import (
+    averaged_variance,
+    equal_weight_variance,
+    shard_bounds,
+    statistics_of,
+)
 from bninspect.numerics.reference import ChannelStatistics, std_of
 from bninspect.results.common import Number, Undefined, Verdict
 from bninspect.results.distributed import (
@@ -30,10 +35,8 @@ from bninspect.results.distributed import (
     RegimeChannel,
     RegimeCheck,
 )
+from bninspect.text import counted
 
-# Pooled and full-batch statistics are each within about a ULP of float64 of the exact ones
-# (kernels.merge_moments carries the means and m2 in two parts): allow four.
-POOLED_ULPS = 4.0
 VERIFIED = (
     "{module} ran on each rank's block in that rank's process, and the ranks exchanged their "
     "statistics with torch.distributed.all_gather over gloo. torch.nn.SyncBatchNorm itself, "
@@ -111,6 +114,16 @@ class Regimes:
         self.pooled_mean = reports[0]["pooled_mean"]
         self.pooled_var = reports[0]["pooled_m2"] / self.count
         self.averaged_var = averaged_variance(self.rank_stats)
+        self.equal_var = equal_weight_variance(self.rank_stats)
+        # what the bounds are derived from (distributed/bounds.py)
+        self.full_cond: Conditioning = conditioning(
+            count=self.count, mean=self.stats.mean, var=self.stats.var_biased, eps=self.eps,
+            data_mean=self.stats.mean, data_var=self.stats.var_biased, low=run.minimum,
+            high=run.maximum, weight=self.params.weight, bias=self.params.bias, from_batch=True,
+        )  # fmt: skip
+        self.sync_errors = bounds.sync_statistics_errors(
+            self.rank_stats, self.stats, self.eps, self.dtype
+        )
         # what each regime leaves the buffers at
         w = run.batch_weight
         rm0, rv0 = self.params.running_mean, self.params.running_var
@@ -126,6 +139,50 @@ class Regimes:
                 self.rank_running.append(
                     ((1 - w) * rm0 + w * stats.mean, (1 - w) * rv0 + w * stats.var_unbiased)
                 )
+        # SyncBatchNorm with the equal-weight variance: its buffers take it with the global
+        # count's Bessel factor, as they would the pooled one
+        bessel = self.count / (self.count - 1) if self.count > 1 else 1.0
+        self.equal_running_var = (1 - w) * rv0 + w * self.equal_var * bessel
+
+    def rank_scale(self, rank: int) -> np.ndarray | None:
+        """Per channel, the output scale of PyTorch's module on this rank's block alone (None
+        where it did not run or the rank holds nothing)."""
+        report = self.run.reports[rank]
+        if self.rank_stats[rank] is None or "own_errors" not in report:
+            return None
+        return channel_scale(report["own_errors"][2], self.params.weight)
+
+    def rank_bound(self, rank: int) -> np.ndarray | None:
+        """Per channel, what a correct batch norm of this rank's block alone can leave on its
+        output, in ULPs of the dtype at the block's scale (None as rank_scale)."""
+        scale, stats = self.rank_scale(rank), self.rank_stats[rank]
+        if scale is None or stats is None:
+            return None
+        cond = bounds.block_conditioning(
+            stats, self.run.reports[rank]["own_errors"][2], self.params.weight,
+            self.params.bias, self.eps,
+        )  # fmt: skip
+        found = bounds.rank_output_bound(cond, scale, self.dtype)
+        return bounds.in_ulps_of(found, scale, self.dtype)
+
+    def sync_bound(self, scale: np.ndarray) -> np.ndarray:
+        """Per channel, what SyncBatchNorm's output can leave, in ULPs of the dtype at
+        ``scale`` (the full batch's output scale, or one element's)."""
+        normalizer = bounds.sync_normalizer_errors(
+            self.sync_errors, self.stats.var_biased, self.eps, self.dtype
+        )
+        found = bounds.sync_output_bound(self.full_cond, normalizer, scale, self.dtype)
+        return bounds.in_ulps_of(found, scale, self.dtype)
+
+    def pooled_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel, how far the pooled mean and variance may be from the full batch's, in
+        ULPs of float64 at the scales their errors are measured at (the channel's root mean
+        square, the variance itself)."""
+        dm, dvar = bounds.pooled_room(self.full_cond)
+        return (
+            bounds.in_ulps_of(dm, self.full_cond.rms, "float64"),
+            bounds.in_ulps_of(dvar, self.stats.var_biased, "float64"),
+        )
 
     def rank_shift(self, rank: int) -> np.ndarray | None:
         """Per channel: how far PyTorch's output on this rank alone is from the full batch's
@@ -196,6 +253,11 @@ def _regime_channels(g: Regimes) -> tuple[RegimeChannel, ...]:
     averaged = g.linear_shift(
         stats.mean, std_of(g.averaged_var, g.eps), stats.mean, full_std, g.output_scale
     )
+    equal = g.linear_shift(
+        stats.mean, std_of(g.equal_var, g.eps), stats.mean, full_std, g.output_scale
+    )
+    mean_bound, var_bound = g.pooled_bounds()
+    sync_bound = g.sync_bound(g.output_scale)
     rows = []
     for c in range(g.channels):
         shift, rank = _worst(rank_shifts, c)
@@ -206,13 +268,18 @@ def _regime_channels(g: Regimes) -> tuple[RegimeChannel, ...]:
                 mean=_number(stats.mean[c]),
                 var_biased=_number(stats.var_biased[c]),
                 pooled_mean_ulp_error=_number(mean_ulps[c]),
+                pooled_mean_bound_ulps=_number(mean_bound[c]),
                 pooled_var_ulp_error=_number(var_ulps[c]),
+                pooled_var_bound_ulps=_number(var_bound[c]),
                 output_scale=_number(g.output_scale[c]),
                 torch_max_ulp_error_at_scale=_number(g.torch_ulps[c]),
                 sync_max_ulp_error_at_scale=_number(sync_ulps[c]),
+                sync_bound_ulps=_number(sync_bound[c]),
                 no_sync_max_shift=shift,
                 no_sync_worst_rank=rank,
                 averaged_max_shift=_number(averaged[c]),
+                equal_weight_var=_number(g.equal_var[c]),
+                equal_weight_max_shift=_number(equal[c]),
             )
         )
     return tuple(rows)
@@ -227,6 +294,9 @@ def _buffer_channels(g: Regimes) -> tuple[BufferChannel, ...]:
     mean_scale = running_mean_scale(rm0, rm, (w, g.stats.mean, rms), dtype)
     sync_mean_ulps = _ulps(report0["sync_running_mean"], rm, mean_scale, dtype)
     sync_var_ulps = _ulps(report0["sync_running_var"], rv, rv, dtype)
+    mean_room, var_room = bounds.sync_buffer_bounds(g.sync_errors, g.stats, w, rm, rv, dtype)
+    sync_mean_bound = bounds.in_ulps_of(mean_room, mean_scale, dtype)
+    sync_var_bound = bounds.in_ulps_of(var_room, rv, dtype)
     broadcast = g.rank_running[0]
     own_shifts = [g.eval_shift(b) for b in g.rank_running]
     if any(b is None for b in g.rank_running):
@@ -237,6 +307,7 @@ def _buffer_channels(g: Regimes) -> tuple[BufferChannel, ...]:
             np.mean([b[1] for b in g.rank_running], axis=0),
         )
     broadcast_shift, averaged_shift = g.eval_shift(broadcast), g.eval_shift(averaged)
+    equal_shift = g.eval_shift((rm, g.equal_running_var))
     refused = Undefined("PyTorch's module refused rank 0's block: it has no buffers")
     some_refused = Undefined("PyTorch's module refused a rank's block: not every rank has buffers")
 
@@ -252,7 +323,9 @@ def _buffer_channels(g: Regimes) -> tuple[BufferChannel, ...]:
                 running_mean=_number(rm[c]),
                 running_var=_number(rv[c]),
                 sync_running_mean_ulp_error=_number(sync_mean_ulps[c]),
+                sync_running_mean_bound_ulps=_number(sync_mean_bound[c]),
                 sync_running_var_ulp_error=_number(sync_var_ulps[c]),
+                sync_running_var_bound_ulps=_number(sync_var_bound[c]),
                 broadcast_running_mean=pick(
                     None if broadcast is None else broadcast[0], c, refused
                 ),
@@ -267,6 +340,8 @@ def _buffer_channels(g: Regimes) -> tuple[BufferChannel, ...]:
                     None if averaged is None else averaged[1], c, some_refused
                 ),
                 averaged_eval_shift=pick(averaged_shift, c, some_refused),
+                equal_weight_running_var=_number(g.equal_running_var[c]),
+                equal_weight_eval_shift=_number(equal_shift[c]),
             )
         )
     return tuple(rows)
@@ -286,6 +361,20 @@ def _rank_reports(g: Regimes) -> tuple[RankReport, ...]:
         hand = g.rank_running[rank]
         no_values = Undefined(f"rank {rank} holds no samples")
         why_not = Undefined(f"PyTorch's module refused rank {rank}'s block: {refused}")
+        output_scale, output_bound = g.rank_scale(rank), g.rank_bound(rank)
+        if hand is not None and not refused:
+            held = stats is not None
+            rms = np.sqrt(stats.mean**2 + stats.var_biased) if held else np.zeros_like(rm0)
+            mean_scale = running_mean_scale(
+                rm0, hand[0], (w if held else 0.0, stats.mean if held else rms, rms), dtype
+            )
+            mean_room, var_room = bounds.rank_buffer_bounds(
+                stats, w, hand[0], hand[1], dtype
+            )
+            mean_ulps = _ulps(report["torch_running_mean"], hand[0], mean_scale, dtype)
+            var_ulps = _ulps(report["torch_running_var"], hand[1], hand[1], dtype)
+            mean_bound = bounds.in_ulps_of(mean_room, mean_scale, dtype)
+            var_bound = bounds.in_ulps_of(var_room, hand[1], dtype)
         channels = []
         for c in range(g.channels):
             if stats is None:
@@ -307,13 +396,13 @@ def _rank_reports(g: Regimes) -> tuple[RankReport, ...]:
                         if g.stats.var_biased[c] > 0
                         else Undefined("the full batch's variance is 0"),
                     }
-            if "own_errors" in report:
+            if output_scale is not None and output_bound is not None:
                 errors = report["own_errors"]
-                scale = channel_scale(errors[2][c], g.params.weight[c])
                 max_abs: Number = _number(errors[0][c])
-                at_scale: Number = _number(_ulps(errors[0][c], 0.0, scale, dtype))
+                at_scale: Number = _number(_ulps(errors[0][c], 0.0, output_scale[c], dtype))
+                bound: Number = _number(output_bound[c])
             else:
-                max_abs = at_scale = why_not if refused else no_values
+                max_abs = at_scale = bound = why_not if refused else no_values
             if hand is None or refused:
                 buffers: dict[str, Number] = dict.fromkeys(
                     (
@@ -322,35 +411,22 @@ def _rank_reports(g: Regimes) -> tuple[RankReport, ...]:
                         "torch_running_mean",
                         "torch_running_var",
                         "running_mean_ulp_error_at_scale",
+                        "running_mean_bound_ulps",
                         "running_var_ulp_error",
+                        "running_var_bound_ulps",
                     ),
                     why_not,
                 )
             else:
-                torch_mean = report["torch_running_mean"][c]
-                torch_var = report["torch_running_var"][c]
-                batch_mean = stats.mean[c] if stats is not None else 0.0
-                batch_rms = (
-                    math.sqrt(stats.mean[c] ** 2 + stats.var_biased[c])
-                    if stats is not None
-                    else 0.0
-                )
-                weight = w if stats is not None else 0.0
-                scale = running_mean_scale(
-                    np.array([rm0[c]]), np.array([hand[0][c]]),
-                    (weight, np.array([batch_mean]), np.array([batch_rms])), dtype,
-                )  # fmt: skip
                 buffers = {
                     "running_mean": _number(hand[0][c]),
                     "running_var": _number(hand[1][c]),
-                    "torch_running_mean": _number(torch_mean),
-                    "torch_running_var": _number(torch_var),
-                    "running_mean_ulp_error_at_scale": _number(
-                        _ulps(np.array([torch_mean]), np.array([hand[0][c]]), scale, dtype)[0]
-                    ),
-                    "running_var_ulp_error": _number(
-                        _ulps(np.array([torch_var]), np.array([hand[1][c]]), hand[1][c], dtype)[0]
-                    ),
+                    "torch_running_mean": _number(report["torch_running_mean"][c]),
+                    "torch_running_var": _number(report["torch_running_var"][c]),
+                    "running_mean_ulp_error_at_scale": _number(mean_ulps[c]),
+                    "running_mean_bound_ulps": _number(mean_bound[c]),
+                    "running_var_ulp_error": _number(var_ulps[c]),
+                    "running_var_bound_ulps": _number(var_bound[c]),
                 }
             channels.append(
                 RankChannel(
@@ -358,6 +434,7 @@ def _rank_reports(g: Regimes) -> tuple[RankReport, ...]:
                     **own,
                     max_abs_error=max_abs,
                     max_ulp_error_at_scale=at_scale,
+                    bound_ulps=bound,
                     output_shift=(why_not if refused else no_values)
                     if shift is None or stats is None
                     else _number(shift[c]),
@@ -381,73 +458,31 @@ def _rank_reports(g: Regimes) -> tuple[RankReport, ...]:
     return tuple(reports)
 
 
-def _bound(g: Regimes, count: int, mean, var, scale) -> np.ndarray:
-    """Per channel, what a correct batch norm in the dtype can leave on a batch of ``count``
-    values per channel with these statistics, in ULPs at ``scale`` (check's tolerance, derived
-    in check/tolerance.py from the dtype and the data's conditioning; the full batch's extremes
-    stand for a rank's, which can only widen it). Only an exact agreement where it is NaN."""
-    cond = conditioning(
-        count=count, mean=mean, var=var, eps=g.eps, data_mean=mean, data_var=var,
-        low=g.run.minimum, high=g.run.maximum, weight=g.params.weight, bias=g.params.bias,
-        from_batch=True,
-    )  # fmt: skip
-    ulps = in_ulps(channel_bound(cond, scale, g.dtype).total, scale, g.dtype)
-    return np.nan_to_num(ulps, nan=0.0)
-
-
-def tolerance(g: Regimes) -> np.ndarray:
-    """Per channel, the error a correct batch norm in the dtype can leave on the full batch, in
-    ULPs at the channel's scale (check's derived tolerance)."""
-    return _bound(g, g.count, g.stats.mean, g.stats.var_biased, g.output_scale)
-
-
-def rank_tolerance(g: Regimes, rank: int) -> np.ndarray | None:
-    """The same for one rank's block alone, at that block's output scale (None for a rank
-    whose module did not run or that holds nothing)."""
-    stats, report = g.rank_stats[rank], g.run.reports[rank]
-    if stats is None or "own_errors" not in report:
-        return None
-    scale = channel_scale(report["own_errors"][2], g.params.weight)
-    return _bound(g, stats.count, stats.mean, stats.var_biased, scale)
-
-
 def _ratio(error: float, allowed: float) -> float:
-    """error / allowed; 0 for no error, inf for an error where nothing is allowed."""
+    """error / allowed; 0 for no error, inf for an error where nothing is allowed or for a NaN
+    where a number belongs (the worst error)."""
+    if math.isnan(error):
+        return math.inf
     if error == 0:
         return 0.0
     return error / allowed if allowed else math.inf
 
 
-def _largest(found: list[tuple[float, Number, str]]) -> tuple[float, Number, str]:
-    """The entry whose error is largest against what it may be (its first item: error over
-    allowance), NaN counting as largest (a NaN where a number belongs is the worst error)."""
-    if not found:
-        return (0.0, 0.0, "nowhere")
-    return max(found, key=lambda f: math.inf if math.isnan(f[0]) else f[0])
+Found = tuple[Number, Number, str]  # (error, what a correct result may leave there, where)
 
 
-def _sync_buffer_room(g: Regimes) -> tuple[np.ndarray, np.ndarray]:
-    """What SyncBatchNorm's buffers may be off the full batch's update, in ULPs of the dtype
-    (running_var at its value, running_mean at its update's scale): ROUNDING_ULPS, or the
-    momentum's share of the error a correct implementation's statistics can have (check's
-    derivation) where that is larger. The variance also gets SyncBatchNorm's own round trip:
-    it rebuilds each rank's variance as (1 / invstd)^2 - eps, a few units of var + eps, which
-    relative to var is (var + eps) / var times more."""
-    cond = conditioning(
-        count=g.count, mean=g.stats.mean, var=g.stats.var_biased, eps=g.eps,
-        data_mean=g.stats.mean, data_var=g.stats.var_biased, low=g.run.minimum,
-        high=g.run.maximum, weight=g.params.weight, bias=g.params.bias, from_batch=True,
-    )  # fmt: skip
-    dm, dvar = statistics_errors(cond, g.dtype)
-    w, (rm, rv) = g.run.batch_weight, g.running
-    rms = np.sqrt(g.stats.mean**2 + g.stats.var_biased)
-    mean_scale = running_mean_scale(g.before[0], rm, (w, g.stats.mean, rms), g.dtype)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        var = np.abs(g.stats.var_biased)
-        round_trip = ROUNDING_ULPS * (1 + g.eps / var)
-        var_room = np.maximum(round_trip, w * dvar / ulp(rv, g.dtype))
-        mean_room = np.maximum(ROUNDING_ULPS, w * dm / ulp(mean_scale, g.dtype))
-    return np.nan_to_num(var_room, nan=0.0), np.nan_to_num(mean_room, nan=0.0)
+def _judged(name: str, found: list[Found], unit: str, detail: str) -> RegimeCheck:
+    """A check over every place it covers: passed if each error is within what may be left
+    there; it reports the place whose error is largest against that."""
+    held = [f for f in found if not isinstance(f[0], Undefined) and not isinstance(f[1], Undefined)]
+    if not held:
+        nothing = Undefined("nothing to compare here")
+        return RegimeCheck(name, True, nothing, nothing, unit, "nowhere", detail)
+    ratios = [_ratio(float(error), float(bound)) for error, bound, _ in held]
+    worst = max(range(len(held)), key=lambda k: ratios[k])
+    error, bound, where = held[worst]
+    passed = bool(all(r <= 1 for r in ratios))
+    return RegimeCheck(name, passed, _number(error), _number(bound), unit, where, detail)
 
 
 def _checks(
@@ -456,138 +491,131 @@ def _checks(
     buffers: tuple[BufferChannel, ...],
     ranks: tuple[RankReport, ...],
 ) -> tuple[RegimeCheck, ...]:
-    dtype, allowed = g.dtype, tolerance(g)
+    """The checks the verdict rests on, each error judged by what a correct computation can
+    leave on the data it covers (distributed/bounds.py), never a fixed count of ULPs."""
+    dtype = g.dtype
     at_scale = f"ULP of {dtype} at scale"
-
-    def check(name, found, limit_of, unit, detail) -> RegimeCheck:
-        ratio, value, where = _largest(found)
-        limit = limit_of(where)
-        return RegimeCheck(
-            name, bool(ratio <= 1), _number(value), _number(limit), unit, where, detail
-        )
-
-    pooled = [
-        (
-            r.pooled_mean_ulp_error / POOLED_ULPS,
-            r.pooled_mean_ulp_error,
-            f"channel {r.channel}, mean",
-        )
+    pooled: list[Found] = [
+        (r.pooled_mean_ulp_error, r.pooled_mean_bound_ulps, f"channel {r.channel}, mean")
+        for r in regimes
+    ] + [
+        (r.pooled_var_ulp_error, r.pooled_var_bound_ulps, f"channel {r.channel}, variance")
         for r in regimes
     ]
-    pooled += [(r.pooled_var_ulp_error / POOLED_ULPS, r.pooled_var_ulp_error,
-                f"channel {r.channel}, variance") for r in regimes]  # fmt: skip
-    limits: dict[str, float] = {}
-
-    def noted(where: str, limit: float) -> str:
-        limits[where] = float(limit)
-        return where
-
-    per_rank = []
-    for r in ranks:
-        own = rank_tolerance(g, r.rank)
-        for rc in r.channels:
-            if own is None or isinstance(rc.max_ulp_error_at_scale, Undefined):
-                continue
-            limit = own[rc.channel]
-            where = noted(f"rank {r.rank}, channel {rc.channel}", limit)
-            ratio = _ratio(rc.max_ulp_error_at_scale, limit)
-            per_rank.append((ratio, rc.max_ulp_error_at_scale, where))
+    per_rank: list[Found] = [
+        (c.max_ulp_error_at_scale, c.bound_ulps, f"rank {r.rank}, channel {c.channel}")
+        for r in ranks
+        for c in r.channels
+    ]
     ran = sum(r.torch_refused is None for r in ranks)
     refusal = next((r.torch_refused for r in ranks if r.torch_refused), None)
-    sync = [
-        (
-            _ratio(r.sync_max_ulp_error_at_scale, allowed[r.channel]),
-            r.sync_max_ulp_error_at_scale,
-            noted(f"channel {r.channel}", allowed[r.channel]),
-        )
+    sync: list[Found] = [
+        (r.sync_max_ulp_error_at_scale, r.sync_bound_ulps, f"channel {r.channel}")
         for r in regimes
     ]
     sync_detail = (
         "SyncBatchNorm's forward (its CUDA formulas, emulated) over the gathered statistics, "
-        "against the full batch's float64 reference"
+        "against the full batch's float64 reference, allowed what a correct batch norm of the "
+        "full batch can leave with SyncBatchNorm's pooled statistics"
     )
-    if dtype == "float16" and any(not math.isfinite(v) for _, v, _ in sync):
+    if dtype == "float16" and any(
+        isinstance(v, float) and not math.isfinite(v) for v, _, _ in sync
+    ):
         sync_detail += (
             "; its output is not finite: SyncBatchNorm casts the counts to the layer's "
             "float16, which overflows above 65504 values per channel on a rank (pytorch#70901)"
         )
-    hand = [
-        (rc.running_mean_ulp_error_at_scale / ROUNDING_ULPS, rc.running_mean_ulp_error_at_scale,
-         f"rank {r.rank}, channel {rc.channel}, running_mean")
+    hand: list[Found] = [
+        (
+            c.running_mean_ulp_error_at_scale,
+            c.running_mean_bound_ulps,
+            f"rank {r.rank}, channel {c.channel}, running_mean",
+        )
         for r in ranks
-        for rc in r.channels
-        if not isinstance(rc.running_mean_ulp_error_at_scale, Undefined)
+        for c in r.channels
     ] + [
-        (rc.running_var_ulp_error / ROUNDING_ULPS, rc.running_var_ulp_error,
-         f"rank {r.rank}, channel {rc.channel}, running_var")
+        (
+            c.running_var_ulp_error,
+            c.running_var_bound_ulps,
+            f"rank {r.rank}, channel {c.channel}, running_var",
+        )
         for r in ranks
-        for rc in r.channels
-        if not isinstance(rc.running_var_ulp_error, Undefined)
-    ]  # fmt: skip
-    var_room, mean_room = _sync_buffer_room(g)
-    sync_buffers = [
-        (_ratio(b.sync_running_var_ulp_error, var_room[b.channel]), b.sync_running_var_ulp_error,
-         noted(f"channel {b.channel}, running_var", var_room[b.channel]))
+        for c in r.channels
+    ]
+    sync_buffers: list[Found] = [
+        (
+            b.sync_running_mean_ulp_error,
+            b.sync_running_mean_bound_ulps,
+            f"channel {b.channel}, running_mean",
+        )
         for b in buffers
     ] + [
-        (_ratio(b.sync_running_mean_ulp_error, mean_room[b.channel]),
-         b.sync_running_mean_ulp_error,
-         noted(f"channel {b.channel}, running_mean", mean_room[b.channel]))
+        (
+            b.sync_running_var_ulp_error,
+            b.sync_running_var_bound_ulps,
+            f"channel {b.channel}, running_var",
+        )
         for b in buffers
-    ]  # fmt: skip
+    ]
     return (
-        check(
+        _judged(
             "pooled statistics = full batch's",
             pooled,
-            lambda _: POOLED_ULPS,
             "ULP of float64",
             "every rank's float64 count, mean and m2, gathered with all_gather and pooled by "
-            "counts, against the full batch's statistics computed in one process",
+            "counts, against the full batch's statistics computed in one process, allowed "
+            "what two float64 computations of the full batch's statistics can leave",
         ),
-        check(
+        _judged(
             "PyTorch per rank = its block's batch norm",
             per_rank,
-            lambda where: limits.get(where, ROUNDING_ULPS),
             at_scale,
-            f"PyTorch's module in each rank's process against the float64 reference of that "
-            f"rank's block alone; {ran} of {len(ranks)} ranks ran it"
+            "PyTorch's module in each rank's process against the float64 reference of that "
+            "rank's block alone, allowed what a correct batch norm of that block can leave; "
+            f"{ran} of {counted(len(ranks), 'rank')} ran it"
             + ("" if refusal is None else f", the others refused ({refusal})"),
         ),
-        check(
-            "SyncBatchNorm output = full batch's",
-            sync,
-            lambda where: limits.get(where, ROUNDING_ULPS),
-            at_scale,
-            sync_detail,
-        ),
-        check(
+        _judged("SyncBatchNorm output = full batch's", sync, at_scale, sync_detail),
+        _judged(
             "rank buffers = own update by hand",
             hand,
-            lambda _: ROUNDING_ULPS,
             f"ULP of {dtype}",
             "PyTorch's buffers after the step in each rank against (1 - momentum) * before + "
             "momentum * the rank's mean and unbiased variance (its own count's Bessel factor), "
-            "by hand in float64",
+            "by hand in float64, allowed what a correct update from that rank's block can "
+            "leave",
         ),
-        check(
+        _judged(
             "SyncBatchNorm buffers = full batch's",
             sync_buffers,
-            lambda where: limits.get(where, ROUNDING_ULPS),
             f"ULP of {dtype}",
-            f"SyncBatchNorm's buffers (emulated) against the full batch's update, whose "
-            f"variance takes the global count's Bessel factor, N - 1 = {g.count - 1}; the "
-            "variance's allowance grows with eps / var, as SyncBatchNorm rebuilds each rank's "
-            "variance from 1 / invstd^2 - eps",
+            "SyncBatchNorm's buffers (emulated) against the full batch's update, whose "
+            f"variance takes the global count's Bessel factor, N - 1 = {g.count - 1}, allowed "
+            "what a correct update from SyncBatchNorm's pooled statistics can leave (each "
+            "rank's variance rebuilt from 1 / invstd^2 - eps)",
         ),
     )
 
 
 def problem_line(check: RegimeCheck) -> str:
-    """A failed check as the verdict's first line."""
+    """A failed check as the verdict's first line: what failed, where, by how much (its detail,
+    what was compared with what, is under the checks)."""
     return (
-        f"problem: {check.name} fails: {check.max_error:.3g} {check.unit} at {check.where} "
-        f"(allowed {check.allowed:.3g}); {check.detail}"
+        f"problem: {check.name} fails at {check.where}: {fmt_number(check.max_error)} "
+        f"{check.unit} (allowed {fmt_number(check.allowed)})"
     )
+
+
+def failed_summary(failed: list[RegimeCheck]) -> tuple[str, ...]:
+    """The verdict of failed checks: the first, and how many more."""
+    more = len(failed) - 1
+    return (problem_line(failed[0]),) + (
+        (f"and {counted(more, 'more check')} failed; see the checks",) if more else ()
+    )
+
+
+def fmt_number(value: Number) -> str:
+    return "n/a" if isinstance(value, Undefined) else f"{value:.3g}"
 
 
 def _percent(share: float) -> str:
@@ -597,41 +625,29 @@ def _percent(share: float) -> str:
 def _verdict(
     g: Regimes, checks: tuple[RegimeCheck, ...], regimes, buffers, sizes: tuple[int, ...]
 ) -> Verdict:
-    split = ",".join(map(str, sizes))
+    """Two lines at most: whether SyncBatchNorm reproduces the full batch, and (more than one
+    rank) how far DDP without it moves the outputs, train and eval."""
     failed = [c for c in checks if not c.passed]
     if failed:
-        first = [problem_line(failed[0])]
-        if len(failed) > 1:
-            first.append(f"and {len(failed) - 1} more check(s) failed; see the checks")
-        return Verdict("differs", tuple(first))
-    pooled = max(
-        max(r.pooled_mean_ulp_error, r.pooled_var_ulp_error) for r in regimes
-    )  # all defined when the check passed
+        return Verdict("differs", failed_summary(failed))
     sync = max(_defined([r.sync_max_ulp_error_at_scale for r in regimes]), default=0.0)
-    statistics = (
-        f"statistics within {pooled:.2g} ULP of float64" if pooled else "the same statistics"
-    )
-    line1 = (
-        f"SyncBatchNorm over {len(sizes)} ranks (samples {split}) reproduces the full batch: "
-        f"{statistics}, output within {sync:.2g} ULP of {g.dtype} at the channel's scale"
-    )
+    ranks = counted(len(sizes), "rank")
+    line1 = f"SyncBatchNorm over {ranks} reproduces the full batch ({sync:.2g} ULP of {g.dtype})"
+    if len(sizes) == 1:
+        return Verdict(
+            "agrees",
+            (line1, "with one rank, DDP without sync and its buffer broadcast are the full batch"),
+        )
     shifts = [(r.no_sync_max_shift, r.no_sync_worst_rank, r.channel) for r in regimes]
     held = [s for s in shifts if not isinstance(s[0], Undefined) and not math.isnan(s[0])]
     eval_shifts = _defined([b.broadcast_eval_shift for b in buffers])
     if held:
         shift, rank, channel = max(held)
-        line2 = (
-            f"without sync (DDP with plain BatchNorm), rank {rank}'s own statistics move "
-            f"channel {channel}'s output by up to {_percent(shift)} of its scale"
-        )
+        line2 = f"without sync, rank {rank} shifts channel {channel} by {_percent(shift)}"
     else:
-        refusal = next((str(r["torch_refused"]) for r in g.run.reports if "torch_refused" in r), "")
-        line2 = f"without sync, PyTorch's module refuses every rank's block ({refusal})"
+        line2 = "without sync, PyTorch's module refuses every rank's block"
     if eval_shifts:
-        line2 += (
-            f"; DDP's broadcast of rank 0's running buffers moves eval outputs by up to "
-            f"{_percent(max(eval_shifts))}"
-        )
+        line2 += f"; eval {_percent(max(eval_shifts))} (DDP's broadcast)"
     return Verdict("agrees", (line1, line2))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bninspect.errors import BnInspectError, OptionError
 from bninspect.numerics.pooling import even_sizes
+from bninspect.text import counted
 
 RANK_OPTIONS = "--ranks K or --rank-sizes"
 
@@ -43,7 +44,8 @@ def batch_split(samples: int, ranks: int | None, rank_sizes: str | None) -> tupl
     assert ranks is not None
     if ranks > samples:
         raise OptionError(
-            f"--ranks {ranks}: the batch has only {samples} samples on axis 0, so some ranks "
+            f"--ranks {ranks}: the batch has only {counted(samples, 'sample')} on axis 0, so "
+            "some ranks "
             f"would hold none; give at most --ranks {samples}, or --rank-sizes to leave ranks "
             "empty on purpose"
         )
@@ -60,7 +62,13 @@ def is_pattern(text: str) -> bool:
 
 def expand_pattern(pattern: str) -> list[Path]:
     """The .npy files a pattern names, sorted by name, so every rank, on any machine, sees the
-    same list in the same order."""
+    same list in the same order. A directory is refused, not read whole: a pattern says
+    which of its files are the data (a --save-output beside them is not)."""
+    if Path(pattern).is_dir():
+        raise BnInspectError(
+            f"--input {pattern}: is a directory; give its files as a quoted pattern: --input "
+            f"'{Path(pattern) / '*.npy'}'"
+        )
     found = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
     files = [p for p in found if p.is_file()]
     if not files:

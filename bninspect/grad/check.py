@@ -303,9 +303,9 @@ def diagnose(inspection: Inspection, backward: Backward, theirs: list[TheirGradi
     partial = {t.name for t in theirs if not np.isfinite(t.values).all()}
     return GradDiagnosis(
         explained=bool(wrong) and all(isinstance(best[n], str) for n in wrong),
-        summary=_summary(stated_left, wrong, best, hypotheses, backward, partial),
+        conclusion=_summary(stated_left, wrong, best, hypotheses, backward, partial),
         stated=stated_left,
-        best=best,
+        explained_by=best,
         hypotheses=tuple(hypotheses),
         stated_over_bound={n: _largest(m.over_bound) for n, m in stated.items()},
     )
@@ -455,7 +455,7 @@ def _verdict(checks, theirs, reference, diagnosis: GradDiagnosis, passed: bool, 
                 "(no mistake can be told apart)"
             )
         if any(h.explains for h in diagnosis.hypotheses):  # within atol/rtol, yet a mistake fits
-            return Verdict("pass", (first, diagnosis.summary))
+            return Verdict("pass", (first, diagnosis.conclusion))
         return Verdict("pass", (first,))
     values = {t.name: t.values for t in theirs}
     texts = {g.name: _non_finite_text(g.name, values[g.name], reference[g.name]) for g in checks}
@@ -496,6 +496,6 @@ def _verdict(checks, theirs, reference, diagnosis: GradDiagnosis, passed: bool, 
         ):
             rest += "; the finite ones match the stated formulas within rounding"
         else:
-            rest += f"; of the finite ones: {diagnosis.summary}"
+            rest += f"; of the finite ones: {diagnosis.conclusion}"
         return Verdict("fail", (first, rest))
-    return Verdict("fail", (first, diagnosis.summary))
+    return Verdict("fail", (first, diagnosis.conclusion))

@@ -91,7 +91,14 @@ def _is_dangling_link(path: Path) -> bool:
 
 
 def refuse(what: str, path: Path, problem: str, error: type = BnInspectError) -> BnInspectError:
-    """The error ``what path: problem`` (the CLI escapes what a terminal would act on)."""
+    """The error ``what path: problem`` (the CLI escapes what a terminal would act on). A
+    directory as --input is never read whole: the message names the pattern of its files that
+    run --stats-only streams (docs/distributed.md)."""
+    if what == "--input" and problem.startswith("is a directory"):
+        problem = (
+            "is a directory; give a .npy file, or to stream its files (run --stats-only) a "
+            f"quoted pattern: --input '{path / '*.npy'}'"
+        )
     return error(f"{what} {path}: {problem}")
 
 

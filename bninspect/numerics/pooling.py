@@ -1,7 +1,8 @@
 """Batch statistics of a batch split over data-parallel ranks, in float64: each rank's own
 (what DDP without SyncBatchNorm normalizes with), the ranks' pooled by counts (what
 SyncBatchNorm normalizes with: the full batch's), and the per-rank variances averaged instead
-of pooled (a common mistake). Pure numpy; nothing here knows about processes.
+of pooled (common mistakes: by count, or plainly with equal weights). Pure numpy; nothing here
+knows about processes.
 
 A split is a tuple of rank sizes: samples (rows of axis 0) per rank, in rank order, each rank
 holding a contiguous block, as a batch split across ranks is fed. Ranks may be empty.
@@ -94,3 +95,12 @@ def averaged_variance(ranks: list[ChannelStatistics | None]) -> np.ndarray:
     the spread of the rank means, sum n_r (mean_r - mean)^2 / N, which this leaves out."""
     held = [r for r in ranks if r is not None]
     return sum(r.m2 for r in held) / sum(r.count for r in held)
+
+
+def equal_weight_variance(ranks: list[ChannelStatistics | None]) -> np.ndarray:
+    """The plain average of the per-rank biased variances, each rank weighted alike whatever
+    its count (all_reduce(var) / K over the K ranks holding values; an empty rank has no
+    variance to send). Besides the spread of the rank means, it also loses the counts: on
+    uneven ranks a small rank's variance weighs as much as a large one's."""
+    held = [r for r in ranks if r is not None]
+    return sum(r.var_biased for r in held) / len(held)

@@ -24,6 +24,19 @@ def _where(e: ElementError | Undefined) -> str:
     return f"at [{index}]: yours {fmt(e.theirs)}, reference {fmt(e.reference)}"
 
 
+def _largest(result: CheckResult) -> str:
+    """The largest |err| with its element, its channel, and its error at that channel's scale:
+    one element's numbers, never mixed with another channel's."""
+    e = result.worst_by_abs_error
+    if isinstance(e, Undefined):
+        return f"largest |err|: {fmt(e)}"
+    channel = e.index[result.input.channel_axis] if len(e.index) > 1 else 0
+    return (
+        f"largest |err| {fmt(e.abs_error)} {_where(e)} (channel {channel}: "
+        f"{fmt(e.ulp_error_at_scale)} ULP of {result.input.dtype} at its scale)"
+    )
+
+
 def _pattern(c: ChannelCheck) -> str:
     """The error's shape with its fitted numbers: 'scale x0.995', 'shift +0.02'."""
     if isinstance(c.factor, Undefined) or isinstance(c.offset, Undefined):
@@ -70,16 +83,24 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
     out = result.output
     tol = result.tolerance
     parts: list[RenderableType] = []
-    largest_abs = getattr(result.worst_by_abs_error, "abs_error", result.worst_by_abs_error)
+    dtype = result.input.dtype
     largest_rel = getattr(result.worst_by_rel_error, "rel_error", result.worst_by_rel_error)
-    lines = [
-        f"largest |err| {fmt(largest_abs)} {_where(result.worst_by_abs_error)}",
-        f"at the channel's scale: {fmt(result.max_ulp_error_at_scale)} ULP of {result.input.dtype} "
-        f"(PyTorch's own output: {fmt(result.torch_max_ulp_error_at_scale)})",
-    ]
+    lines = [_largest(result)]
+    worst = max(
+        (c for c in result.channels if not isinstance(c.max_ulp_error_at_scale, Undefined)),
+        key=lambda c: c.max_ulp_error_at_scale,
+        default=None,
+    )
+    if worst is not None:
+        lines.append(
+            f"worst channel at its scale: {worst.channel}, {fmt(worst.max_ulp_error_at_scale)} "
+            f"ULP of {dtype} (PyTorch's: {fmt(result.torch_max_ulp_error_at_scale)})"
+        )
     if verbose:
         where = _where(result.worst_by_rel_error)
         lines.insert(1, f"largest relative error {fmt(largest_rel)} {where}")
+    if not isinstance(result.diagnosis.note, Undefined):
+        lines.append(f"note: {result.diagnosis.note}")
     parts.append(Text("\n".join(lines)))
     rows = [
         [
@@ -89,14 +110,14 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
             fmt(e.torch),
             fmt(e.abs_error),
             fmt(e.rel_error),
-            fmt(e.ulp_error),
+            fmt(e.ulp_error_at_scale),
         ]
         for e in result.worst
     ]
-    if rows and (verbose or not result.passed):
+    if rows and (verbose or result.mismatches):  # the output's worst, where it fails
         parts.append(
             grid(
-                f"The {len(result.worst)} largest errors",
+                f"The {len(result.worst)} largest errors (ULP: of {dtype} at the channel's scale)",
                 ["index", "yours", "reference", "PyTorch", "|err|", "rel err", "ULP"],
                 rows,
             )
@@ -157,25 +178,25 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
     diagnosis = result.diagnosis
     tried = diagnosis.hypotheses if verbose else [h for h in diagnosis.hypotheses if h.explains]
     if tried:
-        dtype = result.input.dtype
         rows = [
             [
                 h.name,
                 h.description + (f" ({h.detail})" if h.detail else ""),
                 fmt(h.max_ulp_error_at_scale) + (f" {h.precision}" if h.precision != dtype else ""),
+                fmt(h.max_over_bound),
                 fmt(h.explains),
             ]
             for h in tried
         ]
         title = (
-            "Known mistakes tried, best first, fitted ones last"
+            "Known mistakes tried: those that explain it, then the closest"
             if verbose
             else "Known mistakes that explain it"
         )
         parts.append(
             grid(
-                f"{title} (ULPs of {dtype} left at scale)",
-                ["variant", "what it does", "error left", "explains"],
+                f"{title} (left: {dtype} ULPs at scale; x bound)",
+                ["variant", "what it does", "error left", "x bound", "explains"],
                 rows,
                 left=(0, 1),
             )
@@ -200,12 +221,17 @@ def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
             fmt(b.max_ulp_error_at_scale),
             fmt(b.bound_ulps),
             fmt(b.passed),
-            b.mistake if not isinstance(b.mistake, Undefined) else b.mistake.reason,
+            fmt(b.explained_by)
+            if not isinstance(b.explained_by, Undefined)
+            else b.explained_by.reason,
         ]
         for b in check.buffers
     ]
+    if not isinstance(check.num_batches_tracked, Undefined):
+        t = check.num_batches_tracked
+        rows.append(["num_batches_tracked", "", "", fmt(t.passed), t.detail])
     table = grid(
-        f"Your buffers after the pass: {check.summary}",
+        f"Your buffers after the pass: {check.conclusion}",
         ["buffer", "ULP at scale", "correct can leave", "passed", "explained by"],
         rows,
         left=(0, 4),
@@ -213,12 +239,21 @@ def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
     tried = [h for h in check.hypotheses if verbose or h.explains]
     if not tried:
         return table
-    rows = [[h.name, h.description, fmt(h.max_ulp_error_at_scale), fmt(h.explains)] for h in tried]
+    rows = [
+        [
+            h.name,
+            h.description,
+            fmt(h.max_ulp_error_at_scale),
+            fmt(h.max_over_bound),
+            fmt(h.explains),
+        ]
+        for h in tried
+    ]
     return Group(
         table,
         grid(
             "Known buffer mistakes " + ("tried" if verbose else "that explain them"),
-            ["variant", "what it does", "ULP left", "explains"],
+            ["variant", "what it does", "ULP left", "x bound", "explains"],
             rows,
             left=(0, 1),
         ),

@@ -6,6 +6,8 @@ percentage)."""
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.console import RenderableType
 from rich.text import Text
 
@@ -18,6 +20,7 @@ from bninspect.results.distributed import (
     PopulationResult,
     RegimeCheck,
 )
+from bninspect.text import counted
 
 
 def percent(share: Number) -> str:
@@ -34,11 +37,17 @@ def _ranks_line(ranks: int, sizes: tuple[int, ...], launcher: str) -> Text:
 
 
 def _checks(checks: tuple[RegimeCheck, ...]) -> Text:
-    lines = [
-        f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {fmt(c.max_error)} {c.unit} "
-        f"(allowed {fmt(c.allowed)})"
-        for c in checks
-    ]
+    """One line per check (wrapped under its name), a failed one followed by what it compared."""
+    lines = []
+    for c in checks:
+        line = (
+            f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {fmt(c.max_error)} {c.unit} "
+            f"(allowed {fmt(c.allowed)})"
+        )
+        lines.append(textwrap.fill(line, width=80, subsequent_indent=" " * 5))
+        if not c.passed:
+            lines.append(textwrap.fill(c.detail, width=80, initial_indent=" " * 5,
+                                       subsequent_indent=" " * 5))  # fmt: skip
     return Text("\n".join(lines))
 
 
@@ -76,51 +85,101 @@ def render_split_run(result: DistributedRunResult, verbose: bool = False) -> lis
             rows,
         )
     )
+    if result.ranks == 1:
+        parts.append(
+            Text(
+                "One rank: DDP without SyncBatchNorm, its broadcast of rank 0's buffers and any "
+                "average over ranks are the full batch's own computation; there is no effect "
+                "of the split to show."
+            )
+        )
+    else:
+        parts += _split_effects(result, verbose)
+    parts.append(_ranks_alone(result))
+    if verbose:
+        parts.append(_rank_channels(result))
+    refusals = [f"rank {r.rank}: {r.torch_refused}" for r in result.rank_reports if r.torch_refused]
+    if refusals:
+        parts.append(Text("PyTorch's module refused " + "; ".join(refusals), style="yellow"))
+    parts.append(_checks(result.checks))
+    parts.append(_verified(result.verified))
+    return parts
+
+
+def _split_effects(result: DistributedRunResult, verbose: bool) -> list[RenderableType]:
+    """What the split changes (more than one rank): the train-mode output under each regime
+    that is not the full batch's, and the eval-mode output with each regime's buffers."""
     rows = [
         [
             str(r.channel),
             fmt(r.no_sync_worst_rank),
             percent(r.no_sync_max_shift),
             percent(r.averaged_max_shift),
+            percent(r.equal_weight_max_shift),
         ]
         for r in result.channels
     ]
-    parts.append(
+    parts: list[RenderableType] = [
         grid(
-            "Output shift from the full batch's, % of the channel's scale",
-            ["ch", "no sync: worst rank", "no sync: shift", "variances averaged: shift"],
+            "Train-mode output shift from the full batch's, % of the channel's scale",
+            ["ch", "no sync: worst rank", "no sync", "variances by count", "variances equal"],
             rows,
         )
-    )
+    ]
     rows = [
         [
             str(b.channel),
-            fmt(b.running_var),
-            fmt(b.broadcast_running_var),
             percent(b.broadcast_eval_shift),
             percent(b.own_eval_shift),
             fmt(b.own_worst_rank),
-            fmt(b.averaged_running_var),
             percent(b.averaged_eval_shift),
+            percent(b.equal_weight_eval_shift),
         ]
         for b in result.buffers
     ]
     parts.append(
         grid(
-            "running_var after the step; eval output shift, % of its scale",
-            [
-                "ch",
-                "full batch = SyncBN",
-                "rank 0's (DDP broadcast)",
-                "shift",
-                "own per rank: worst shift",
-                "worst rank",
-                "averaged over ranks",
-                "shift",
-            ],
+            "Eval-mode output shift with each regime's running buffers, % of its scale",
+            ["ch", "DDP broadcast", "own buffers", "worst rank", "buffers averaged",
+             "variances equal"],
             rows,
-        )
+        )  # fmt: skip
     )
+    if verbose:
+        rows = [
+            [
+                str(b.channel),
+                fmt(b.running_var),
+                fmt(b.broadcast_running_var),
+                fmt(b.averaged_running_var),
+                fmt(b.equal_weight_running_var),
+            ]
+            for b in result.buffers
+        ]
+        parts.append(
+            grid(
+                "running_var after the step",
+                ["ch", "full batch = SyncBN", "rank 0's", "buffers averaged", "variances equal"],
+                rows,
+            )
+        )
+    parts.append(Text(SPLIT_KEY, style="dim"))
+    return parts
+
+
+SPLIT_KEY = (
+    "no sync: DDP with plain BatchNorm, each rank its own statistics. variances by count: "
+    "sum m2_k / N, without the spread of the rank means; variances equal: sum var_k / K, the "
+    "ranks weighted alike whatever their sizes (both with the pooled mean, and in eval mode "
+    "with the global Bessel factor). DDP broadcast: every rank ends with rank 0's buffers; "
+    "own buffers: broadcast_buffers=False; buffers averaged: all_reduce(buffers) / K."
+)
+
+
+def _ranks_alone(result: DistributedRunResult) -> RenderableType:
+    """Each rank's block under PyTorch's module, worst channel; beside the full batch only when
+    there is more than one rank."""
+    dtype, split = result.input.dtype, result.ranks > 1
     rows = []
     for r in result.rank_reports:
         defined = [
@@ -132,40 +191,26 @@ def render_split_run(result: DistributedRunResult, verbose: bool = False) -> lis
         means = [abs(c.mean_shift) for c in r.channels if not isinstance(c.mean_shift, Undefined)]
         ratios = [c.var_ratio for c in r.channels if not isinstance(c.var_ratio, Undefined)]
         ulps = "refused" if r.torch_refused else (fmt(max(defined)) if defined else "-")
-        rows.append(
-            [
-                str(r.rank),
-                f"{r.first_sample}-{r.first_sample + r.samples - 1}" if r.samples else "none",
-                str(r.count),
+        row = [
+            str(r.rank),
+            f"{r.first_sample}-{r.first_sample + r.samples - 1}" if r.samples else "none",
+            str(r.count),
+            ulps,
+        ]
+        if split:
+            row += [
                 fmt(max(means)) if means else "-",
                 f"{fmt(min(ratios))}-{fmt(max(ratios))}" if ratios else "-",
-                ulps,
                 percent(max(shifts)) if shifts and not r.torch_refused else "-",
             ]
-        )
-    parts.append(
-        grid(
-            "Each rank alone (DDP without SyncBatchNorm), worst channel",
-            [
-                "rank",
-                "samples",
-                "values per ch",
-                "|mean - full| / std",
-                "var / full var",
-                f"PyTorch vs own block, ULP {dtype}",
-                "output shift",
-            ],
-            rows,
-        )
+        rows.append(row)
+    headers = ["rank", "samples", "values per ch", f"PyTorch vs own block, ULP {dtype}"]
+    if split:
+        headers += ["|mean - full| / std", "var / full var", "output shift"]
+    title = "Each rank alone (DDP without SyncBatchNorm), worst channel" if split else (
+        "The rank (PyTorch's module in its process)"
     )
-    if verbose:
-        parts.append(_rank_channels(result))
-    refusals = [f"rank {r.rank}: {r.torch_refused}" for r in result.rank_reports if r.torch_refused]
-    if refusals:
-        parts.append(Text("PyTorch's module refused " + "; ".join(refusals), style="yellow"))
-    parts.append(_checks(result.checks))
-    parts.append(_verified(result.verified))
-    return parts
+    return grid(title, headers, rows)
 
 
 def _rank_channels(result: DistributedRunResult) -> RenderableType:
@@ -187,7 +232,7 @@ def _rank_channels(result: DistributedRunResult) -> RenderableType:
             )
         ends.add(len(rows) - 1)
     return grid(
-        "Every rank and channel",
+        "Every rank and channel (running_var after the step: by hand, and PyTorch's)",
         [
             "rank",
             "ch",
@@ -195,8 +240,8 @@ def _rank_channels(result: DistributedRunResult) -> RenderableType:
             "var_biased",
             "ULP vs own block",
             "output shift",
-            "running_var by hand",
-            "PyTorch's running_var",
+            "by hand",
+            "PyTorch",
         ],
         rows,
         section_ends=frozenset(ends),
@@ -267,7 +312,7 @@ def render_population(result: PopulationResult, verbose: bool = False) -> list[R
         Text(
             labelled(
                 "input",
-                f"{result.files} files matching '{result.pattern}' "
+                f"{counted(result.files, 'file')} matching '{result.pattern}' "
                 f"({human_bytes(result.bytes)}, {dtypes}), memory-mapped",
             )
             + "\n"

@@ -249,7 +249,7 @@ def render_grad_check(result: GradCheckResult, verbose: bool = False) -> list[Re
     rejected = [h for h in hypotheses if not h.explains]
     nothing_wrong = all(v <= 1 for v in result.diagnosis.stated_over_bound.values())
     if nothing_wrong and not verbose:  # nothing to explain: the ranking would be noise
-        parts.append(Text(result.diagnosis.summary, style="bold"))
+        parts.append(Text(result.diagnosis.conclusion, style="bold"))
         return parts
     shown = explaining + (rejected if verbose else rejected[:SHOWN_HYPOTHESES])
     names = [g.name for g in result.gradients]
@@ -268,7 +268,7 @@ def render_grad_check(result: GradCheckResult, verbose: bool = False) -> list[Re
     if len(shown) < len(hypotheses):
         more = len(hypotheses) - len(shown)
         parts.append(Text(f"{more} more rejected: --verbose shows them", style="dim"))
-    parts.append(Text(result.diagnosis.summary, style="bold"))
+    parts.append(Text(result.diagnosis.conclusion, style="bold"))
     return parts
 
 

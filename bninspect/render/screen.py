@@ -87,7 +87,8 @@ def format_result(result: Any, detail: str = "normal", **options: Any) -> str:
     else:
         renderable = render(result, detail == "verbose", console.width, **options)
     # crop=False: a table wider than the terminal wraps there instead of losing its edge.
-    console.print(renderable, crop=False)
+    # The verdict alone (-q) keeps each of its lines whole: one or two lines, for scripts.
+    console.print(renderable, crop=False, soft_wrap=detail == "quiet")
     return _TRAILING.sub(r"\1", text.getvalue())
 
 

@@ -50,6 +50,8 @@ class ElementError:
     abs_error: Number
     rel_error: Number  # abs_error / |reference|
     ulp_error: Number  # in ULPs of the input dtype at the reference value
+    # in ULPs of the input dtype at the element's channel's scale (the headline measure)
+    ulp_error_at_scale: Number = Undefined("not computed")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class ChannelCheck:
     pattern: str = field(metadata=column("error\nlooks like", CHANNELS))
     factor: Number  # shown within the pattern's cell in the table
     offset: Number
-    best_variant: str | Undefined = field(metadata=column("best known\nvariant", CHANNELS))
+    # the known mistake (or "stated settings") that explains this channel
+    explained_by: str | Undefined = field(metadata=column("explained by", CHANNELS))
     # What a correct implementation in the dtype can leave on this channel, in ULPs at its
     # scale (check/tolerance.py): the diagnosis' "within rounding"
     bound_ulps: Number = Undefined("not computed")
@@ -131,16 +134,18 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """The catalogue of known mistakes, best first. ``summary``: one line fit to be check's
+    """The catalogue of known mistakes, best first. ``conclusion``: one line fit to be check's
     verdict ("FAIL: normalizes with the unbiased variance ... on all 16 channels; fix that, not
     the tolerance"); ``detail``: the evidence in a sentence; ``groups``: which explanation fits
-    which channels (one group when one explanation fits all)."""
+    which channels (one group when one explanation fits all); ``note``: for an output within
+    the bound, a known mistake that fits it markedly better."""
 
     explained: bool
-    summary: str
+    conclusion: str
     hypotheses: tuple[Hypothesis, ...]
     detail: str = ""
     groups: tuple[ChannelGroup, ...] = ()
+    note: str | Undefined = Undefined("no known mistake fits the output markedly better")
 
 
 @dataclass(frozen=True)
@@ -163,25 +168,46 @@ class BufferComparison:
     running_var: itself), what a correct update can leave there, and the known buffer mistake
     that explains it (or why none does)."""
 
-    name: str  # "running_mean", "running_var" or "num_batches_tracked"
-    path: str | None  # the .npy file (None for num_batches_tracked)
+    name: str  # "running_mean" or "running_var"
+    path: str
     reference: tuple[Number, ...]
     theirs: tuple[Number, ...]
     max_ulp_error_at_scale: Number
     bound_ulps: Number  # the largest error a correct update can leave, in the same ULPs
     passed: bool
-    mistake: str | Undefined  # the catalogue name of the buffer mistake that explains it
+    # the buffer mistake that explains it, with its channels where it is not all of them
+    explained_by: str | Undefined
+    detail: str
+
+
+@dataclass(frozen=True)
+class TrackedComparison:
+    """Their num_batches_tracked after the pass against the reference's: integers, equal or
+    not."""
+
+    reference: int
+    theirs: int
+    passed: bool
     detail: str
 
 
 @dataclass(frozen=True)
 class BufferCheck:
-    """Their running buffers after the pass against the reference's update."""
+    """Their running buffers after the pass against the reference's update: ``conclusion``
+    one line; ``groups`` which explanation (a buffer mistake, "stated settings", or none)
+    fits which channels."""
 
     passed: bool
-    summary: str
+    conclusion: str
     buffers: tuple[BufferComparison, ...]
     hypotheses: tuple[Hypothesis, ...]
+    groups: tuple[ChannelGroup, ...] = ()
+    num_batches_tracked: TrackedComparison | Undefined = Undefined(
+        "not given: --their-num-batches-tracked"
+    )
+    # a known buffer mistake (one, or one per group of channels) explains every channel that
+    # differs from the stated update
+    explained: bool = False
 
 
 @dataclass(frozen=True)

@@ -94,21 +94,32 @@ class RegimeChannel:
     its own value); the outputs' errors against the full batch's reference, in ULPs of the
     dtype at ``output_scale``: PyTorch's module on the full batch, and SyncBatchNorm's forward
     as CUDA computes it (emulated on CPU over the real all_gather); and the shifts of the two
-    regimes that are not the full batch: per-rank batch norm (no sync; the worst rank) and the
-    per-rank variances averaged instead of pooled."""
+    regimes that are not the full batch: per-rank batch norm (no sync; the worst rank), and
+    the two ways of averaging the per-rank variances instead of pooling them, both with the
+    pooled mean: by count (``averaged_*``: sum m2_k / N) and plainly with equal weights
+    (``equal_weight_*``: sum var_k / K over the K ranks holding values). Each
+    ``*_bound_ulps`` is what a correct computation can leave there, in the same ULPs as the
+    error beside it (distributed/bounds.py):
+    for the pooled statistics, two float64 computations over the N values; for SyncBatchNorm's
+    output, check's bound over the full batch with SyncBatchNorm's pooling's errors."""
 
     channel: int
     count: int
     mean: Number
     var_biased: Number
     pooled_mean_ulp_error: Number
+    pooled_mean_bound_ulps: Number
     pooled_var_ulp_error: Number
+    pooled_var_bound_ulps: Number
     output_scale: Number
     torch_max_ulp_error_at_scale: Number
     sync_max_ulp_error_at_scale: Number
+    sync_bound_ulps: Number
     no_sync_max_shift: Number
     no_sync_worst_rank: int | Undefined
     averaged_max_shift: Number
+    equal_weight_var: Number
+    equal_weight_max_shift: Number
 
 
 @dataclass(frozen=True)
@@ -123,13 +134,18 @@ class BufferChannel:
     Bessel factor); with broadcast_buffers=True (DDP's default) every rank ends with rank 0's
     (``broadcast_*``); with False each keeps its own (``own_eval_shift``: the worst rank's).
     The mistake: the ranks' buffers averaged (all_reduce / K), which averages the per-rank
-    variances instead of pooling them (``averaged_*``)."""
+    variances instead of pooling them (``averaged_*``); and SyncBatchNorm with its variance
+    pooled plainly with equal weights (``equal_weight_running_var``: the pooled mean, the
+    equal-weight variance with the global count's Bessel factor). ``sync_running_*_bound_ulps``:
+    what a correct update from SyncBatchNorm's pooled statistics can leave, in the same ULPs."""
 
     channel: int
     running_mean: Number
     running_var: Number
     sync_running_mean_ulp_error: Number
+    sync_running_mean_bound_ulps: Number
     sync_running_var_ulp_error: Number
+    sync_running_var_bound_ulps: Number
     broadcast_running_mean: Number
     broadcast_running_var: Number
     broadcast_eval_shift: Number
@@ -138,6 +154,8 @@ class BufferChannel:
     averaged_running_mean: Number
     averaged_running_var: Number
     averaged_eval_shift: Number
+    equal_weight_running_var: Number
+    equal_weight_eval_shift: Number
 
 
 @dataclass(frozen=True)
@@ -146,7 +164,10 @@ class RankChannel:
     batch's (the mean by ``mean_shift`` standard deviations of the full batch, the variance by
     the factor ``var_ratio``), PyTorch's module on the rank's block against that block's own
     reference (``max_ulp_error_at_scale``) and against the full batch's (``output_shift``),
-    and the rank's running buffers after the step: by hand (float64) and PyTorch's."""
+    and the rank's running buffers after the step: by hand (float64) and PyTorch's. Each
+    ``*bound_ulps`` is what a correct batch norm of this block alone can leave there (check's
+    bounds with the block's count, statistics and conditioning), in the same ULPs as the error
+    beside it."""
 
     channel: int
     mean: Number
@@ -156,13 +177,16 @@ class RankChannel:
     var_ratio: Number
     max_abs_error: Number
     max_ulp_error_at_scale: Number
+    bound_ulps: Number
     output_shift: Number
     running_mean: Number
     running_var: Number
     torch_running_mean: Number
     torch_running_var: Number
     running_mean_ulp_error_at_scale: Number
+    running_mean_bound_ulps: Number
     running_var_ulp_error: Number
+    running_var_bound_ulps: Number
 
 
 @dataclass(frozen=True)

@@ -249,12 +249,12 @@ class GradHypothesis:
 @dataclass(frozen=True)
 class GradDiagnosis:
     """The catalogue tried, best first. ``explained``: every gradient that is wrong has a
-    mistake explaining it; ``best`` names it per gradient (or why none)."""
+    mistake explaining it; ``explained_by`` names it per gradient (or why none)."""
 
     explained: bool
-    summary: str
+    conclusion: str
     stated: dict[str, Number]  # per gradient given: the error under the stated formulas
-    best: dict[str, str | Undefined]
+    explained_by: dict[str, str | Undefined]
     hypotheses: tuple[GradHypothesis, ...]
     # per gradient given: the stated formulas' error over the bound (above 1: wrong)
     stated_over_bound: dict[str, Number]
