@@ -300,7 +300,9 @@ def test_torchrun_uses_the_environment_s_rendezvous(cli, tmp_path):
     shards(tmp_path)
     pattern = str(tmp_path / "part*.npy")
     one = cli.json("run", "--stats-only", "--input", pattern)
-    environment = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    # torchrun's agent leaves a torchelastic_* log folder in the temporary directory: this test's.
+    (tmp_path / "tmp").mkdir()
+    environment = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "TMPDIR": str(tmp_path / "tmp")}
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [
         str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
