@@ -150,14 +150,7 @@ def render_check(result: CheckResult, verbose: bool = False) -> list[RenderableT
     if verbose:
         parts.append(_histogram(result))
     if not isinstance(result.non_finite, Undefined):
-        nf = result.non_finite
-        shown = "; ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
-        parts.append(
-            Text(
-                f"NaN/Inf on one side only: {nf.reference_only} where the reference is, "
-                f"{nf.theirs_only} where yours is (first at {shown}): {nf.reason}"
-            )
-        )
+        parts.append(non_finite_note(result.non_finite))
     if isinstance(result.suggested, Undefined):
         # The verdict already says to fix the mistake, not the tolerance; the reason in full:
         if not result.passed and verbose:
@@ -257,4 +250,14 @@ def _buffers(result: CheckResult, verbose: bool) -> RenderableType:
             rows,
             left=(0, 1),
         ),
+    )
+
+
+def non_finite_note(nf) -> Text:
+    """The elements NaN or infinite on one side only (a NonFinite, of check or check --grad-input):
+    how many on each side, the first ones, and why they count as they do."""
+    shown = "; ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
+    return Text(
+        f"NaN/Inf on one side only: {nf.reference_only} where the reference is, "
+        f"{nf.theirs_only} where yours is (first at {shown}): {nf.reason}"
     )

@@ -7,6 +7,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from bninspect.render.cells import comparison_table, fmt, grid, listing
+from bninspect.render.check_view import non_finite_note
 from bninspect.results.common import Comparison, Undefined, Verdict
 from bninspect.results.grad import (
     CS231N_CAVEAT,
@@ -204,14 +205,7 @@ def _gradient_tables(g: GradientCheck, dtype: str) -> list[RenderableType]:
         grid(title, headers, rows),
     ]
     if not isinstance(g.non_finite, Undefined):
-        nf = g.non_finite
-        where = ", ".join("[" + ", ".join(map(str, i)) + "]" for i in nf.indices)
-        parts.append(
-            Text(
-                f"NaN/Inf on one side only: {nf.reference_only} where the reference is, "
-                f"{nf.theirs_only} where yours is (first at {where}): {nf.reason}"
-            )
-        )
+        parts.append(non_finite_note(g.non_finite))
     worst = [e for e in g.worst if e.abs_error != 0]
     if worst:
         rows = [
