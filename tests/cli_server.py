@@ -42,8 +42,8 @@ def _small_blocks():
     kernels.block_bytes_for = lambda nbytes: 64 << 10
 
 
-def _truncate_while_mapped(arg):
-    """--stats-only: after the first block of the mapped input, the file loses its tail."""
+def _after_first_mapped_block(fault):
+    """--stats-only: ``fault()`` once, after the first block of the mapped input is read."""
     from bninspect.pytorch import inspection
 
     _small_blocks()
@@ -56,36 +56,23 @@ def _truncate_while_mapped(arg):
         def after_block(region):
             if not done:
                 done.append(True)
-                os.truncate(arg["path"], arg.get("size", 4096))
+                fault()
             if release is not None:
                 release(region)
 
         return after_block
 
     inspection._release_region = release_region
+
+
+def _truncate_while_mapped(arg):
+    """--stats-only: after the first block of the mapped input, the file loses its tail."""
+    _after_first_mapped_block(lambda: os.truncate(arg["path"], arg.get("size", 4096)))
 
 
 def _rewrite_while_mapped(arg):
     """--stats-only: after the first block of the mapped input, bytes are rewritten in place."""
-    from bninspect.pytorch import inspection
-
-    _small_blocks()
-    original = inspection._release_region
-
-    def release_region(prepared, x):
-        release = original(prepared, x)
-        done = []
-
-        def after_block(region):
-            if not done:
-                done.append(True)
-                _overwrite(arg["path"], arg.get("offset", 1 << 20))
-            if release is not None:
-                release(region)
-
-        return after_block
-
-    inspection._release_region = release_region
+    _after_first_mapped_block(lambda: _overwrite(arg["path"], arg.get("offset", 1 << 20)))
 
 
 def _overwrite(path, offset):
