@@ -23,6 +23,7 @@ from bninspect.results.run import (
     CAFFE_BLOBS,
     HISTORY,
     HISTORY_VS_TORCH,
+    MEASURES_AGAINST_BOUND,
     ChannelReport,
     RunResult,
     StepChannel,
@@ -78,21 +79,15 @@ def _location_digits(result: RunResult) -> int:
 # 512-channel layer would otherwise bury the verdict under four tables of 512 rows.
 MOST_CHANNELS_SHOWN = 16
 WORST_CHANNELS_SHOWN = 8
-MEASURED_AGAINST_BOUND = (
-    ("max_ulp_error_at_scale", "bound_ulps"),
-    ("running_mean_ulp_error_at_scale", "running_mean_bound_ulps"),
-    ("running_var_ulp_error_at_scale", "running_var_bound_ulps"),
-)
-
-
 def _closeness(report: ChannelReport) -> float:
-    """How much of its bound the channel's worst measure uses (non-finite channels first)."""
+    """How much of its bound the channel's worst measure uses (non-finite channels and NaN
+    errors first, as the verdict counts a NaN error beyond its bound)."""
     if any(getattr(report, name) for name in NON_FINITE_COUNTS):
         return math.inf
     used = [
-        error / bound
+        math.inf if math.isnan(error) else error / bound
         for error, bound in (
-            (getattr(report, e), getattr(report, b)) for e, b in MEASURED_AGAINST_BOUND
+            (getattr(report, e), getattr(report, b)) for _, e, b in MEASURES_AGAINST_BOUND
         )
         if isinstance(error, float) and isinstance(bound, float) and bound > 0
     ]
@@ -107,10 +102,11 @@ def shown_channels(result: RunResult, verbose: bool) -> list[ChannelReport]:
     return sorted(nearest, key=lambda report: report.channel)
 
 
-def _channel_table(group: str, result: RunResult, verbose: bool) -> RenderableType:
+def _channel_table(
+    group: str, result: RunResult, channels: list[ChannelReport], verbose: bool
+) -> RenderableType:
     fields = list(_channel_fields(group, result, verbose))
     digits = _location_digits(result)
-    channels = shown_channels(result, verbose)
 
     def cell(report: ChannelReport, f: dataclasses.Field) -> str:
         value = getattr(report, f.name)
@@ -138,10 +134,13 @@ def render_run(result: RunResult, verbose: bool = False) -> list[RenderableType]
         f.metadata["group"] for f in dataclasses.fields(ChannelReport) if f.metadata.get("group")
     )
     # A table with nothing in it (no PyTorch run, no --steps) would be a grid of "n/a".
+    channels = shown_channels(result, verbose)
     parts: list[RenderableType] = [
-        _channel_table(group, result, verbose) for group in groups if _has_values(group, result)
+        _channel_table(group, result, channels, verbose)
+        for group in groups
+        if _has_values(group, result)
     ]
-    shown = len(shown_channels(result, verbose))
+    shown = len(channels)
     if shown < len(result.channels):
         parts.insert(
             0,

@@ -34,7 +34,13 @@ from bninspect.numerics.variance_methods import compare_variance_methods
 from bninspect.pytorch.inspection import STATS_ONLY, Inspection, PhaseProgress
 from bninspect.pytorch.peer import describe_peer, no_torch_value
 from bninspect.results.common import NOT_ASKED, Number, Undefined, Verdict
-from bninspect.results.run import ChannelReport, RunResult, StepChannel, StepRecord
+from bninspect.results.run import (
+    MEASURES_AGAINST_BOUND,
+    ChannelReport,
+    RunResult,
+    StepChannel,
+    StepRecord,
+)
 
 if TYPE_CHECKING:
     from bninspect.pytorch.batchnorm import TorchStep
@@ -411,12 +417,6 @@ def _largest_text(reports: list[ChannelReport], measures, unit: str = "") -> str
     return f"{value:.3g}{unit} (bound {limit_text})"
 
 
-BUFFER_MEASURES = (
-    ("running_mean", "running_mean_ulp_error_at_scale", "running_mean_bound_ulps"),
-    ("running_var", "running_var_ulp_error_at_scale", "running_var_bound_ulps"),
-)
-
-
 def run_verdict(inspection: Inspection, reports: list[ChannelReport]) -> Verdict:
     """run's answer: whether PyTorch's output and running buffers are within what a correct
     implementation in the dtype can leave (each channel's bound, check.tolerance), and which
@@ -434,13 +434,12 @@ def run_verdict(inspection: Inspection, reports: list[ChannelReport]) -> Verdict
             return Verdict("statistics", (first, *extra))
         first = f"PyTorch did not run ({inspection.no_peer}); the float64 reference is below."
         return Verdict("not-compared", (first, *extra))
-    output = ("max_ulp_error_at_scale", "bound_ulps")
-    buffers = [m[1:] for m in BUFFER_MEASURES] if settings.mode == "train" else []
+    # Eval mode updates no buffer: the output alone is judged.
+    judged = MEASURES_AGAINST_BOUND if settings.mode == "train" else MEASURES_AGAINST_BOUND[:1]
+    fields = {name: (error, bound) for name, error, bound in judged}
+    output, buffers = fields["output"], [fields[name] for name in fields if name != "output"]
     unit = f" ULP of {dtype} at scale"
-    beyond = {
-        name: _beyond(reports, error, bound)
-        for name, error, bound in (("output", *output), *BUFFER_MEASURES[: len(buffers)])
-    }
+    beyond = {name: _beyond(reports, *fields[name]) for name in fields}
     if not any(beyond.values()):
         text = f"output {_largest_text(reports, [output], unit)}"
         if buffers:
@@ -448,7 +447,6 @@ def run_verdict(inspection: Inspection, reports: list[ChannelReport]) -> Verdict
         who = "PyTorch" if settings.convention == "pytorch" else "PyTorch, on this rule,"
         first = f"{who} matches the float64 reference to rounding: {text}."
         return Verdict("agrees", (first, *extra))
-    fields = {"output": output, **{name: (e, b) for name, e, b in BUFFER_MEASURES}}
     parts = [
         f"{name} on {channel_list([r.channel for r in found], len(reports))}, "
         f"{_largest_text(found, [fields[name]], unit if k == 0 else ' ULP')}"

@@ -85,6 +85,13 @@ class ChannelReport:
     eval_max_abs_error: Number = field(metadata=column("PyTorch eval\noutput |err|", GAP))
 
 
+# Each measure judged against its bound: (name, error field, bound field) of ChannelReport.
+MEASURES_AGAINST_BOUND = (
+    ("output", "max_ulp_error_at_scale", "bound_ulps"),
+    ("running_mean", "running_mean_ulp_error_at_scale", "running_mean_bound_ulps"),
+    ("running_var", "running_var_ulp_error_at_scale", "running_var_bound_ulps"),
+)
+
 HISTORY = "Running statistics, step by step"
 CAFFE_BLOBS = "Caffe's blobs: sums and scale factor"
 HISTORY_VS_TORCH = "PyTorch's running buffers vs reference, step by step"
