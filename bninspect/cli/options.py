@@ -495,15 +495,8 @@ def for_stats_only(request: InspectRequest) -> InspectRequest:
         raise OptionError(
             "--save-output needs PyTorch's output, which --stats-only does not compute; drop one"
         )
-    unused = [o for o in ("--weight", "--bias") if o in request.given]
-    notices = request.notices
-    if unused:
-        notices += (
-            f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect under "
-            "--stats-only: the affine step shapes the output, which --stats-only does not "
-            "compute (the tables show the layer's defaults)",
-        )
-    return dataclasses.replace(request, stats_only=True, notices=notices)
+    request = dataclasses.replace(request, stats_only=True)
+    return dataclasses.replace(request, notices=option_notices(request, "run"))
 
 
 def with_inspect_options(command_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

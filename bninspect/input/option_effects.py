@@ -118,6 +118,13 @@ def option_notices(
                 "--seed has no effect: the tensor comes from --input, and no vector option is "
                 "random"
             )
+    unused = [o for o in ("--weight", "--bias") if o in given]
+    if request.stats_only and unused:
+        notices.append(
+            f"{_names(unused)} {'has' if len(unused) == 1 else 'have'} no effect under "
+            "--stats-only: the affine step shapes the output, which --stats-only does not "
+            "compute (the tables show the layer's defaults)"
+        )
     if request.force and request.save_input is None and request.save_output is None:
         notices.append("--force has no effect without --save-input or --save-output")
     return tuple(notices)
