@@ -41,7 +41,6 @@ in float16 and bfloat16 (their working precision has 13 or 16 bits to spare).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -230,18 +229,21 @@ def conditioning(
     weight: np.ndarray,
     bias: np.ndarray,
     from_batch: bool,
+    dtype: str | None = None,
 ) -> Conditioning:
     """The conditioning of each channel from its statistics and extremes: ``mean``/``var``
-    normalize, ``data_mean``/``data_var`` (biased) describe the values summed."""
+    normalize, ``data_mean``/``data_var`` (biased) describe the values summed; with the
+    ``dtype`` the values are in, which channels' means are exact (constant_exact)."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         s = np.sqrt(var + eps)
         reach = np.maximum(np.abs(high - mean), np.abs(low - mean))
         reach = np.where(np.isfinite(low) & np.isfinite(high), reach, 0.0)
         x_hat_max = np.where(reach == 0, 0.0, reach / s)
         rms = np.sqrt(data_mean * data_mean + data_var)
+    exact = None if dtype is None else constant_exact(low, high, count, dtype)
     return Conditioning(
         count, np.asarray(mean, float), np.asarray(var, float), eps, rms, x_hat_max,
-        np.asarray(weight, float), np.asarray(bias, float), from_batch,
+        np.asarray(weight, float), np.asarray(bias, float), from_batch, exact,
     )  # fmt: skip
 
 
@@ -273,7 +275,7 @@ def inspection_conditioning(inspection) -> Conditioning:
         inspection.params,
     )
     low, high = channel_extremes(x, channel_chunks(x.shape))
-    cond = conditioning(
+    return conditioning(
         count=stats.count,
         mean=forward.mean,
         var=forward.var,
@@ -285,9 +287,8 @@ def inspection_conditioning(inspection) -> Conditioning:
         weight=params.weight,
         bias=params.bias,
         from_batch=inspection.settings.mode == "train",
+        dtype=inspection.tensor.info.dtype,
     )
-    exact = constant_exact(low, high, stats.count, inspection.tensor.info.dtype)
-    return dataclasses.replace(cond, exact_mean=exact)
 
 
 class Judge:
